@@ -1,0 +1,3 @@
+from taxiway.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Autoscaling: a pure target-tracking policy and the supervisor that starts and drains processes."""

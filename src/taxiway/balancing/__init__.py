@@ -1,0 +1,1 @@
+"""Balancing: pure strategies, health state machines and affinity over the shared server model."""

@@ -1,0 +1,1 @@
+"""taxiway bench: closed- and open-loop load generation with correct latency percentiles."""

@@ -1,0 +1,522 @@
+"""The one configuration schema: every command loads its TOML file through `load_config`.
+
+Rules of this module:
+1. Every section is a frozen msgspec Struct with `forbid_unknown_fields`, so a typo is an error
+   naming the key path, not a silently ignored setting.
+2. Durations are written like "2s", "150ms", "1m30s" (or a bare number of seconds) and become
+   `float` seconds; sizes like "64k", "1m", "1g" become `int` bytes; rates like "100/m" become
+   (count, period_s).
+3. Values may be `${ENV_VAR}` or `file:/path` (secrets stay out of the file); a secret-looking key
+   with a literal value produces a warning from `secret_warnings`.
+4. Cross-field rules (min <= max, at least one server or a pool) live in `_check`, raising
+   `ConfigError(key, expected, value)`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import msgspec.inspect
+
+from taxiway.errors import ConfigError
+
+# --------------------------------------------------------------------------------------------
+# Value types with their own syntax
+
+
+class Duration(float):
+    """Seconds, written in the file as "2s", "150ms", "1m30s", "1h" or a number of seconds."""
+
+
+class Size(int):
+    """Bytes, written as 1024, "64k", "1m", "1g" (binary multiples)."""
+
+
+class Rate:
+    """`count` events per `period_s` seconds, written as "100/m", "10/s", "5000/h", "20/10s"."""
+
+    __slots__ = ("count", "period_s")
+
+    def __init__(self, count: int, period_s: float) -> None:
+        self.count = count
+        self.period_s = period_s
+
+    def __repr__(self) -> str:
+        return f"Rate({self.count}/{self.period_s:g}s)"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Rate) and (self.count, self.period_s) == (other.count, other.period_s)
+
+    def __hash__(self) -> int:
+        return hash((self.count, self.period_s))
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.period_s
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|s|m|h|d)")
+_UNITS_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"^(\d+)\s*([kmg]?)i?b?$", re.IGNORECASE)
+_SIZE_MULT = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Parse "2s", "150ms", "1m30s" into seconds. Raises ValueError with the expected form."""
+    if isinstance(text, bool):
+        raise ValueError(f"expected a duration like '2s' or '150ms', got {text!r}")
+    if isinstance(text, int | float):
+        if text < 0:
+            raise ValueError(f"expected a non-negative duration, got {text!r}")
+        return float(text)
+    s = text.strip().lower()
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS_S[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or not s:
+        raise ValueError(f"expected a duration like '2s', '150ms' or '1m30s', got {text!r}")
+    return total
+
+
+def parse_size(text: str | int) -> int:
+    if isinstance(text, bool):
+        raise ValueError(f"expected a size like 65536, '64k' or '1m', got {text!r}")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"expected a non-negative size, got {text!r}")
+        return text
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise ValueError(f"expected a size like 65536, '64k' or '1m', got {text!r}")
+    return int(m.group(1)) * _SIZE_MULT[m.group(2).lower()]
+
+
+_PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+            "h": 3600.0, "hour": 3600.0, "d": 86400.0, "day": 86400.0}
+
+
+def parse_rate(text: str) -> Rate:
+    if not isinstance(text, str) or "/" not in text:
+        raise ValueError(f"expected a rate like '100/m' or '10/s', got {text!r}")
+    count_s, period_s = (p.strip() for p in text.split("/", 1))
+    if not count_s.isdigit() or int(count_s) <= 0:
+        raise ValueError(f"expected a positive count before '/', got {text!r}")
+    if period_s.lower() in _PERIODS:
+        period = _PERIODS[period_s.lower()]
+    else:
+        try:
+            period = parse_duration(period_s)
+        except ValueError:
+            raise ValueError(f"expected a period like s, m, h or 10s after '/', got {text!r}") from None
+    if period <= 0:
+        raise ValueError(f"expected a positive period, got {text!r}")
+    return Rate(int(count_s), period)
+
+
+def _dec_hook(tp: type, obj: Any) -> Any:
+    if tp is Duration:
+        return Duration(parse_duration(obj))
+    if tp is Size:
+        return Size(parse_size(obj))
+    if tp is Rate:
+        return parse_rate(obj)
+    raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class TLSConfig(_Section):
+    cert: str
+    key: str
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    # HSTS header on HTTPS answers; 0 disables it. One year is what hstspreload.org asks for.
+    hsts_max_age: Duration = Duration(31536000)
+
+
+class ListenConfig(_Section):
+    http: str | None = "127.0.0.1:8080"
+    https: str | None = None
+    tls: TLSConfig | None = None
+    # With https set: answer plain-HTTP requests with a 308 to the HTTPS address.
+    redirect_to_https: bool = False
+
+
+class AdminConfig(_Section):
+    listen: str | None = "127.0.0.1:9901"
+
+
+class BalancerConfig(_Section):
+    strategy: Literal[
+        "random", "round-robin", "weighted-round-robin", "least-connections",
+        "power-of-two", "peak-ewma", "consistent-hash",
+    ] = "least-connections"
+    retries: int = 2
+    # Retries may add at most this share of requests on top of the original ones (Envoy/Finagle).
+    retry_budget: float = 0.2
+    # consistent-hash: "client_ip", "path", "header:NAME" or "cookie:NAME".
+    hash_key: str = "client_ip"
+    # Bounded loads (Mirrokni et al.): no server takes more than balance_factor x the mean load.
+    balance_factor: float = 1.25
+    # A server that joins or recovers ramps its share up over this time (0 = at once).
+    slow_start: Duration = Duration(0)
+    # Add this response header naming the server that answered ("" = off).
+    served_by_header: str = ""
+    # SO_REUSEPORT worker processes; each runs its own balancer state.
+    workers: int = 1
+    seed: int | None = None
+
+
+class HealthConfig(_Section):
+    path: str = "/healthz"
+    interval: Duration = Duration(2)
+    timeout: Duration = Duration(1)
+    rise: int = 2
+    fall: int = 3
+    expected_status: list[int] = msgspec.field(default_factory=lambda: [200])
+    enabled: bool = True
+
+
+class OutlierConfig(_Section):
+    # Envoy's outlier detection defaults: 5 consecutive errors, 30 s base ejection, 10 % cap
+    # (we allow 50 % by default: small pools would otherwise never eject anything).
+    consecutive_failures: int = 5
+    base_ejection: Duration = Duration(30)
+    max_ejection: Duration = Duration(300)
+    max_ejected_percent: int = 50
+    enabled: bool = True
+
+
+class TimeoutsConfig(_Section):
+    connect: Duration = Duration(2)
+    client_header: Duration = Duration(10)  # whole request head; data does not extend it (slowloris)
+    client_body: Duration = Duration(30)    # max gap between body reads from the client
+    client_idle: Duration = Duration(60)    # keep-alive idle between requests
+    upstream_response: Duration = Duration(60)  # first response byte after the request was sent
+    upstream_idle: Duration = Duration(30)  # pooled upstream connection unused this long is closed
+    shutdown: Duration = Duration(30)       # SIGTERM: in-flight requests get this long to finish
+
+
+class LimitsConfig(_Section):
+    max_header_bytes: Size = Size(32 * 1024)   # nginx large_client_header_buffers-ish
+    max_headers: int = 100                     # like h11/Apache's LimitRequestFields
+    max_body_bytes: Size = Size(0)             # 0 = unlimited (stream); nginx default is 1m
+    max_connections_per_client: int = 0        # 0 = unlimited
+    max_connections: int = 10000
+    upstream_pool_size: int = 64               # idle keep-alive connections kept per server
+
+
+class HeadersConfig(_Section):
+    # Only these peers' X-Forwarded-*/Forwarded headers are believed; others are overwritten.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    request_id: str = "X-Request-Id"
+    via: bool = True
+    # Added to responses when the app did not set them; "" removes a default.
+    security: dict[str, str] = msgspec.field(default_factory=lambda: {
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "strict-origin-when-cross-origin",
+        "X-Frame-Options": "SAMEORIGIN",
+    })
+
+
+class ServerConfig(_Section):
+    url: str
+    weight: int = 1
+    name: str | None = None
+
+
+class PoolConfig(_Section):
+    command: str
+    cwd: str | None = None
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    min: int = 1
+    max: int = 4
+    ready_path: str = "/healthz"
+    ready_timeout: Duration = Duration(30)
+    stop_grace: Duration = Duration(10)     # SIGTERM -> SIGKILL
+    drain_timeout: Duration = Duration(30)  # leave rotation -> in-flight done
+    host: str = "127.0.0.1"
+
+
+class AutoscaleConfig(_Section):
+    metric: Literal["inflight", "rps", "p95"] = "inflight"
+    target: float = 10
+    tolerance: float = 0.1                       # Kubernetes HPA's default band
+    period: Duration = Duration(1)
+    scale_up_window: Duration = Duration(0)
+    scale_down_window: Duration = Duration(120)
+    max_scale_up: int = 4                        # servers added per period at most
+    max_scale_down: int = 1
+    panic_window: Duration = Duration(6)         # Knative: 10 % of the 60 s stable window
+    panic_threshold: float = 2.0                 # desired >= 2x current: scale up at once
+    enabled: bool = True
+
+
+class AffinityConfig(_Section):
+    mode: Literal["none", "cookie", "ip"] = "none"
+    cookie_name: str = "taxiway_srv"
+    # HMAC key for the sticky cookie. Put "${TAXIWAY_AFFINITY_SECRET}" here, never a literal.
+    secret: str | None = None
+
+
+class RateLimitRule(_Section):
+    name: str
+    rate: Rate
+    burst: int = 0                     # extra requests allowed at once on top of the rate
+    key: Literal["ip", "api_key", "global"] = "ip"
+    path_prefix: str = "/"
+    methods: list[str] = msgspec.field(default_factory=list)  # empty = all
+
+
+class RateLimitConfig(_Section):
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "taxiway:rl:"
+    on_store_error: Literal["open", "closed"] = "open"
+    rules: list[RateLimitRule] = msgspec.field(default_factory=list)
+
+
+class ApiKeyRoute(_Section):
+    path_prefix: str
+    methods: list[str] = msgspec.field(default_factory=list)
+    scopes: list[str] = msgspec.field(default_factory=list)
+
+
+class ApiKeysConfig(_Section):
+    file: str = ".taxiway/keys.json"
+    routes: list[ApiKeyRoute] = msgspec.field(default_factory=list)
+
+
+class CacheConfig(_Section):
+    enabled: bool = False
+    max_bytes: Size = Size(64 << 20)
+    max_object_bytes: Size = Size(1 << 20)
+
+
+class AccessLogConfig(_Section):
+    enabled: bool = True
+    path: str = "-"   # "-" = stderr
+
+
+class Config(_Section):
+    listen: ListenConfig = msgspec.field(default_factory=ListenConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    balancer: BalancerConfig = msgspec.field(default_factory=BalancerConfig)
+    health: HealthConfig = msgspec.field(default_factory=HealthConfig)
+    outlier: OutlierConfig = msgspec.field(default_factory=OutlierConfig)
+    timeouts: TimeoutsConfig = msgspec.field(default_factory=TimeoutsConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    headers: HeadersConfig = msgspec.field(default_factory=HeadersConfig)
+    servers: list[ServerConfig] = msgspec.field(default_factory=list)
+    pool: PoolConfig | None = None
+    autoscale: AutoscaleConfig = msgspec.field(default_factory=AutoscaleConfig)
+    affinity: AffinityConfig = msgspec.field(default_factory=AffinityConfig)
+    ratelimit: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
+    apikeys: ApiKeysConfig = msgspec.field(default_factory=ApiKeysConfig)
+    cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
+    access_log: AccessLogConfig = msgspec.field(default_factory=AccessLogConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_SECRET_KEYS = ("secret", "password", "token", "api_key", "private")
+
+
+def _resolve_refs(node: Any, path: str, env: dict[str, str], base: Path) -> Any:
+    """Replace `${VAR}` and `file:/path` string values, so secrets live outside the file."""
+    if isinstance(node, dict):
+        return {k: _resolve_refs(v, f"{path}.{k}" if path else k, env, base) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve_refs(v, f"{path}[{i}]", env, base) for i, v in enumerate(node)]
+    if isinstance(node, str):
+        m = _ENV_REF.match(node)
+        if m:
+            if m.group(1) not in env:
+                raise ConfigError(path, f"environment variable {m.group(1)} to be set")
+            return env[m.group(1)]
+        if node.startswith("file:"):
+            p = Path(node[5:])
+            p = p if p.is_absolute() else base / p
+            try:
+                return p.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(path, f"a readable file ({exc.strerror})", str(p)) from None
+    return node
+
+
+def secret_warnings(raw: dict[str, Any], path: str = "") -> list[str]:
+    """Keys that look like secrets but hold a literal value instead of ${VAR} or file:."""
+    out: list[str] = []
+    for k, v in raw.items():
+        key = f"{path}.{k}" if path else k
+        if isinstance(v, dict):
+            out += secret_warnings(v, key)
+        elif isinstance(v, str) and any(s in k.lower() for s in _SECRET_KEYS):
+            if not (_ENV_REF.match(v) or v.startswith("file:")):
+                out.append(f"{key} holds a secret in plain text; use \"${{ENV_VAR}}\" or \"file:/path\"")
+    return out
+
+
+def _translate(err: msgspec.ValidationError, source: str | None) -> ConfigError:
+    msg = str(err)
+    key = "(top level)"
+    m = re.search(r" - at `\$\.?(.*)`$", msg)
+    if m:
+        key = m.group(1) or "(top level)"
+        msg = msg[: m.start()]
+    if msg.startswith("Object contains unknown field"):
+        field = msg.split("`")[1]
+        key = f"{key}.{field}" if key != "(top level)" else field
+        return ConfigError(key, "is not a known setting (check the spelling; see README 'Configuration')",
+                           source=source)
+    if msg.startswith("Invalid enum value"):
+        choices = _literal_choices(key)
+        if choices:
+            value = msg.split("'", 1)[1].rstrip("'") if "'" in msg else None
+            return ConfigError(key, "one of " + " | ".join(choices), value, source=source)
+    if msg.startswith("Expected"):
+        msg = "expected" + msg[len("Expected"):]
+    return ConfigError(key, msg.replace("`", ""), source=source)
+
+
+def _literal_choices(key: str) -> list[str]:
+    """The allowed values of a Literal-typed setting, found by walking the schema along `key`."""
+    info: Any = msgspec.inspect.type_info(Config)
+    for part in re.sub(r"\[\d+\]", "", key).split("."):
+        while isinstance(info, msgspec.inspect.UnionType | msgspec.inspect.ListType):
+            info = next((t for t in info.types if isinstance(t, msgspec.inspect.StructType)), None) \
+                if isinstance(info, msgspec.inspect.UnionType) else info.item_type
+        if not isinstance(info, msgspec.inspect.StructType):
+            return []
+        info = next((f.type for f in info.fields if f.name == part), None)
+    if isinstance(info, msgspec.inspect.LiteralType):
+        return [str(v) for v in info.values]
+    return []
+
+
+def parse_config(raw: dict[str, Any], source: str | None = None,
+                 env: dict[str, str] | None = None, base: Path | None = None) -> Config:
+    """Validate a decoded TOML document. Raises ConfigError (one line) on any problem."""
+    env = dict(os.environ) if env is None else env
+    resolved = _resolve_refs(raw, "", env, base or Path.cwd())
+    try:
+        cfg = msgspec.convert(resolved, Config, dec_hook=_dec_hook)
+    except msgspec.ValidationError as err:
+        raise _translate(err, source) from None
+    _check(cfg, source)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
+    """Read and validate one TOML file. Raises ConfigError naming the file and key."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError("--config", "an existing file", str(p)) from None
+    except OSError as exc:
+        raise ConfigError("--config", f"a readable file ({exc.strerror})", str(p)) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("(syntax)", f"valid TOML: {exc}", source=str(p)) from None
+    return parse_config(raw, source=str(p), env=env, base=p.parent)
+
+
+def split_hostport(value: str, key: str, default_port: int | None = None) -> tuple[str, int]:
+    """"127.0.0.1:8080" / "[::1]:80" / ":8080" -> (host, port); ConfigError names `key`."""
+    host, sep, port_s = value.rpartition(":")
+    if not sep:
+        if default_port is None:
+            raise ConfigError(key, "an address like 127.0.0.1:8080", value)
+        host, port_s = value, str(default_port)
+    host = host.strip("[]") or "0.0.0.0"
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ConfigError(key, "a port number between 0 and 65535", value)
+    return host, int(port_s)
+
+
+def parse_server_url(url: str, key: str) -> tuple[str, int]:
+    """"http://host:port" -> (host, port). Only plain HTTP upstreams are supported."""
+    if not url.startswith("http://"):
+        raise ConfigError(key, "an http:// URL like http://127.0.0.1:9001", url)
+    rest = url[len("http://"):].rstrip("/")
+    if not rest or "/" in rest:
+        raise ConfigError(key, "an http:// URL with host and port and no path", url)
+    return split_hostport(rest, key, default_port=80)
+
+
+def _check(cfg: Config, source: str | None) -> None:
+    def fail(key: str, expected: str, value: object = None) -> None:
+        raise ConfigError(key, expected, value, source=source)
+
+    if cfg.listen.http is None and cfg.listen.https is None:
+        fail("listen", "at least one of http or https")
+    for name in ("http", "https"):
+        addr = getattr(cfg.listen, name)
+        if addr is not None:
+            split_hostport(addr, f"listen.{name}")
+    if cfg.listen.https is not None and cfg.listen.tls is None:
+        fail("listen.tls", "a [listen.tls] table with cert and key when listen.https is set")
+    if cfg.admin.listen is not None:
+        split_hostport(cfg.admin.listen, "admin.listen")
+    b = cfg.balancer
+    if b.retries < 0:
+        fail("balancer.retries", "a number >= 0", b.retries)
+    if not 0 <= b.retry_budget <= 1:
+        fail("balancer.retry_budget", "a share between 0 and 1", b.retry_budget)
+    if b.balance_factor < 1:
+        fail("balancer.balance_factor", "a number >= 1 (1.25 is a good start)", b.balance_factor)
+    if not (b.hash_key in ("client_ip", "path") or b.hash_key.startswith(("header:", "cookie:"))):
+        fail("balancer.hash_key", "client_ip, path, header:NAME or cookie:NAME", b.hash_key)
+    if b.workers < 1:
+        fail("balancer.workers", "a number >= 1", b.workers)
+    h = cfg.health
+    if h.rise < 1 or h.fall < 1:
+        fail("health.rise/fall", "numbers >= 1", (h.rise, h.fall))
+    if h.interval <= 0:
+        fail("health.interval", "a positive duration", h.interval)
+    if not h.path.startswith("/"):
+        fail("health.path", "a path starting with /", h.path)
+    if not 0 <= cfg.outlier.max_ejected_percent <= 100:
+        fail("outlier.max_ejected_percent", "a percentage 0..100", cfg.outlier.max_ejected_percent)
+    names: set[str] = set()
+    for i, s in enumerate(cfg.servers):
+        parse_server_url(s.url, f"servers[{i}].url")
+        if s.weight < 0:
+            fail(f"servers[{i}].weight", "a weight >= 0", s.weight)
+        name = s.name or s.url
+        if name in names:
+            fail(f"servers[{i}]", "a unique url or name", name)
+        names.add(name)
+    if cfg.pool is not None:
+        p = cfg.pool
+        if "{port}" not in p.command:
+            fail("pool.command", "a command containing {port}", p.command)
+        if p.min < 0 or p.max < 1 or p.min > p.max:
+            fail("pool.min/max", "0 <= min <= max and max >= 1", (p.min, p.max))
+    a = cfg.autoscale
+    if a.target <= 0:
+        fail("autoscale.target", "a positive number", a.target)
+    if cfg.affinity.mode == "cookie" and not cfg.affinity.secret:
+        fail("affinity.secret", "a signing key (\"${TAXIWAY_AFFINITY_SECRET}\") when mode = \"cookie\"")
+    for i, r in enumerate(cfg.ratelimit.rules):
+        if not r.path_prefix.startswith("/"):
+            fail(f"ratelimit.rules[{i}].path_prefix", "a path starting with /", r.path_prefix)
+        if r.burst < 0:
+            fail(f"ratelimit.rules[{i}].burst", "a number >= 0", r.burst)

@@ -1,0 +1,1 @@
+"""Edge security: TLS, rate limiting, API keys, request hygiene."""

@@ -1,0 +1,1 @@
+"""Small real servers used by the demo, the tests and the benchmarks."""

@@ -1,0 +1,95 @@
+"""Shared fixtures: free ports, real subprocesses that are always cleaned up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout_s: float = 15.0,
+                  proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise RuntimeError(f"process exited with {proc.returncode} before listening:\n{out}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s}s")
+
+
+def taxiway_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Processes:
+    """Starts real processes in their own process group and kills every one at teardown."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, env: dict[str, str] | None = None, cwd: str | Path | None = None,
+              stdout: int | None = subprocess.PIPE) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            list(args), env=env or taxiway_env(), cwd=cwd, stdout=stdout, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def taxiway(self, *args: str, **kw: object) -> subprocess.Popen[bytes]:
+        return self.start(sys.executable, "-m", "taxiway", *args, **kw)  # type: ignore[arg-type]
+
+    def backend(self, name: str = "b1", port: int | None = None, *extra: str) -> int:
+        """Start `taxiway backend` on a free port, wait until it listens, return the port."""
+        port = port or free_port()
+        proc = self.taxiway("backend", "--port", str(port), "--name", name, *extra)
+        wait_for_port(port, proc=proc)
+        return port
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            if proc.stdout:
+                proc.stdout.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[Processes]:
+    p = Processes()
+    try:
+        yield p
+    finally:
+        p.stop_all()

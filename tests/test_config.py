@@ -1,0 +1,118 @@
+"""The config schema: every rule that turns a wrong file into one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from taxiway.config import load_config, parse_config, parse_duration, parse_rate, parse_size, secret_warnings
+from taxiway.errors import ConfigError
+
+from .conftest import taxiway_env
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    pytest.param("2s", 2.0, id="seconds"),
+    pytest.param("150ms", 0.15, id="millis"),
+    pytest.param("1m30s", 90.0, id="compound"),
+    pytest.param("1h", 3600.0, id="hour"),
+    pytest.param(3, 3.0, id="bare-int"),
+    pytest.param(0.5, 0.5, id="bare-float"),
+])
+def test_durations(text: str | float, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("bad", ["", "2", "s", "2 seconds", "-1s", "1s garbage", -1])
+def test_bad_durations(bad: str | int) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(bad)
+
+
+def test_sizes_and_rates() -> None:
+    assert parse_size("64k") == 65536
+    assert parse_size("1m") == 1 << 20
+    assert parse_size(10) == 10
+    r = parse_rate("100/m")
+    assert (r.count, r.period_s) == (100, 60.0)
+    assert parse_rate("20/10s").per_second == 2.0
+    for bad in ("100", "x/m", "0/s", "10/fortnight"):
+        with pytest.raises(ValueError):
+            parse_rate(bad)
+
+
+@pytest.mark.parametrize(("raw", "key", "fragment"), [
+    pytest.param({"health": {"interval": "soon"}}, "health.interval", "duration", id="bad-duration"),
+    pytest.param({"balancer": {"retries": "two"}}, "balancer.retries", "int", id="wrong-type"),
+    pytest.param({"balancer": {"strategy": "fastest"}}, "balancer.strategy", "least-connections",
+                 id="unknown-strategy"),
+    pytest.param({"balancr": {}}, "balancr", "not a known setting", id="typo-section"),
+    pytest.param({"health": {"intervall": "2s"}}, "health.intervall", "not a known setting", id="typo-key"),
+    pytest.param({"servers": [{"url": "ftp://x:1"}]}, "servers[0].url", "http://", id="bad-url"),
+    pytest.param({"servers": [{"url": "http://a:1"}, {"url": "http://a:1"}]}, "servers[1]", "unique",
+                 id="duplicate-server"),
+    pytest.param({"pool": {"command": "app", "min": 1}}, "pool.command", "{port}", id="pool-no-port"),
+    pytest.param({"pool": {"command": "app {port}", "min": 5, "max": 2}}, "pool.min/max", "min <= max",
+                 id="pool-min-max"),
+    pytest.param({"listen": {"http": "localhost:http"}}, "listen.http", "port", id="bad-port"),
+    pytest.param({"affinity": {"mode": "cookie"}}, "affinity.secret", "signing key", id="cookie-no-secret"),
+    pytest.param({"ratelimit": {"rules": [{"name": "x", "rate": "lots"}]}}, "ratelimit.rules[0].rate",
+                 "rate like", id="bad-rate"),
+    pytest.param({"affinity": {"mode": "cookie", "secret": "${NOPE_NOT_SET}"}}, "affinity.secret",
+                 "NOPE_NOT_SET", id="missing-env"),
+])
+def test_errors_name_key_and_expectation(raw: dict[str, object], key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, env={})
+    assert info.value.key == key
+    assert fragment in str(info.value)
+
+
+def test_defaults_and_env_and_file_refs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    secret_file = tmp_path / "s.txt"
+    secret_file.write_text("from-file\n")
+    cfg = parse_config(
+        {"affinity": {"mode": "cookie", "secret": "${SECRET}"},
+         "servers": [{"url": "http://127.0.0.1:9001", "weight": 3}],
+         "apikeys": {"file": f"file:{secret_file}"}},
+        env={"SECRET": "k3y"},
+    )
+    assert cfg.affinity.secret == "k3y"
+    assert cfg.apikeys.file == "from-file"
+    assert cfg.balancer.strategy == "least-connections"
+    assert cfg.health.interval == 2.0
+    assert cfg.servers[0].weight == 3
+
+
+def test_secret_warnings() -> None:
+    raw = {"affinity": {"secret": "hunter2"}, "ratelimit": {"redis_password": "${P}"}}
+    warnings = secret_warnings(raw)
+    assert len(warnings) == 1 and "affinity.secret" in warnings[0]
+
+
+def test_check_command(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    good = tmp_path / "good.toml"
+    good.write_text('[balancer]\nstrategy = "round-robin"\n[[servers]]\nurl = "http://127.0.0.1:9001"\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[health]\ninterval = "soon"\n')
+    ok = subprocess.run([sys.executable, "-m", "taxiway", "check", "--config", str(good)],
+                        capture_output=True, text=True, env=taxiway_env())
+    assert ok.returncode == 0, ok.stderr
+    assert "ok" in ok.stdout and "round-robin" in ok.stdout
+    err = subprocess.run([sys.executable, "-m", "taxiway", "check", "--config", str(bad)],
+                         capture_output=True, text=True, env=taxiway_env())
+    assert err.returncode == 2
+    assert err.stderr.count("\n") == 1 and "Traceback" not in err.stderr
+    assert "health.interval" in err.stderr and "soon" in err.stderr
+    missing = subprocess.run([sys.executable, "-m", "taxiway", "check", "--config", str(tmp_path / "no.toml")],
+                             capture_output=True, text=True, env=taxiway_env())
+    assert missing.returncode == 2 and "existing file" in missing.stderr
+
+
+def test_load_config_syntax_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "x.toml"
+    f.write_text("[listen\n")
+    with pytest.raises(ConfigError, match="valid TOML"):
+        load_config(f)
