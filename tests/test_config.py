@@ -106,8 +106,9 @@ def test_check_command(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert err.returncode == 2
     assert err.stderr.count("\n") == 1 and "Traceback" not in err.stderr
     assert "health.interval" in err.stderr and "soon" in err.stderr
-    missing = subprocess.run([sys.executable, "-m", "taxiway", "check", "--config", str(tmp_path / "no.toml")],
-                             capture_output=True, text=True, env=taxiway_env())
+    missing = subprocess.run(
+        [sys.executable, "-m", "taxiway", "check", "--config", str(tmp_path / "no.toml")],
+        capture_output=True, text=True, env=taxiway_env())
     assert missing.returncode == 2 and "existing file" in missing.stderr
 
 

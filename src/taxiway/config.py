@@ -366,9 +366,9 @@ def secret_warnings(raw: dict[str, Any], path: str = "") -> list[str]:
         key = f"{path}.{k}" if path else k
         if isinstance(v, dict):
             out += secret_warnings(v, key)
-        elif isinstance(v, str) and any(s in k.lower() for s in _SECRET_KEYS):
-            if not (_ENV_REF.match(v) or v.startswith("file:")):
-                out.append(f"{key} holds a secret in plain text; use \"${{ENV_VAR}}\" or \"file:/path\"")
+        elif isinstance(v, str) and any(s in k.lower() for s in _SECRET_KEYS) \
+                and not (_ENV_REF.match(v) or v.startswith("file:")):
+            out.append(f"{key} holds a secret in plain text; use \"${{ENV_VAR}}\" or \"file:/path\"")
     return out
 
 

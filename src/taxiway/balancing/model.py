@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -42,6 +43,7 @@ class PoolEvent(enum.Enum):
 
 # Peak-EWMA decay time (Finagle's default is 10 s; Linkerd uses the same order).
 DEFAULT_EWMA_DECAY_S = 10.0
+RECENT_SAMPLES = 1024
 
 
 @dataclass(eq=False)
@@ -73,6 +75,8 @@ class Server:
     ewma_s: float = 0.0
     ewma_at: float = 0.0
     ewma_decay_s: float = DEFAULT_EWMA_DECAY_S
+    # Recent (finished_at, latency_s) samples for percentile metrics (autoscaler p95, /status).
+    recent: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=RECENT_SAMPLES))
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -121,6 +125,7 @@ class Server:
             w = math.exp(-elapsed / self.ewma_decay_s)
             self.ewma_s = self.ewma_s * w + latency_s * (1.0 - w)
         self.ewma_at = now
+        self.recent.append((now, latency_s))
 
     def latency_estimate(self, now: float) -> float:
         """Current EWMA; a server with no samples yet is assumed as fast as it gets (0)."""
