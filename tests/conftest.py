@@ -16,6 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 
+# Redis/PostgreSQL fixtures (redis_server, postgres_server, postgres_db): found, started or installed.
+pytest_plugins = ("tests.services",)
+
 
 def free_port() -> int:
     with socket.socket() as s:
