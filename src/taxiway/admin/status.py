@@ -1,0 +1,137 @@
+"""The balancer's state as one JSON-ready dict: what `GET /status`, `taxiway status` and the live view
+of `taxiway up` show.
+
+Rules of this module:
+1. Pure: no I/O, no clock. Time enters as `now_monotonic` (the clock the `Server` flags use:
+   `ejected_until`, `joined_at`, latency sample times). Wall-clock times in `balancer.events` are
+   passed through as they are.
+2. It only reads: the balancer's counters and `Server` objects are never modified, so a slow admin
+   client cannot disturb the proxy.
+3. Duck-typed on the balancer: it needs `cfg`, `pool`, `counters`, `events`, `connections`,
+   `started_at`; `autoscale_status()` is used when present (the autoscaler adds it).
+
+Percentiles come from `Server.recent`, the last `RECENT_SAMPLES` (finished_at, latency_s) samples,
+restricted to the last `RECENT_WINDOW_S` seconds so an idle server does not show stale latencies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from taxiway import __version__
+from taxiway.balancing.model import Server, ServerState
+
+# Samples older than this do not count in p50/p95 (one minute, like `uptime`'s shortest load average).
+RECENT_WINDOW_S = 60.0
+# Recent events returned by /status (the balancer keeps its own bounded deque).
+MAX_EVENTS = 50
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of an ascending sequence; None when it is empty.
+
+    Nearest rank (not interpolation) so the value reported is one a request really saw.
+    """
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def recent_latencies(server: Server, now_monotonic: float, window_s: float = RECENT_WINDOW_S) -> list[float]:
+    """Latencies (seconds, ascending) of requests that finished in the last `window_s` seconds."""
+    cutoff = now_monotonic - window_s
+    return sorted(lat for at, lat in list(server.recent) if at >= cutoff)
+
+
+def _ms(value_s: float | None) -> float | None:
+    return None if value_s is None else round(value_s * 1000.0, 3)
+
+
+def server_status(server: Server, now_monotonic: float) -> dict[str, Any]:
+    """One server's row: identity, state, load, counters, latency estimate and percentiles."""
+    lat = recent_latencies(server, now_monotonic)
+    state = server.state(now_monotonic)
+    return {
+        "name": server.name,
+        "address": server.address,
+        "state": state.value,
+        "available": server.is_available(now_monotonic),
+        "weight": server.weight,
+        "effective_weight": round(server.effective_weight(now_monotonic), 3),
+        "inflight": server.inflight,
+        "requests": server.requests,
+        "failures": server.failures,
+        "consecutive_failures": server.consecutive_failures,
+        "bytes_in": server.bytes_in,
+        "bytes_out": server.bytes_out,
+        "latency_ewma_ms": _ms(server.latency_estimate(now_monotonic)),
+        "latency_p50_ms": _ms(percentile(lat, 50)),
+        "latency_p95_ms": _ms(percentile(lat, 95)),
+        "recent_samples": len(lat),
+        "sticky_clients": server.sticky_clients,
+        "ejections": server.ejections,
+        "ejected_for_s": round(server.ejected_until - now_monotonic, 3)
+        if state is ServerState.EJECTED else 0.0,
+        "static": server.static,
+    }
+
+
+def _totals(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    rows = list(rows)
+    by_state = {s.value: 0 for s in ServerState}
+    for r in rows:
+        by_state[r["state"]] += 1
+    return {
+        "servers": len(rows),
+        "available": sum(1 for r in rows if r["available"]),
+        "by_state": by_state,
+        "inflight": sum(r["inflight"] for r in rows),
+        "requests": sum(r["requests"] for r in rows),
+        "failures": sum(r["failures"] for r in rows),
+        "bytes_in": sum(r["bytes_in"] for r in rows),
+        "bytes_out": sum(r["bytes_out"] for r in rows),
+    }
+
+
+def _event(ev: dict[str, Any]) -> dict[str, Any]:
+    kind = ev.get("kind")
+    return {
+        "at": ev.get("at"),
+        "kind": getattr(kind, "value", kind),
+        "server": ev.get("server"),
+        "detail": ev.get("detail", ""),
+    }
+
+
+def build_status(balancer: Any, now_monotonic: float) -> dict[str, Any]:
+    """Snapshot of the balancer for the admin API.
+
+    Args:
+        balancer: the running `Balancer` (or anything with the same attributes, see rule 3).
+        now_monotonic: `time.monotonic()` at the moment of the snapshot.
+    Returns:
+        A dict of JSON types only: `version`, `uptime_s`, `strategy`, `connections`, `servers`
+        (one row per server, see `server_status`), `totals`, `counters` (the proxy's named counters,
+        sorted), `events` (newest last, at most MAX_EVENTS) and `autoscale` (None without autoscaler).
+    """
+    rows = [server_status(s, now_monotonic) for s in list(balancer.pool)]
+    events = list(balancer.events)[-MAX_EVENTS:]
+    autoscale = None
+    status_fn = getattr(balancer, "autoscale_status", None)
+    if callable(status_fn):
+        autoscale = status_fn()
+    started_at = float(getattr(balancer, "started_at", now_monotonic) or now_monotonic)
+    return {
+        "version": __version__,
+        "uptime_s": round(max(0.0, now_monotonic - started_at), 3),
+        "strategy": balancer.cfg.balancer.strategy,
+        "connections": int(getattr(balancer, "connections", 0)),
+        "servers": rows,
+        "totals": _totals(rows),
+        "counters": {k: int(v) for k, v in sorted(balancer.counters.items())},
+        "events": [_event(e) for e in events],
+        "autoscale": autoscale,
+    }

@@ -1,0 +1,154 @@
+"""build_status and the Prometheus collector, on a real Pool of real Server objects (virtual time)."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from taxiway.admin.metrics import make_registry, render
+from taxiway.admin.status import MAX_EVENTS, RECENT_WINDOW_S, build_status, percentile
+from taxiway.balancing.model import Pool, Server
+from taxiway.config import Config, parse_config
+
+
+class StandIn:
+    """The attributes of `taxiway.proxy.app.Balancer` that the admin code reads, nothing else."""
+
+    def __init__(self, cfg: Config | None = None, started_at: float = 0.0) -> None:
+        self.cfg = cfg or parse_config({"servers": [{"url": "http://127.0.0.1:1"}]})
+        self.pool = Pool()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
+        self.connections = 0
+        self.started_at = started_at
+
+
+def make_balancer(now: float = 100.0) -> StandIn:
+    b = StandIn(started_at=now - 42.0)
+    b.pool.add(Server("a", "127.0.0.1", 9001, weight=2), now=0.0)
+    b.pool.add(Server("b", "127.0.0.1", 9002), now=0.0)
+    return b
+
+
+@pytest.mark.parametrize(("values", "q", "expected"), [
+    pytest.param([], 50, None, id="empty"),
+    pytest.param([1.0], 95, 1.0, id="single"),
+    pytest.param([1.0, 2.0, 3.0, 4.0], 50, 2.0, id="median-nearest-rank"),
+    pytest.param([float(i) for i in range(1, 101)], 95, 95.0, id="p95-of-100"),
+    pytest.param([float(i) for i in range(1, 101)], 100, 100.0, id="max"),
+    pytest.param([float(i) for i in range(1, 101)], 0, 1.0, id="min"),
+])
+def test_percentile(values: list[float], q: float, expected: float | None) -> None:
+    assert percentile(values, q) == expected
+
+
+def test_status_reports_servers_states_and_totals() -> None:
+    now = 100.0
+    b = make_balancer(now)
+    a, s2 = b.pool.get("a"), b.pool.get("b")
+    assert a is not None and s2 is not None
+    a.inflight, a.requests, a.failures, a.bytes_in, a.bytes_out = 3, 10, 1, 500, 200
+    for i in range(10):
+        a.process_latency(0.001 * (i + 1), now - 5 + i * 0.1)
+    s2.requests = 4
+    s2.healthy = False
+    b.counters.update({"requests": 14, "responses_2xx": 13, "error_502": 1})
+    b.connections = 7
+    b.events.append({"at": 1.5e9, "kind": "down", "server": "b", "detail": "GET /healthz: status 503"})
+
+    st = build_status(b, now)
+    assert st["uptime_s"] == 42.0
+    assert st["strategy"] == "least-connections"
+    assert st["connections"] == 7
+    rows = {r["name"]: r for r in st["servers"]}
+    assert rows["a"]["state"] == "up" and rows["a"]["available"] is True
+    assert rows["b"]["state"] == "down" and rows["b"]["available"] is False
+    assert rows["a"]["address"] == "127.0.0.1:9001" and rows["a"]["weight"] == 2
+    assert rows["a"]["inflight"] == 3 and rows["a"]["requests"] == 10 and rows["a"]["failures"] == 1
+    assert rows["a"]["latency_p50_ms"] == pytest.approx(5.0)
+    assert rows["a"]["latency_p95_ms"] == pytest.approx(10.0)
+    assert rows["a"]["recent_samples"] == 10
+    assert rows["b"]["latency_p50_ms"] is None
+    assert st["totals"]["requests"] == 14 and st["totals"]["inflight"] == 3
+    assert st["totals"]["available"] == 1 and st["totals"]["by_state"]["down"] == 1
+    assert st["counters"] == {"error_502": 1, "requests": 14, "responses_2xx": 13}
+    assert st["events"][-1]["server"] == "b" and st["events"][-1]["kind"] == "down"
+    assert st["autoscale"] is None
+
+
+def test_old_latency_samples_leave_the_percentiles() -> None:
+    b = make_balancer()
+    a = b.pool.get("a")
+    assert a is not None
+    a.process_latency(0.5, now=10.0)
+    assert build_status(b, 10.0 + RECENT_WINDOW_S - 1)["servers"][0]["latency_p95_ms"] == 500.0
+    assert build_status(b, 10.0 + RECENT_WINDOW_S + 1)["servers"][0]["latency_p95_ms"] is None
+
+
+def test_ejected_and_draining_states_and_event_cap() -> None:
+    b = make_balancer()
+    a, s2 = b.pool.get("a"), b.pool.get("b")
+    assert a is not None and s2 is not None
+    a.ejected_until, a.ejections = 130.0, 2
+    b.pool.drain("b")
+    for i in range(MAX_EVENTS + 10):
+        b.events.append({"at": float(i), "kind": "x", "server": None, "detail": str(i)})
+    st = build_status(b, 100.0)
+    rows = {r["name"]: r for r in st["servers"]}
+    assert rows["a"]["state"] == "ejected" and rows["a"]["ejected_for_s"] == 30.0
+    assert rows["a"]["ejections"] == 2
+    assert rows["b"]["state"] == "draining"
+    assert len(st["events"]) == MAX_EVENTS and st["events"][-1]["detail"] == str(MAX_EVENTS + 9)
+
+
+def test_autoscale_section_comes_from_the_balancer() -> None:
+    b = make_balancer()
+    b.autoscale_status = lambda: {"desired": 3, "reason": "inflight 30 > target 10"}  # type: ignore[attr-defined]
+    assert build_status(b, 100.0)["autoscale"] == {"desired": 3, "reason": "inflight 30 > target 10"}
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_read_counters_at_scrape_time() -> None:
+    now = [100.0]
+    b = make_balancer()
+    registry = make_registry(b, clock=lambda: now[0])
+    first = _samples(render(registry).decode())
+    assert first[("taxiway_requests_total", ())] == 0
+    assert first[("taxiway_server_up", (("server", "a"),))] == 1
+
+    # Traffic after the registry was built shows up on the next scrape: nothing is cached.
+    a = b.pool.get("a")
+    assert a is not None
+    a.requests, a.inflight, a.bytes_in = 5, 2, 1234
+    a.process_latency(0.02, now=99.0)
+    b.pool.get("b").healthy = False  # type: ignore[union-attr]
+    b.counters.update({"requests": 5, "responses_2xx": 4, "responses_5xx": 1, "error_502": 1, "retries": 2,
+                       "health_checks": 9})
+    b.connections = 3
+    m = _samples(render(registry).decode())
+    assert m[("taxiway_requests_total", ())] == 5
+    assert m[("taxiway_retries_total", ())] == 2
+    assert m[("taxiway_responses_total", (("class", "2xx"),))] == 4
+    assert m[("taxiway_responses_total", (("class", "5xx"),))] == 1
+    assert m[("taxiway_errors_total", (("status", "502"),))] == 1
+    assert m[("taxiway_proxy_events_total", (("event", "health_checks"),))] == 9
+    assert m[("taxiway_connections", ())] == 3
+    assert m[("taxiway_uptime_seconds", ())] == 42.0
+    assert m[("taxiway_server_requests_total", (("server", "a"),))] == 5
+    assert m[("taxiway_server_inflight", (("server", "a"),))] == 2
+    assert m[("taxiway_server_bytes_in_total", (("server", "a"),))] == 1234
+    assert m[("taxiway_server_up", (("server", "b"),))] == 0
+    assert m[("taxiway_servers", (("state", "down"),))] == 1
+    assert m[("taxiway_servers", (("state", "up"),))] == 1
+    assert m[("taxiway_server_latency_seconds", (("quantile", "0.5"), ("server", "a")))] == 0.02
+    assert m[("taxiway_server_latency_ewma_seconds", (("server", "a"),))] == 0.02
