@@ -42,7 +42,8 @@ def _b64(data: bytes) -> bytes:
 
 
 def _unb64(data: bytes) -> bytes:
-    return base64.urlsafe_b64decode(data + b"=" * (-len(data) % 4))
+    """Strict base64url: any character outside the alphabet is an error, not silently skipped."""
+    return base64.b64decode(data + b"=" * (-len(data) % 4), altchars=b"-_", validate=True)
 
 
 class CookieAffinity:
