@@ -1,0 +1,538 @@
+"""The load generator driver: virtual users on raw asyncio protocols (uvloop + httptools).
+
+Why not aiohttp/httpx: the generator must not be the bottleneck (target: half of wrk's rate on one
+core). So the hot path is uvicorn's protocol-callback pattern turned around: one `asyncio.Protocol`
+per connection, httptools parses responses, request bytes are precomputed by the scenario, and when
+a response completes the callback writes the next request directly: no task, no future, no await
+per request. Latencies are buffered as integers and recorded into HDR histograms once a second
+(`results.record_batch`).
+
+Modes:
+1. closed loop (`users`): each virtual user owns one keep-alive connection and sends its next request
+   when the previous answer arrived (plus think time). Ramp stages change the number of users.
+2. open loop (`rate`): `schedule.ArrivalSchedule` fixes each request's intended send time; a ticker
+   moves due requests into a backlog and idle connections take from it. Latency is measured from
+   the intended time (coordinated omission corrected); service time from the actual send.
+
+Failures are classified, never dropped: connect (refused, unreachable), timeout (no answer within
+`timeout_s`), reset (closed mid-request), protocol (not HTTP), login (scenario login flow failed),
+and every HTTP status is counted by code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from time import perf_counter
+
+import httptools
+
+from taxiway.bench.results import RunResult, Second, record_batch
+from taxiway.bench.scenario import (
+    Scenario,
+    build_request,
+    cookie_header,
+    extract_token,
+    login_form_body,
+    parse_set_cookie,
+    pick,
+)
+from taxiway.bench.schedule import ArrivalSchedule, Stage, target_at, total_duration
+from taxiway.bench.target import Target
+
+RECONNECT_BACKOFF_S = 0.05   # after a failure: quick, but never a hot loop against a dead server
+LOGIN_RETRY_S = 1.0
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """Everything one run needs; picklable so `--processes` can hand a share to each child."""
+
+    target: Target
+    scenario: Scenario
+    users: int = 10                      # closed loop: virtual users; open loop: connections
+    rate: float | None = None            # requests/s: open loop
+    stages: tuple[Stage, ...] | None = None
+    duration_s: float | None = 10.0
+    max_requests: int | None = None
+    warmup_s: float = 0.0
+    timeout_s: float = 10.0
+    served_by_header: str = "X-Served-By"
+    insecure: bool = False
+    seed: int | None = None
+
+    def is_open_loop(self) -> bool:
+        return self.rate is not None
+
+
+class _Pending:
+    """Per-request state: when it was due, when it went out, and who waits for it (login only)."""
+
+    __slots__ = ("body", "intended", "sent", "waiter")
+
+    def __init__(self, intended: float, sent: float) -> None:
+        self.intended = intended
+        self.sent = sent
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.body: bytearray | None = None
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection of one user. No header callbacks: the fastest parse."""
+
+    def __init__(self, user: _User) -> None:
+        # Shared
+        self.engine = user.engine
+        # Per-connection
+        self.user = user
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closing = False
+        # Per-request
+        self.pending: _Pending | None = None
+        self.served_by: bytes = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.engine.bytes_in += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.engine.process_failure(self, "protocol")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self.closing:
+            self.engine.process_failure(self, "reset")
+
+    def on_message_complete(self) -> None:
+        self.engine.process_response(self)
+
+
+class _HeaderConn(_Conn):
+    """Adds header and body callbacks, used when a served-by header, cookies or a login are needed."""
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname == self.engine.served_by_lc:
+            self.served_by = value
+        elif lname == b"set-cookie" and self.user.jar is not None:
+            parsed = parse_set_cookie(value)
+            if parsed is not None:
+                if parsed[1] is None:
+                    self.user.jar.pop(parsed[0], None)
+                else:
+                    self.user.jar[parsed[0]] = parsed[1]
+                self.user.cookie = cookie_header(self.user.jar)
+
+    def on_body(self, body: bytes) -> None:
+        p = self.pending
+        if p is not None and p.body is not None:
+            p.body.extend(body)
+
+
+class _User:
+    """A virtual user: a connection, a cookie jar, and whether it is still wanted."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.conn: _Conn | None = None
+        self.jar: dict[str, str] | None = {} if engine.scenario.cookies else None
+        self.cookie = b""
+        self.logged_in = engine.scenario.login is None
+        self.retiring = False
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self, delay_s: float = 0.0) -> None:
+        if not self.engine.finished.is_set():
+            self.task = self.engine.loop.create_task(self._establish(delay_s))
+
+    async def _establish(self, delay_s: float) -> None:
+        """Connect (and log in) until it works, then hand the user to the hot path."""
+        eng = self.engine
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        while not eng.finished.is_set() and not self.retiring:
+            if not await self._connect():
+                await asyncio.sleep(RECONNECT_BACKOFF_S)
+                continue
+            if not self.logged_in:
+                try:
+                    await self._login()
+                except _LoginFailed:
+                    eng.count_error("login")
+                    self.close()
+                    await asyncio.sleep(LOGIN_RETRY_S)
+                    continue
+                except (ConnectionError, asyncio.CancelledError):
+                    continue
+            eng.user_ready(self)
+            return
+
+    async def _connect(self) -> bool:
+        eng = self.engine
+        t = eng.spec.target
+        try:
+            _, proto = await asyncio.wait_for(
+                eng.loop.create_connection(lambda: eng.conn_cls(self), t.host, t.port, ssl=eng.ssl_ctx,
+                                           server_hostname=t.host if eng.ssl_ctx else None),
+                timeout=eng.spec.timeout_s)
+        except (OSError, TimeoutError, ssl.SSLError):
+            eng.count_error("connect")
+            return False
+        self.conn = proto  # type: ignore[assignment]
+        return True
+
+    async def _fetch(self, data: bytes) -> tuple[int, bytes]:
+        """Used only by the login flow: send, await the answer (status, body)."""
+        conn = self.conn
+        if conn is None or conn.transport is None:
+            if not await self._connect():
+                raise ConnectionError("connect failed")
+            conn = self.conn
+        assert conn is not None and conn.transport is not None
+        t = perf_counter()
+        p = _Pending(t, t)
+        p.waiter = self.engine.loop.create_future()
+        p.body = bytearray()
+        conn.pending = p
+        conn.transport.write(data)
+        return await p.waiter
+
+    async def _login(self) -> None:
+        eng = self.engine
+        login = eng.scenario.login
+        assert login is not None
+        status, body = await self._fetch(eng.login_page.encode(self.cookie))
+        token = extract_token(login.token_pattern, body)
+        if status >= 400 or token is None:
+            raise _LoginFailed()
+        headers = {"Content-Type": "application/x-www-form-urlencoded",
+                   "Referer": eng.spec.target.origin + login.page}
+        if login.token_header:
+            headers[login.token_header] = token
+        req = build_request("POST", login.post, eng.spec.target.host_header, headers,
+                            login_form_body(login, token))
+        status, _ = await self._fetch(req.encode(self.cookie))
+        if status >= 400:
+            raise _LoginFailed()
+        self.logged_in = True
+
+    def send(self, intended: float) -> None:
+        """Write the next request on this user's connection (called from callbacks, never awaits)."""
+        conn = self.conn
+        eng = self.engine
+        if conn is None or conn.transport is None:
+            self.start()
+            return
+        req = pick(eng.scenario, eng.rng.random())
+        data = req.encode(self.cookie) if self.cookie else req.encode()
+        conn.pending = _Pending(intended, perf_counter())
+        eng.in_flight += 1
+        conn.transport.write(data)
+
+    def send_now(self) -> None:
+        eng = self.engine
+        if self.retiring or eng.finished.is_set():
+            self.close()
+            return
+        if eng.max_requests is not None:
+            if eng.issued >= eng.max_requests:
+                return
+            eng.issued += 1
+        self.send(perf_counter())
+
+    def close(self) -> None:
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.closing = True
+            if conn.transport is not None:
+                conn.transport.close()
+
+
+class _LoginFailed(Exception):
+    pass
+
+
+class Engine:
+    """Runs one load spec in the current event loop. Create, then `await run()`."""
+
+    def __init__(self, spec: LoadSpec, on_second: Callable[[Second], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
+        self.spec = spec
+        self.scenario = spec.scenario
+        self.loop = asyncio.get_running_loop()
+        self.rng = random.Random(spec.seed)
+        self.on_second = on_second
+        self.should_stop = should_stop
+        self.served_by_lc = spec.served_by_header.lower().encode() if spec.served_by_header else b"\0"
+        need_headers = bool(spec.served_by_header) or spec.scenario.cookies
+        self.conn_cls: type[_Conn] = _HeaderConn if need_headers else _Conn
+        self.ssl_ctx: ssl.SSLContext | None = None
+        if spec.target.scheme == "https":
+            self.ssl_ctx = ssl.create_default_context()
+            if spec.insecure:
+                self.ssl_ctx.check_hostname = False
+                self.ssl_ctx.verify_mode = ssl.CERT_NONE
+        login = spec.scenario.login
+        self.login_page = build_request("GET", login.page, spec.target.host_header) if login else None
+        self.finished = asyncio.Event()
+        self.result = RunResult(mode="open" if spec.is_open_loop() else "closed", target=spec.target.url)
+        self.users: list[_User] = []
+        self.idle: list[_User] = []
+        self.backlog: deque[float] = deque()
+        self.max_requests = spec.max_requests if not spec.is_open_loop() else None
+        self.issued = 0
+        self.done = 0
+        self.in_flight = 0
+        self.bytes_in = 0
+        self.measuring = spec.warmup_s <= 0
+        self._lat: list[int] = []
+        self._svc: list[int] = []
+        self._sec_completed = 0
+        self._sec_errors = 0
+        self.t0 = 0.0
+        self.t_measure = 0.0
+        self.schedule: ArrivalSchedule | None = None
+
+    # -- outcomes (called from protocol callbacks)
+    def process_response(self, conn: _Conn) -> None:
+        t = perf_counter()
+        p = conn.pending
+        if p is None:
+            return  # an unsolicited response: ignore, the next request resynchronises
+        conn.pending = None
+        code = conn.parser.get_status_code()
+        if self.measuring:
+            self._lat.append(int((t - p.intended) * 1_000_000))
+            self._svc.append(int((t - p.sent) * 1_000_000))
+            st = self.result.statuses
+            st[code] = st.get(code, 0) + 1
+            self._sec_completed += 1
+            if code >= 400:
+                self._sec_errors += 1
+            if conn.served_by:
+                sb = self.result.served_by
+                key = conn.served_by.decode("latin-1")
+                sb[key] = sb.get(key, 0) + 1
+        conn.served_by = b""
+        user = conn.user
+        if not conn.parser.should_keep_alive():
+            user.close()
+        if p.waiter is not None:
+            if not p.waiter.done():
+                p.waiter.set_result((code, bytes(p.body or b"")))
+            return
+        self.in_flight -= 1
+        self.done += 1
+        if self.max_requests is not None and self.done >= self.max_requests:
+            self.finish()
+            return
+        self._next_for(user)
+
+    def process_failure(self, conn: _Conn, kind: str) -> None:
+        p = conn.pending
+        conn.pending = None
+        user = conn.user
+        if user.conn is conn:
+            user.close()
+        else:
+            conn.closing = True
+            if conn.transport is not None:
+                conn.transport.close()
+        if p is None:
+            if kind == "reset" and not self.finished.is_set() and not user.retiring:
+                user.start()  # idle keep-alive connection closed by the server: reconnect quietly
+            if user in self.idle:
+                self.idle.remove(user)
+            return
+        self.count_error(kind)
+        if p.waiter is not None:
+            if not p.waiter.done():
+                p.waiter.set_exception(ConnectionError(kind))
+            return
+        self.in_flight -= 1
+        self.done += 1
+        if self.max_requests is not None and self.done >= self.max_requests:
+            self.finish()
+            return
+        user.start(RECONNECT_BACKOFF_S)
+
+    def count_error(self, kind: str) -> None:
+        if self.measuring:
+            self.result.errors[kind] += 1
+            self._sec_errors += 1
+
+    def _next_for(self, user: _User) -> None:
+        if self.finished.is_set() or user.retiring:
+            user.close()
+            return
+        if user.conn is None:
+            user.start()
+            return
+        if self.schedule is not None:
+            if self.backlog:
+                user.send(self.backlog.popleft())
+            else:
+                self.idle.append(user)
+            return
+        lo, hi = self.scenario.think_time_s
+        if hi > 0:
+            think = lo if lo == hi else self.rng.uniform(lo, hi)
+            self.loop.call_later(think, user.send_now)
+        else:
+            user.send_now()
+
+    def user_ready(self, user: _User) -> None:
+        """Called when a user is connected (and logged in): start its request chain."""
+        if self.schedule is not None:
+            if self.backlog:
+                user.send(self.backlog.popleft())
+            else:
+                self.idle.append(user)
+        else:
+            user.send_now()
+
+    # -- control
+    def finish(self) -> None:
+        self.finished.set()
+
+    def stop(self) -> None:
+        """Ctrl-C: end now and keep what was measured."""
+        self.result.interrupted = True
+        self.finish()
+
+    def _set_users(self, n: int) -> None:
+        alive = [u for u in self.users if not u.retiring]
+        for _ in range(n - len(alive)):
+            u = _User(self)
+            self.users.append(u)
+            u.start()
+        for u in alive[n:] if n < len(alive) else []:
+            u.retiring = True
+            if u.conn is None or u.conn.pending is None:
+                u.close()
+        self.users = [u for u in self.users if not u.retiring or (u.conn and u.conn.pending)]
+
+    def _dispatch(self) -> None:
+        """Open loop ticker: move due arrivals into the backlog, feed idle connections."""
+        if self.finished.is_set() or self.schedule is None:
+            return
+        now = perf_counter()
+        t0 = self.t0
+        for rel in self.schedule.take_due(now - t0):
+            self.backlog.append(t0 + rel)
+        backlog, idle = self.backlog, self.idle
+        while backlog and idle:
+            u = idle.pop()
+            if u.conn is None or u.conn.transport is None:
+                continue
+            u.send(backlog.popleft())
+        nxt = self.schedule.peek()
+        if nxt is None:
+            if not backlog and self.in_flight <= 0:
+                self.finish()
+            else:
+                self.loop.call_later(0.01, self._dispatch)
+            return
+        self.loop.call_later(max(0.0, t0 + nxt - perf_counter()), self._dispatch)
+
+    def _sweep(self) -> None:
+        """Every quarter second: time out slow requests, honour an external stop, ramp users."""
+        if self.finished.is_set():
+            return
+        now = perf_counter()
+        if self.should_stop is not None and self.should_stop():
+            self.stop()
+            return
+        deadline = now - self.spec.timeout_s
+        for u in list(self.users):
+            c = u.conn
+            if c is not None and c.pending is not None and c.pending.sent < deadline:
+                self.process_failure(c, "timeout")
+        if self.spec.stages is not None and not self.spec.is_open_loop():
+            self._set_users(round(target_at(self.spec.stages, now - self.t0)))
+        self.loop.call_later(0.25, self._sweep)
+
+    def _tick(self, n: int) -> None:
+        """Once a second: record buffered latencies, append to the timeline, report progress."""
+        now = perf_counter()
+        if not self.measuring and now - self.t0 >= self.spec.warmup_s:
+            self.measuring = True
+            self.t_measure = now
+            self._lat, self._svc = [], []
+            self._sec_completed = self._sec_errors = 0
+        elif self.measuring:
+            self._flush(round(now - self.t_measure))
+        end = self._end_time()
+        if end is not None and now - self.t0 >= end - 0.02:  # the loop clock has 1 ms resolution
+            self.finish()
+        if not self.finished.is_set():
+            self.loop.call_at(self.loop.time() + max(0.0, self.t0 + n + 1 - perf_counter()),
+                              self._tick, n + 1)
+
+    def _flush(self, t: int) -> None:
+        lat, svc = self._lat, self._svc
+        self._lat, self._svc = [], []
+        record_batch(self.result.latency, lat)
+        record_batch(self.result.service, svc)
+        sec = Second(t=t, completed=self._sec_completed, errors=self._sec_errors,
+                     users=sum(1 for u in self.users if not u.retiring))
+        if lat:
+            lat.sort()
+            sec.p99_ms = lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1000
+            sec.p50_ms = lat[len(lat) // 2] / 1000
+        self._sec_completed = self._sec_errors = 0
+        if t > 0 or sec.completed or sec.errors:
+            self.result.timeline.append(sec)
+        self.result.elapsed_s = perf_counter() - self.t_measure
+        if self.on_second is not None:
+            self.on_second(sec)
+
+    def _end_time(self) -> float | None:
+        s = self.spec
+        if s.stages is not None:
+            return total_duration(s.stages) + (0.5 if s.is_open_loop() else 0.0)
+        if s.duration_s is None:
+            return None
+        return s.warmup_s + s.duration_s
+
+    async def run(self) -> RunResult:
+        s = self.spec
+        self.t0 = perf_counter()
+        self.t_measure = self.t0
+        if s.is_open_loop():
+            total = None if s.duration_s is None else s.warmup_s + s.duration_s
+            self.schedule = ArrivalSchedule(rate=s.rate if s.stages is None else None,
+                                            stages=s.stages, duration_s=total, limit=s.max_requests)
+        if s.stages is not None and not s.is_open_loop():
+            self._set_users(0)
+        else:
+            self._set_users(s.users)
+        if self.schedule is not None:
+            self._dispatch()
+        self.loop.call_later(0.25, self._sweep)
+        self.loop.call_at(self.loop.time() + 1.0, self._tick, 1)
+        try:
+            await self.finished.wait()
+        finally:
+            self.finished.set()
+            if self.measuring and (self._lat or self._sec_errors):
+                self._flush(round(perf_counter() - self.t_measure + 0.499))
+            self.result.elapsed_s = perf_counter() - self.t_measure if self.measuring else 0.0
+            self.result.bytes_received = self.bytes_in
+            self.result.unsent = len(self.backlog)
+            self.result.in_flight = sum(1 for u in self.users if u.conn is not None and u.conn.pending)
+            for u in self.users:
+                u.close()
+                if u.task is not None and not u.task.done():
+                    u.task.cancel()
+            await asyncio.sleep(0)
+        return self.result
