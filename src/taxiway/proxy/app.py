@@ -1,0 +1,385 @@
+"""`Balancer`: the load balancer as one object: listeners, pool, router, counters, reload.
+
+Rules of this module (driver):
+1. Everything other components read lives here as plain attributes (`pool`, `counters`, `events`,
+   `connections`, `started_at`, `guards`): the admin API, the autoscaler and `taxiway up` use them
+   directly on the same event loop.
+2. Per-request settings are precomputed once per config in `Settings` and swapped whole on reload,
+   so the hot path reads `bal.settings.x` and never parses config values.
+3. One tick (`TICK_S`) drives every coarse timer: client deadlines, idle upstream connections,
+   the cached Date header, access-log flushing, removal of drained servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import ipaddress
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Coroutine
+from typing import IO, Any
+
+import msgspec
+
+from taxiway.balancing.health import OutlierDetector, RetryBudget
+from taxiway.balancing.model import Pool, PoolEvent, Server
+from taxiway.config import Config, parse_server_url, split_hostport
+from taxiway.proxy.forward import Exchange, Router
+from taxiway.proxy.http1 import DateCache, RequestHead, RequestRewriter, ResponseRewriter
+from taxiway.proxy.server import ClientProtocol
+from taxiway.proxy.upstream import UpstreamPool
+
+log = logging.getLogger("taxiway.proxy")
+
+TICK_S = 0.25
+BACKLOG = 2048
+
+
+class Settings:
+    """Config values the hot path reads, precomputed (seconds, bytes, rewriters)."""
+
+    def __init__(self, cfg: Config, rewriter: RequestRewriter | None = None) -> None:
+        t, lim = cfg.timeouts, cfg.limits
+        self.client_header_s = float(t.client_header)
+        self.client_body_s = float(t.client_body)
+        self.client_idle_s = float(t.client_idle)
+        self.upstream_response_s = float(t.upstream_response)
+        self.upstream_idle_s = float(t.upstream_idle)
+        self.connect_s = float(t.connect)
+        self.max_header_bytes = int(lim.max_header_bytes)
+        self.max_headers = lim.max_headers
+        self.max_body_bytes = int(lim.max_body_bytes)
+        self.max_connections = lim.max_connections
+        self.max_connections_per_client = lim.max_connections_per_client
+        self.upstream_pool_size = lim.upstream_pool_size
+        self.retries = cfg.balancer.retries
+        self.request_rewriter = RequestRewriter(cfg.headers.request_id, cfg.headers.via, self.max_body_bytes)
+        if rewriter is not None:   # keep request ids unique across reloads
+            self.request_rewriter._rid_base = rewriter._rid_base
+            self.request_rewriter._rid_counter = rewriter._rid_counter
+        hsts = float(cfg.listen.tls.hsts_max_age) if cfg.listen.tls is not None else 0.0
+        self.response_rewriter = ResponseRewriter(cfg.headers.security, cfg.balancer.served_by_header, hsts)
+        self.retry_after = [(b"Retry-After", b"%d" % max(1, math.ceil(cfg.health.interval)))]
+        self._trusted = [ipaddress.ip_network(p, strict=False) for p in cfg.headers.trusted_proxies]
+
+    def is_trusted(self, ip: str) -> bool:
+        if not self._trusted:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self._trusted)
+
+
+class AccessLog:
+    """One JSON line per request, buffered and written by the tick (or when 256 lines wait)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.stream: IO[bytes] = sys.stderr.buffer if path == "-" else open(path, "ab")  # noqa: SIM115
+        self.buf: list[bytes] = []
+        self.encoder = msgspec.json.Encoder()
+
+    def record(self, ex: Exchange, server: str | None, now: float) -> None:
+        head = ex.head
+        self.buf.append(self.encoder.encode({
+            "ts": round(time.time(), 3), "client": head.client_ip, "method": head.method,
+            "path": head.target, "status": ex.status, "server": server, "bytes": ex.body_out,
+            "bytes_in": ex.body_in, "duration_ms": round((now - ex.t_start) * 1000, 3),
+            "request_id": ex.info.request_id.decode("latin-1"),
+        }))
+        if len(self.buf) >= 256:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buf:
+            self.buf.append(b"")
+            try:
+                self.stream.write(b"\n".join(self.buf))
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+            self.buf = []
+
+    def close(self) -> None:
+        self.flush()
+        if self.path != "-":
+            self.stream.close()
+
+
+def server_from_config(url: str, name: str | None, weight: int, key: str, slow_start_s: float) -> Server:
+    host, port = parse_server_url(url, key)
+    return Server(name=name or f"{host}:{port}", host=host, port=port, weight=weight,
+                  slow_start_s=slow_start_s, static=True)
+
+
+class Balancer:
+    """The load balancer. See the module docstring and README "## Load balancer"."""
+
+    def __init__(self, cfg: Config, config_path: str | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.log = log
+        self.pool = Pool()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
+        self.connections = 0
+        self.started_at = time.time()
+        self.guards: list[Any] = []
+        self.protocols: set[ClientProtocol] = set()
+        self.per_client: dict[str, int] = {}
+        self.rng = random.Random(cfg.balancer.seed)
+        self.settings = Settings(cfg)
+        self.router = Router(cfg, self.pool, self.rng)
+        self.outlier = OutlierDetector(cfg.outlier)
+        self.retry_budget = RetryBudget(cfg.balancer.retry_budget)
+        self.date = DateCache()
+        self.date.refresh(time.time())
+        self.access_log: AccessLog | None = AccessLog(cfg.access_log.path) if cfg.access_log.enabled else None
+        self.upstreams: dict[Server, UpstreamPool] = {}
+        self.bound_http_port: int | None = None
+        self.bound_https_port: int | None = None
+        self.admin: Any = None
+        self.admin_port: int | None = None
+        self.health: Any = None
+        self._listeners: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._to_remove: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.pool.subscribe(self._on_pool_event)
+        now = time.monotonic()
+        for i, sc in enumerate(cfg.servers):
+            self.pool.add(server_from_config(sc.url, sc.name, sc.weight, f"servers[{i}].url",
+                                             float(cfg.balancer.slow_start)), now)
+
+    # -- events -------------------------------------------------------------------------------
+
+    def event(self, kind: str, server: str | None = None, detail: str = "") -> None:
+        self.events.append({"at": time.time(), "kind": kind, "server": server, "detail": detail})
+
+    def _on_pool_event(self, event: PoolEvent, server: Server) -> None:
+        self.event(event.value, server.name)
+        self.router.invalidate()
+        if event is PoolEvent.EJECTED:
+            log.warning("server %s ejected until +%.1fs", server.name,
+                        server.ejected_until - time.monotonic())
+        elif event is PoolEvent.REMOVED:
+            up = self.upstreams.pop(server, None)
+            if up is not None:
+                up.close()
+            self.outlier.forget(server)
+        elif event is PoolEvent.DRAINING:
+            up = self.upstreams.get(server)
+            if up is not None:
+                up.close_idle()
+
+    def note_failure(self, server: Server | None, what: str) -> None:
+        self.counters["upstream_failures"] += 1
+        self.event("upstream_failure", server.name if server is not None else None, what)
+
+    def upstream_pool(self, server: Server) -> UpstreamPool:
+        up = self.upstreams.get(server)
+        if up is None:
+            loop = self._loop or asyncio.get_running_loop()
+            up = self.upstreams[server] = UpstreamPool(server, loop, self.settings.upstream_pool_size,
+                                                       self.settings.connect_s)
+        return up
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        task = loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the listeners, start the tick, the admin API and the health checker."""
+        loop = self._loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        reuse_port = cfg.balancer.workers > 1
+        if cfg.listen.https is not None and cfg.listen.tls is not None:
+            from taxiway.security.tls import make_server_context
+
+            ssl_ctx = make_server_context(cfg.listen.tls)
+            host, port = split_hostport(cfg.listen.https, "listen.https")
+            srv = await loop.create_server(lambda: ClientProtocol(self, "https"), host, port,
+                                           ssl=ssl_ctx, backlog=BACKLOG, reuse_port=reuse_port)
+            self._listeners.append(srv)
+            self.bound_https_port = srv.sockets[0].getsockname()[1]
+        if cfg.listen.http is not None:
+            redirect = self._redirect_location if (cfg.listen.redirect_to_https and self.bound_https_port) \
+                else None
+            host, port = split_hostport(cfg.listen.http, "listen.http")
+            srv = await loop.create_server(lambda: ClientProtocol(self, "http", redirect), host, port,
+                                           backlog=BACKLOG, reuse_port=reuse_port)
+            self._listeners.append(srv)
+            self.bound_http_port = srv.sockets[0].getsockname()[1]
+        self._tick_handle = loop.call_later(TICK_S, self._tick)
+        if cfg.admin.listen:
+            try:
+                from taxiway.admin.api import AdminServer
+            except ModuleNotFoundError as exc:
+                log.warning("admin API not available (%s)", exc)
+            else:
+                self.admin = AdminServer(self)
+                host, port = split_hostport(cfg.admin.listen, "admin.listen")
+                self.admin_port = await self.admin.start(host, port)
+        if cfg.health.enabled:
+            try:
+                from taxiway.proxy.healthcheck import HealthChecker
+            except ModuleNotFoundError as exc:
+                log.warning("active health checks not available (%s)", exc)
+            else:
+                self.health = HealthChecker(self)
+                await _maybe_await(self.health.start())
+        self.event("started", None, f"http={self.bound_http_port} https={self.bound_https_port}")
+
+    def _redirect_location(self, head: RequestHead) -> bytes:
+        host = (head.header(b"host") or b"localhost").decode("latin-1")
+        if host.startswith("["):
+            host = host[: host.index("]") + 1]
+        else:
+            host = host.rpartition(":")[0] or host if host.count(":") == 1 else host
+        port = self.bound_https_port
+        hostport = host if port == 443 else f"{host}:{port}"
+        return f"https://{hostport}{head.target}".encode("latin-1")
+
+    async def stop(self, deadline_s: float | None = None) -> None:
+        """Graceful: stop accepting, let in-flight requests finish (up to the deadline), close."""
+        if deadline_s is None:
+            deadline_s = float(self.cfg.timeouts.shutdown)
+        for srv in self._listeners:
+            srv.close()
+        self._listeners = []
+        for p in list(self.protocols):
+            p.shutdown()
+        end = time.monotonic() + deadline_s
+        while self.protocols and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        for p in list(self.protocols):
+            p.abort()
+        for comp, meth in ((self.health, "stop"), (self.admin, "close")):
+            if comp is not None:
+                try:
+                    await _maybe_await(getattr(comp, meth)())
+                except Exception:
+                    log.exception("stopping %r", comp)
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+        for up in self.upstreams.values():
+            up.close()
+        for t in list(self._tasks):
+            t.cancel()
+        if self.access_log is not None:
+            self.access_log.close()
+        self.event("stopped")
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        self._tick_handle = self._loop.call_later(TICK_S, self._tick)
+        now = time.monotonic()
+        self.date.refresh(time.time())
+        for p in list(self.protocols):
+            try:
+                p.check_timers(now)
+            except Exception:
+                log.exception("timer check failed")
+                p.abort()
+        idle_s = self.settings.upstream_idle_s
+        for up in self.upstreams.values():
+            up.sweep(now, idle_s)
+        if self._to_remove:
+            for name in list(self._to_remove):
+                s = self.pool.get(name)
+                if s is None or s.inflight <= 0:
+                    self._to_remove.discard(name)
+                    if s is not None:
+                        self.remove_server(name)
+        if self.access_log is not None:
+            self.access_log.flush()
+
+    # -- pool management (autoscaler, reload) -------------------------------------------------
+
+    def add_server(self, server: Server) -> None:
+        self.pool.add(server, time.monotonic())
+
+    def drain_server(self, name: str) -> None:
+        self.pool.drain(name)
+
+    def remove_server(self, name: str) -> None:
+        self.pool.remove(name)
+
+    def reload(self, cfg: Config) -> None:
+        """Apply a new config (SIGHUP): servers added, drained+removed, reweighted; settings swapped.
+
+        Listener addresses cannot change without a restart (logged). Connections stay open.
+        """
+        old = self.cfg
+        if (cfg.listen, cfg.admin) != (old.listen, old.admin):
+            log.warning("reload: listen/admin addresses change only on restart; kept the old ones")
+        self.cfg = cfg
+        self.settings = Settings(cfg, self.settings.request_rewriter)
+        if (cfg.balancer, cfg.affinity) != (old.balancer, old.affinity):
+            self.router = Router(cfg, self.pool, self.rng)
+        if cfg.outlier != old.outlier:
+            self.outlier = OutlierDetector(cfg.outlier)
+        if cfg.balancer.retry_budget != old.balancer.retry_budget:
+            self.retry_budget = RetryBudget(cfg.balancer.retry_budget)
+        if cfg.access_log != old.access_log:
+            if self.access_log is not None:
+                self.access_log.close()
+            self.access_log = AccessLog(cfg.access_log.path) if cfg.access_log.enabled else None
+        for up in self.upstreams.values():
+            up.max_idle = self.settings.upstream_pool_size
+            up.connect_timeout_s = self.settings.connect_s
+        now = time.monotonic()
+        wanted: dict[str, Server] = {}
+        for i, sc in enumerate(cfg.servers):
+            s = server_from_config(sc.url, sc.name, sc.weight, f"servers[{i}].url",
+                                   float(cfg.balancer.slow_start))
+            wanted[s.name] = s
+        for s in list(self.pool):
+            if s.static and s.name not in wanted and not s.draining:
+                self.drain_server(s.name)
+                self._to_remove.add(s.name)
+        for name, new in wanted.items():
+            cur = self.pool.get(name)
+            if cur is None:
+                self.pool.add(new, now)
+                continue
+            changed = False
+            if cur.draining:
+                cur.draining = False
+                self._to_remove.discard(name)
+                cur.joined_at = now
+                changed = True
+            if (cur.host, cur.port) != (new.host, new.port):
+                cur.host, cur.port = new.host, new.port
+                up = self.upstreams.get(cur)
+                if up is not None:
+                    up.close_idle()
+                changed = True
+            if cur.weight != new.weight or cur.slow_start_s != new.slow_start_s:
+                cur.weight = new.weight
+                cur.slow_start_s = new.slow_start_s
+                changed = True
+            if changed:
+                self.pool.emit(PoolEvent.CHANGED, cur)
+        self.router.invalidate()
+        self.event("reload", None, f"{len(wanted)} static server(s)")
+        log.info("config reloaded: %d static server(s)", len(wanted))
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value

@@ -1,0 +1,157 @@
+"""`taxiway lb --config FILE`: run the load balancer until SIGTERM.
+
+Signals: SIGTERM/SIGINT stop accepting and finish in-flight requests (timeouts.shutdown), then exit
+0; SIGHUP reloads the config file (a bad file is logged and the running config kept).
+With `balancer.workers = N > 1` the parent starts N worker processes that each bind the listen
+address with SO_REUSEPORT (the kernel spreads connections) and forwards signals to them. Each
+worker has its own balancer state (in-flight counts, EWMA, round-robin position, health); only
+worker 0 runs the admin API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+import msgspec
+import uvloop
+
+from taxiway.config import Config, load_config, split_hostport
+from taxiway.errors import ConfigError, TaxiwayError
+
+HELP = ("Run the load balancer: HTTP/1.1 reverse proxy with keep-alive pools, retries, health "
+        "checks. SIGTERM drains and exits; SIGHUP reloads the config file.")
+
+log = logging.getLogger("taxiway.proxy")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default="taxiway.toml", help="TOML file (default ./taxiway.toml)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if cfg.balancer.workers > 1:
+        return _run_workers(cfg, args.config)
+    return serve(cfg, args.config)
+
+
+def serve(cfg: Config, config_path: str | None, worker: int = 0) -> int:
+    """Run one balancer on a uvloop loop until SIGTERM/SIGINT. Returns the exit status."""
+    return uvloop.run(_main(cfg, config_path, worker))
+
+
+async def _main(cfg: Config, config_path: str | None, worker: int) -> int:
+    from taxiway.proxy.app import Balancer
+
+    bal = Balancer(cfg, config_path)
+    try:
+        await bal.start()
+    except OSError as exc:
+        raise TaxiwayError(f"cannot listen: {exc.strerror or exc}") from None
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload, bal, config_path, worker)
+    where = []
+    if cfg.listen.http is not None:
+        where.append(f"http://{split_hostport(cfg.listen.http, 'listen.http')[0]}:{bal.bound_http_port}")
+    if cfg.listen.https is not None:
+        host = split_hostport(cfg.listen.https, "listen.https")[0]
+        where.append(f"https://{host}:{bal.bound_https_port}")
+    print(f"taxiway lb{f' worker {worker}' if worker else ''}: listening on {' '.join(where)} "
+          f"({cfg.balancer.strategy}, {len(bal.pool)} server(s))", file=sys.stderr, flush=True)
+    await stop.wait()
+    log.info("stopping: finishing in-flight requests (up to %.0fs)", float(cfg.timeouts.shutdown))
+    await bal.stop(float(cfg.timeouts.shutdown))
+    return 0
+
+
+def _reload(bal: object, config_path: str, worker: int) -> None:
+    from taxiway.proxy.app import Balancer
+
+    assert isinstance(bal, Balancer)
+    try:
+        cfg = load_config(config_path)
+        if worker:
+            cfg = msgspec.structs.replace(cfg, admin=msgspec.structs.replace(cfg.admin, listen=None))
+        cfg = msgspec.structs.replace(cfg, listen=bal.cfg.listen)
+        bal.reload(cfg)
+    except ConfigError as exc:
+        log.error("reload failed, keeping the running config: %s", exc)
+        bal.event("reload_failed", None, str(exc))
+
+
+def _reserve_port(addr: str, key: str) -> tuple[str, socket.socket | None]:
+    """For ":0" pick one port all workers share (bound with SO_REUSEPORT, held until they run)."""
+    host, port = split_hostport(addr, key)
+    if port != 0:
+        return addr, None
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((host, 0))
+    port = s.getsockname()[1]
+    return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), s
+
+
+def _run_workers(cfg: Config, config_path: str) -> int:
+    held: list[socket.socket] = []
+    listen = cfg.listen
+    for key in ("http", "https"):
+        addr = getattr(listen, key)
+        if addr is not None:
+            addr, sock = _reserve_port(addr, f"listen.{key}")
+            listen = msgspec.structs.replace(listen, **{key: addr})
+            if sock is not None:
+                held.append(sock)
+    cfg = msgspec.structs.replace(cfg, listen=listen)
+    pids: list[int] = []
+    for i in range(cfg.balancer.workers):
+        wcfg = cfg if i == 0 else msgspec.structs.replace(
+            cfg, admin=msgspec.structs.replace(cfg.admin, listen=None))
+        pid = os.fork()
+        if pid == 0:
+            for s in held:
+                s.close()
+            code = 1
+            try:
+                code = serve(wcfg, config_path, i)
+            except TaxiwayError as exc:
+                print(f"taxiway: worker {i}: {exc}", file=sys.stderr)
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    for s in held:
+        s.close()
+
+    def forward(signum: int, _frame: object) -> None:
+        for pid in pids:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    status = 0
+    for pid in pids:
+        while True:
+            try:
+                _, st = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+        code = os.waitstatus_to_exitcode(st)
+        if code != 0:
+            status = 1
+    return status

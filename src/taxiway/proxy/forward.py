@@ -1,0 +1,569 @@
+"""Routing one request: affinity -> strategy.pick -> upstream connection -> retry loop.
+
+Rules of this module (driver glue between the client protocol and the upstream pool):
+1. `Exchange` is the per-request state, created by the client protocol in `on_headers_complete`.
+   Its methods are callbacks (client body arrived, upstream head arrived, upstream lost ...); they
+   do O(1) work and never await. The only task is the rare one an async edge guard needs.
+2. A request is retried on another server only when no response byte came back and either the
+   method is idempotent or no request byte reached the failed server (issue 2 "Retries"); the
+   body must still be replayable (kept up to `REPLAY_MAX_BYTES`), and the retry budget must allow.
+3. Every outcome is accounted once in `_account`: in-flight, latency, outlier detector, counters,
+   access log.
+
+Statuses taxiway answers here: 502 upstream failed or sent invalid HTTP, 503 no server
+(Retry-After), 504 upstream connect or response timeout.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from taxiway.balancing.affinity import CookieAffinity, ip_affinity, sticky_server
+from taxiway.balancing.model import Pool, PoolEvent, Server
+from taxiway.balancing.strategies import Strategy, make_strategy
+from taxiway.proxy.http1 import (
+    CONTINUE_100,
+    CRLF,
+    Rejection,
+    RequestHead,
+    RequestInfo,
+    ResponseContext,
+    error_response,
+    simple_response,
+)
+from taxiway.proxy.upstream import PAUSE_BUFFER, UpstreamConnection
+
+if TYPE_CHECKING:
+    from taxiway.config import Config
+    from taxiway.proxy.app import Balancer
+    from taxiway.proxy.server import ClientProtocol
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+REPLAY_MAX_BYTES = 64 * 1024       # request body kept for a retry; larger bodies are not replayed
+BUFFER_HIGH_BYTES = 256 * 1024     # body buffered while connecting before the client is paused
+CANDIDATES_TTL_S = 0.25            # cached available-server list (ejections expire by time)
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+class Router:
+    """Chooses the server for a request. Rebuilt on reload (strategy and affinity may change)."""
+
+    def __init__(self, cfg: Config, pool: Pool, rng: random.Random) -> None:
+        self.pool = pool
+        self.affinity: CookieAffinity | None = None
+        self.strategy: Strategy
+        if cfg.affinity.mode == "ip":
+            self.strategy = ip_affinity(rng)
+        else:
+            self.strategy = make_strategy(cfg.balancer, rng)
+        if cfg.affinity.mode == "cookie" and cfg.affinity.secret:
+            self.affinity = CookieAffinity(cfg.affinity.secret.encode(), cfg.affinity.cookie_name)
+        self.key_kind = self.strategy.key_kind
+        self._cands: list[Server] = []
+        self._version = -1
+        self._valid_until = 0.0
+
+    def invalidate(self) -> None:
+        self._version = -1
+
+    def candidates(self, now: float) -> list[Server]:
+        if self.pool.version != self._version or now >= self._valid_until:
+            self._cands = self.pool.available(now)
+            self._version = self.pool.version
+            self._valid_until = now + CANDIDATES_TTL_S
+        return self._cands
+
+    def key_for(self, head: RequestHead) -> str | None:
+        kind = self.key_kind
+        if kind is None:
+            return None
+        if kind == "client_ip":
+            return head.client_ip
+        if kind == "path":
+            return head.path
+        if kind.startswith("header:"):
+            v = head.header(kind[7:].lower().encode())
+            return v.decode("latin-1") if v is not None else None
+        if kind.startswith("cookie:"):
+            return head.cookie(kind[7:])
+        return None
+
+    def pick(self, head: RequestHead, tried: Sequence[Server], now: float) -> tuple[Server | None, bool]:
+        """Returns (server, set_cookie): set_cookie when affinity is on and the client's cookie
+        did not name the chosen server."""
+        cands: Sequence[Server] = self.candidates(now)
+        if tried:
+            cands = [s for s in cands if s not in tried]
+        if not cands:
+            return None, False
+        if self.affinity is not None:
+            named = self.affinity.server_from(head.header(b"cookie"))
+            s = sticky_server(named, cands)
+            if s is not None:
+                return s, False
+            return self.strategy.pick(cands, self.key_for(head), now), True
+        return self.strategy.pick(cands, self.key_for(head) if self.key_kind else None, now), False
+
+
+class Exchange:
+    """One request/response through the proxy (see module docstring)."""
+
+    __slots__ = (
+        "bal",
+        "body_in",
+        "body_out",
+        "client_http11",
+        "conn",
+        "deadline",
+        "finished",
+        "head",
+        "info",
+        "keep_alive",
+        "method",
+        "pending",
+        "pending_bytes",
+        "proto",
+        "replay",
+        "replay_bytes",
+        "request_done",
+        "resp",
+        "response_started",
+        "sent_bytes",
+        "sent_continue",
+        "server",
+        "set_cookie",
+        "started",
+        "status",
+        "t_start",
+        "timed_out_connect",
+        "tried",
+        "tunnel",
+    )
+
+    def __init__(self, proto: ClientProtocol, head: RequestHead, info: RequestInfo, method: bytes,
+                 keep_alive: bool, client_http11: bool) -> None:
+        self.proto = proto
+        self.bal: Balancer = proto.bal
+        self.head = head
+        self.info = info
+        self.method = method
+        self.keep_alive = keep_alive
+        self.client_http11 = client_http11
+        self.server: Server | None = None
+        self.conn: UpstreamConnection | None = None
+        self.tried: list[Server] = []
+        self.pending: list[bytes] = []      # framed body bytes not yet written upstream
+        self.pending_bytes = 0
+        self.replay: list[bytes] | None = []  # framed body bytes written so far (for a retry)
+        self.replay_bytes = 0
+        self.sent_bytes = 0                 # request bytes written to the current upstream
+        self.request_done = False
+        self.response_started = False
+        self.finished = False
+        self.started = False
+        self.t_start = 0.0
+        self.deadline = 0.0                 # upstream response deadline (0 = not waiting)
+        self.status = 0
+        self.body_in = 0
+        self.body_out = 0
+        self.resp: ResponseContext | None = None
+        self.set_cookie = False
+        self.tunnel = False
+        self.timed_out_connect = False
+        self.sent_continue = False
+
+    # -- start: guards, then dispatch ----------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Called by the client protocol when this request reaches the front of the line."""
+        self.started = True
+        self.t_start = now
+        bal = self.bal
+        bal.counters["requests"] += 1
+        bal.retry_budget.process_request(now)
+        proto = self.proto
+        if proto.redirect_https is not None:
+            self.reject_with(Rejection(308, [(b"Location", proto.redirect_https(self.head))],
+                                       b"moved to https\n"))
+            return
+        if bal.guards:
+            for guard in bal.guards:
+                result = guard.check(self.head)
+                if result is None:
+                    continue
+                if isinstance(result, Rejection) or hasattr(result, "status"):
+                    self.reject_with(result)
+                    return
+                bal.spawn(self._await_guard(result, bal.guards.index(guard) + 1))
+                return
+        self.dispatch()
+
+    async def _await_guard(self, awaitable: Any, next_index: int) -> None:
+        try:
+            result = await awaitable
+        except Exception:   # a guard store failing must not kill the connection silently
+            self.bal.log.exception("edge guard failed")
+            result = None
+        if self.finished:
+            return
+        if result is not None:
+            self.reject_with(result)
+            self.proto.flush()
+            return
+        for guard in self.bal.guards[next_index:]:
+            result = guard.check(self.head)
+            if result is None:
+                continue
+            if hasattr(result, "status"):
+                self.reject_with(result)
+                self.proto.flush()
+                return
+            result = await result
+            if self.finished:
+                return
+            if result is not None:
+                self.reject_with(result)
+                self.proto.flush()
+                return
+        self.dispatch()
+        self.proto.flush()
+
+    def dispatch(self) -> None:
+        """Pick a server and get a connection to it (first attempt or retry)."""
+        bal = self.bal
+        now = time.monotonic()
+        server, set_cookie = bal.router.pick(self.head, self.tried, now)
+        if server is None:
+            if self.tried:
+                self.answer_error(504 if self.timed_out_connect else 502)
+            else:
+                self.answer_error(503)
+            return
+        self.set_cookie = set_cookie
+        self.server = server
+        self.tried.append(server)
+        server.inflight += 1
+        server.requests += 1
+        info = self.info
+        if info.expect_continue and not self.sent_continue and not self.request_done:
+            self.sent_continue = True
+            self.proto.queue(CONTINUE_100)
+        upool = bal.upstream_pool(server)
+        conn = upool.acquire_idle()
+        if conn is not None:
+            self.on_connected(conn)
+        else:
+            upool.connect(self)
+
+    # -- upstream connection established --------------------------------------------------------
+
+    def on_connected(self, conn: UpstreamConnection) -> None:
+        if self.finished or self.server is None or conn.pool.server is not self.server:
+            conn.pool.release(conn, time.monotonic())
+            return
+        self.conn = conn
+        conn.bind(self, self.proto.write_paused)
+        transport = conn.transport
+        assert transport is not None
+        if self.replay:
+            # Retry: what the failed server had already received goes first.
+            chunks = [self.info.head_bytes, *self.replay, *self.pending]
+        elif self.pending:
+            chunks = [self.info.head_bytes, *self.pending]
+        else:
+            chunks = None
+        if chunks is None:
+            transport.write(self.info.head_bytes)
+            self.sent_bytes = len(self.info.head_bytes)
+        else:
+            transport.writelines(chunks)
+            self.sent_bytes = sum(map(len, chunks))
+            if self.replay is not None:
+                for c in self.pending:
+                    self._keep_for_replay(c)
+            self.pending = []
+            if self.pending_bytes:
+                self.pending_bytes = 0
+                self.proto.resume_reading(PAUSE_BUFFER)
+        if self.request_done:
+            self.deadline = time.monotonic() + self.bal.settings.upstream_response_s
+
+    def on_connect_failed(self, timed_out: bool) -> None:
+        if self.finished:
+            return
+        self.timed_out_connect = timed_out
+        self._fail_before_response("connect timeout" if timed_out else "connect refused")
+        self.proto.flush()
+
+    # -- request body from the client ---------------------------------------------------------
+
+    def on_client_body(self, body: bytes) -> None:
+        """Called by the client protocol for every body piece (already de-chunked)."""
+        self.body_in += len(body)
+        if self.info.chunked:
+            framed: list[bytes] = [b"%x\r\n" % len(body), body, CRLF]
+        else:
+            framed = [body]
+        self._send_upstream(framed)
+
+    def on_tunnel_client_data(self, data: bytes) -> None:
+        self.body_in += len(data)
+        self._send_upstream([data])
+
+    def _send_upstream(self, framed: list[bytes]) -> None:
+        conn = self.conn
+        if conn is not None and conn.transport is not None and not conn.closed:
+            if len(framed) == 1:
+                conn.transport.write(framed[0])
+            else:
+                conn.transport.writelines(framed)
+            for c in framed:
+                self.sent_bytes += len(c)
+                if self.replay is not None:
+                    self._keep_for_replay(c)
+            return
+        if self.finished:
+            return
+        for c in framed:
+            self.pending.append(c)
+            self.pending_bytes += len(c)
+        if self.pending_bytes > BUFFER_HIGH_BYTES:
+            self.proto.pause_reading(PAUSE_BUFFER)
+
+    def _keep_for_replay(self, chunk: bytes) -> None:
+        assert self.replay is not None
+        self.replay_bytes += len(chunk)
+        if self.replay_bytes > REPLAY_MAX_BYTES:
+            self.replay = None
+        else:
+            self.replay.append(chunk)
+
+    def on_request_complete(self) -> None:
+        """Called by the client protocol when the request body ended."""
+        self.request_done = True
+        if self.finished:
+            return
+        if self.info.chunked:
+            self._send_upstream([LAST_CHUNK])
+        if self.conn is not None and not self.response_started:
+            self.deadline = time.monotonic() + self.bal.settings.upstream_response_s
+
+    # -- response from the upstream -------------------------------------------------------------
+
+    def on_upstream_head(self, conn: UpstreamConnection, status: int, headers: list[tuple[bytes, bytes]],
+                         upstream_keep_alive: bool) -> None:
+        self.deadline = 0.0
+        self.status = status
+        self.response_started = True
+        proto = self.proto
+        no_body = self.method == b"HEAD" or status in (204, 304)
+        close = (not self.keep_alive) or proto.closing or (self.info.upgrade and status != 101)
+        extra: list[bytes] | None = None
+        if self.set_cookie and self.bal.router.affinity is not None and self.server is not None:
+            extra = [b"Set-Cookie: " + self.bal.router.affinity.set_cookie_header(
+                self.server.name, self.head.scheme == "https") + CRLF]
+        assert self.server is not None
+        ctx = self.resp = ResponseContext(no_body, close, proto.https, self.client_http11,
+                                          self.bal.date.line, self.server.name, extra)
+        proto.queue(self.bal.settings.response_rewriter.rewrite(status, headers, ctx))
+        if ctx.close:
+            self.keep_alive = False
+        if no_body and status != 101 and self.method == b"HEAD":
+            # httptools cannot be told a response answers HEAD: finish now, retire the connection.
+            self.conn = None
+            conn.close()
+            self._complete(ok=status < 500)
+
+    def on_upstream_body(self, body: bytes) -> None:
+        n = len(body)
+        self.body_out += n
+        resp = self.resp
+        if resp is not None and resp.chunked_out:
+            self.proto.queue_many((b"%x\r\n" % n, body, CRLF))
+        else:
+            self.proto.queue(body)
+
+    def on_upstream_complete(self, conn: UpstreamConnection) -> None:
+        resp = self.resp
+        if resp is not None and resp.chunked_out:
+            self.proto.queue(LAST_CHUNK)
+        self.conn = None
+        if self.request_done and conn.parser.should_keep_alive():
+            conn.pool.release(conn, time.monotonic())
+        else:
+            conn.close()
+            self.keep_alive = self.keep_alive and self.request_done
+        self._complete(ok=self.status < 500)
+
+    def on_upstream_upgraded(self, rest: bytes) -> None:
+        """The server answered 101: from now on bytes are spliced both ways."""
+        self.tunnel = True
+        if rest:
+            self.body_out += len(rest)
+            self.proto.queue(rest)
+        self.proto.start_tunnel(self)
+
+    def on_tunnel_upstream_data(self, data: bytes) -> None:
+        self.body_out += len(data)
+        self.proto.write_now(data)
+
+    def on_upstream_lost(self, conn: UpstreamConnection) -> None:
+        """The upstream connection closed while bound to this exchange."""
+        self.conn = None
+        if self.finished:
+            return
+        if self.tunnel:
+            self.proto.close()
+            self._account(ok=True)
+            return
+        if self.response_started:
+            resp = self.resp
+            if resp is not None and resp.content_length < 0 and not resp.upstream_chunked \
+                    and not resp.no_body:
+                # Body delimited by the close (RFC 9112 §6.3 rule 8): that was its end.
+                if resp.chunked_out:
+                    self.proto.queue(LAST_CHUNK)
+                self.keep_alive = self.keep_alive and self.request_done
+                self._complete(ok=True)
+                return
+            # Cut in the middle of a response we already started: the client must see a cut too.
+            self.bal.counters["upstream_aborted"] += 1
+            self._account(ok=False)
+            self.proto.abort()
+            return
+        self._fail_before_response("reset" if conn.got_bytes or self.sent_bytes else "closed")
+        self.proto.flush()
+
+    def on_upstream_invalid(self, conn: UpstreamConnection) -> None:
+        self.conn = None
+        if self.finished:
+            return
+        self.bal.note_failure(self.server, "invalid response")
+        if self.response_started:
+            self.bal.counters["upstream_aborted"] += 1
+            self._account(ok=False)
+            self.proto.abort()
+            return
+        self._release_server(ok=False)
+        self.answer_error(502)
+
+    def on_upstream_timeout(self) -> None:
+        """Called by the client protocol's timer check: no response head in time (504)."""
+        self.deadline = 0.0
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.close()
+        self.bal.note_failure(self.server, "response timeout")
+        self._release_server(ok=False)
+        self.answer_error(504)
+
+    # -- failure, retry, error answers ----------------------------------------------------------
+
+    def _fail_before_response(self, what: str) -> None:
+        bal = self.bal
+        bal.note_failure(self.server, what)
+        self._release_server(ok=False)
+        replayable = self.replay is not None and (self.method in IDEMPOTENT or self.sent_bytes == 0)
+        if replayable and len(self.tried) <= bal.settings.retries:
+            if bal.retry_budget.allow_retry(time.monotonic()):
+                bal.counters["retries"] += 1
+                self.sent_bytes = 0
+                self.dispatch()
+                return
+            bal.counters["retry_budget_exhausted"] += 1
+        self.answer_error(504 if self.timed_out_connect else 502)
+
+    def _release_server(self, ok: bool) -> None:
+        server = self.server
+        if server is None:
+            return
+        self.server = None
+        server.inflight -= 1
+        if not ok:
+            server.failures += 1
+        bal = self.bal
+        now = time.monotonic()
+        if bal.outlier.process_outcome(server, ok, now, bal.pool.servers):
+            bal.router.invalidate()
+            bal.pool.emit(PoolEvent.EJECTED, server)
+
+    def reject_with(self, rej: Any) -> None:
+        """Answer with a Rejection (edge guard, redirect) without contacting any server."""
+        self.status = rej.status
+        close = not self.keep_alive or not self.request_done or self.proto.closing
+        self.bal.counters[f"rejected_{rej.status}"] += 1
+        self.proto.queue(simple_response(rej.status, rej.body, self.bal.date.line, close, rej.headers))
+        self.keep_alive = not close
+        self._finish()
+
+    def answer_error(self, status: int) -> None:
+        """Answer with taxiway's own error page (no response byte was sent yet)."""
+        self.status = status
+        bal = self.bal
+        bal.counters[f"error_{status}"] += 1
+        close = not self.keep_alive or not self.request_done or self.proto.closing
+        extra = bal.settings.retry_after if status == 503 else ()
+        self.proto.queue(error_response(status, bal.date.line, close, extra))
+        self.keep_alive = not close
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        self._finish()
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def _complete(self, ok: bool) -> None:
+        self._account(ok)
+        self.proto.exchange_done(self)
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self._account(ok=True, count_server=False)
+        self.proto.exchange_done(self)
+
+    def _account(self, ok: bool, count_server: bool = True) -> None:
+        """Everything measured about one request, exactly once."""
+        if self.finished:
+            return
+        self.finished = True
+        self.deadline = 0.0
+        bal = self.bal
+        now = time.monotonic()
+        server = self.server
+        if server is not None and count_server:
+            latency = now - self.t_start
+            server.process_latency(latency, now)
+            server.bytes_out += self.body_in
+            server.bytes_in += self.body_out
+            self._release_server(ok)
+        elif server is not None:
+            self._release_server(ok)
+        status = self.status
+        bal.counters[_CLASS_KEYS[status // 100] if 0 < status < 600 else "responses_other"] += 1
+        if bal.access_log is not None:
+            bal.access_log.record(self, server.name if server is not None else
+                                  (self.tried[-1].name if self.tried else None), now)
+
+    def abort(self) -> None:
+        """Called by the client protocol when the client went away mid-request."""
+        if self.finished:
+            return
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.close()
+        if self.server is not None:
+            self.bal.counters["client_aborted"] += 1
+            server = self.server
+            self.server = None
+            server.inflight -= 1
+        self.finished = True
+
+
+_CLASS_KEYS = {1: "responses_1xx", 2: "responses_2xx", 3: "responses_3xx", 4: "responses_4xx",
+               5: "responses_5xx"}

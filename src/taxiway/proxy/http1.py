@@ -1,0 +1,473 @@
+"""HTTP/1.1 header rules of the proxy: what is forwarded, what is added, what is refused.
+
+Rules of this module:
+1. No sockets, no asyncio: functions take header lists and return bytes or a status to refuse with.
+   The clock enters only through `DateCache.refresh(now_epoch)` called by the driver's tick.
+2. Header lists are `list[tuple[bytes, bytes]]` exactly as httptools delivered them (original
+   case). Lookups lower-case the name once per header.
+3. Everything constant is precomputed bytes: status lines, error responses, added headers.
+
+Theory of operation: the request parser (server.py) collects the head; `rewrite_request` checks the
+framing rules that two parsers could read differently (anything doubtful is a 400 and the
+connection is closed), removes hop-by-hop headers and adds X-Forwarded-*, Forwarded, Via and the
+request id, returning the bytes to send upstream. `rewrite_response` does the same for the answer.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http
+import os
+from dataclasses import dataclass
+
+CRLF = b"\r\n"
+
+# RFC 9110 §7.6.1 hop-by-hop fields plus the legacy ones proxies strip (nginx/HAProxy list).
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade", b"proxy-authorization", b"proxy-authenticate",
+})
+
+STATUS_LINES: dict[int, bytes] = {
+    int(s): b"HTTP/1.1 %d %s\r\n" % (int(s), s.phrase.encode()) for s in http.HTTPStatus
+}
+
+
+def status_line(code: int) -> bytes:
+    line = STATUS_LINES.get(code)
+    if line is None:
+        line = STATUS_LINES[code] = b"HTTP/1.1 %d Unknown\r\n" % code
+    return line
+
+
+class DateCache:
+    """The Date header, formatted once per second (style: cached Date), refreshed by the tick."""
+
+    __slots__ = ("_second", "line")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self.line = b""
+
+    def refresh(self, now_epoch: float) -> None:
+        second = int(now_epoch)
+        if second != self._second:
+            self._second = second
+            self.line = b"Date: " + email.utils.formatdate(second, usegmt=True).encode() + CRLF
+
+
+class RequestHead:
+    """One parsed request head, as edge guards (security/) and strategies see it.
+
+    `headers` holds (name, value) pairs as received, names in their original case; use
+    `header(b"lower-case-name")` for a case-insensitive lookup of the first value.
+    """
+
+    __slots__ = (
+        "_path",
+        "_target",
+        "client_ip",
+        "headers",
+        "http_version",
+        "method",
+        "raw_target",
+        "scheme",
+    )
+
+    def __init__(self, method: str, raw_target: bytes, headers: list[tuple[bytes, bytes]],
+                 client_ip: str, scheme: str, http_version: str) -> None:
+        self.method = method
+        self.raw_target = raw_target
+        self.headers = headers
+        self.client_ip = client_ip
+        self.scheme = scheme
+        self.http_version = http_version
+        self._path: str | None = None
+        self._target: str | None = None
+
+    @property
+    def target(self) -> str:
+        """Raw path and query, decoded as latin-1 (lossless)."""
+        if self._target is None:
+            self._target = self.raw_target.decode("latin-1")
+        return self._target
+
+    @property
+    def path(self) -> str:
+        """Path without the query; an absolute-form target is reduced to its path."""
+        if self._path is None:
+            t = self.target
+            if not t.startswith("/") and "://" in t:
+                t = "/" + t.split("://", 1)[1].partition("/")[2]
+            self._path = t.partition("?")[0]
+        return self._path
+
+    def header(self, name: bytes) -> bytes | None:
+        """First value of header `name` (lower-case bytes), or None."""
+        for n, v in self.headers:
+            if n.lower() == name:
+                return v
+        return None
+
+    def cookie(self, name: str) -> str | None:
+        raw = self.header(b"cookie")
+        if not raw:
+            return None
+        for part in raw.decode("latin-1").split(";"):
+            k, _, v = part.strip().partition("=")
+            if k == name:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An answer given by taxiway itself instead of forwarding (also what edge guards return)."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+# --------------------------------------------------------------------------------------------
+# Errors answered by taxiway itself: short bodies, precomputed.
+
+ERROR_BODIES: dict[int, bytes] = {
+    400: b"bad request\n", 404: b"not found\n", 408: b"request timeout\n",
+    413: b"request body too large\n", 414: b"request target too long\n",
+    417: b"expectation failed\n", 431: b"request header fields too large\n",
+    502: b"bad gateway: the upstream server failed\n",
+    503: b"service unavailable: no server can take the request\n",
+    504: b"gateway timeout: the upstream server did not answer in time\n",
+}
+
+
+def simple_response(status: int, body: bytes, date_line: bytes, close: bool,
+                    extra: list[tuple[bytes, bytes]] | tuple[()] = ()) -> bytes:
+    parts = [status_line(status), date_line, b"Server: taxiway\r\n",
+             b"Content-Type: text/plain; charset=utf-8\r\n",
+             b"Content-Length: %d\r\n" % len(body)]
+    for n, v in extra:
+        parts.append(n + b": " + v + CRLF)
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(CRLF)
+    parts.append(body)
+    return b"".join(parts)
+
+
+def error_response(status: int, date_line: bytes, close: bool = True,
+                   extra: list[tuple[bytes, bytes]] | tuple[()] = ()) -> bytes:
+    return simple_response(status, ERROR_BODIES.get(status, b"error\n"), date_line, close, extra)
+
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class RequestRefused(Exception):
+    """The request head breaks a framing rule; answer `status` and close the connection."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+# --------------------------------------------------------------------------------------------
+# Request rewriting
+
+# Codes for the request headers that need more than copying.
+_R_DROP, _R_CONN, _R_TE, _R_CL, _R_HOST, _R_XFF, _R_XFP, _R_XFH, _R_FWD, _R_VIA, _R_EXPECT, \
+    _R_UPGRADE, _R_RID = range(13)
+_REQ_SPECIAL: dict[bytes, int] = {
+    b"connection": _R_CONN, b"keep-alive": _R_DROP, b"proxy-connection": _R_DROP, b"te": _R_DROP,
+    b"trailer": _R_DROP, b"transfer-encoding": _R_TE, b"upgrade": _R_UPGRADE,
+    b"proxy-authorization": _R_DROP, b"content-length": _R_CL, b"host": _R_HOST,
+    b"x-forwarded-for": _R_XFF, b"x-forwarded-proto": _R_XFP, b"x-forwarded-host": _R_XFH,
+    b"forwarded": _R_FWD, b"via": _R_VIA, b"expect": _R_EXPECT,
+}
+
+
+class RequestInfo:
+    """What the driver needs to know about one request after `rewrite_request`."""
+
+    __slots__ = (
+        "chunked",
+        "close",
+        "content_length",
+        "expect_continue",
+        "head_bytes",
+        "host",
+        "request_id",
+        "upgrade",
+    )
+
+    def __init__(self) -> None:
+        self.head_bytes = b""
+        self.content_length = -1    # -1: no Content-Length header
+        self.chunked = False
+        self.expect_continue = False
+        self.upgrade = False
+        self.request_id = b""
+        self.host = b""
+        self.close = False          # client asked for Connection: close
+
+
+class RequestRewriter:
+    """Precomputed per-config pieces of the upstream request head (rebuilt on reload)."""
+
+    def __init__(self, request_id_header: str, via: bool, max_body_bytes: int) -> None:
+        self.rid_name = request_id_header.encode().lower()
+        self.rid_prefix = request_id_header.encode() + b": "
+        self.via = via
+        self.max_body_bytes = max_body_bytes
+        self._rid_base = os.urandom(6).hex().encode() + b"-"
+        self._rid_counter = 0
+        self.special = dict(_REQ_SPECIAL)
+        if self.rid_name:
+            self.special[self.rid_name] = _R_RID
+
+    def new_request_id(self) -> bytes:
+        self._rid_counter += 1
+        return self._rid_base + b"%x" % self._rid_counter
+
+    def rewrite(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
+                http11: bool, conn_ctx: ConnContext) -> RequestInfo:
+        """Check framing and build the upstream head. Raises RequestRefused (400/413) when the
+        request could be read differently by another parser or breaks a limit."""
+        info = RequestInfo()
+        special = self.special
+        parts: list[bytes] = [method, b" ", target, b" HTTP/1.1\r\n"]
+        append = parts.append
+        xff = xfh = fwd = via = b""
+        conn_tokens: list[bytes] = []
+        hosts = 0
+        upgrade_value = b""
+        for name, value in headers:
+            code = special.get(name.lower())
+            if code is None:
+                append(name + b": " + value + CRLF)
+                continue
+            if code == _R_HOST:
+                hosts += 1
+                info.host = value
+                append(name + b": " + value + CRLF)
+            elif code == _R_CL:
+                info.content_length = int(value)   # httptools already checked digits/duplicates
+            elif code == _R_TE:
+                # llhttp accepts "gzip, chunked"; we re-frame the body, so only plain chunked
+                # can pass without two readers disagreeing about the content.
+                if info.chunked or value.strip().lower() != b"chunked":
+                    raise RequestRefused(400, "Transfer-Encoding other than chunked")
+                info.chunked = True
+            elif code == _R_CONN:
+                for tok in value.lower().split(b","):
+                    tok = tok.strip()
+                    if tok == b"close":
+                        info.close = True
+                    elif tok == b"upgrade":
+                        info.upgrade = True
+                    elif tok and tok != b"keep-alive":
+                        conn_tokens.append(tok)
+            elif code == _R_UPGRADE:
+                upgrade_value = value
+            elif code == _R_XFF:
+                xff = value if not xff else xff + b", " + value
+            elif code == _R_XFH:
+                xfh = value
+            elif code == _R_FWD:
+                fwd = value if not fwd else fwd + b", " + value
+            elif code == _R_VIA:
+                via = value if not via else via + b", " + value
+            elif code == _R_EXPECT:
+                if value.lower() != b"100-continue":
+                    raise RequestRefused(417, "unsupported Expect")
+                info.expect_continue = True
+            elif code == _R_RID and not info.request_id and 0 < len(value) <= 200:
+                info.request_id = value
+            # _R_DROP, _R_XFP (set by taxiway alone): not forwarded
+        if hosts > 1 or (hosts == 0 and http11):
+            raise RequestRefused(400, "missing or repeated Host")
+        if info.content_length >= 0 and self.max_body_bytes and info.content_length > self.max_body_bytes:
+            raise RequestRefused(413, "body larger than limits.max_body_bytes")
+        if info.upgrade and upgrade_value:
+            append(b"Connection: upgrade\r\nUpgrade: " + upgrade_value + CRLF)
+        else:
+            info.upgrade = False
+        if conn_tokens:
+            # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1): rare, so rebuild.
+            drop = set(conn_tokens)
+            parts = parts[:4] + [p for p in parts[4:] if p.split(b":", 1)[0].lower() not in drop]
+            append = parts.append
+        trusted = conn_ctx.trusted
+        ip = conn_ctx.ip_bytes
+        append(b"X-Forwarded-For: " + (xff + b", " + ip if (trusted and xff) else ip) + CRLF)
+        append(conn_ctx.xfp_line)
+        xf_host = xfh if (trusted and xfh) else info.host
+        if xf_host:
+            append(b"X-Forwarded-Host: " + xf_host + CRLF)
+        this_hop = conn_ctx.forwarded_for + (b';host="' + info.host + b'"' if info.host else b"")
+        append(b"Forwarded: " + (fwd + b", " + this_hop if (trusted and fwd) else this_hop) + CRLF)
+        if self.via:
+            append(b"Via: " + (via + b", 1.1 taxiway" if via else b"1.1 taxiway") + CRLF)
+        if not info.request_id:
+            info.request_id = self.new_request_id()
+        append(self.rid_prefix + info.request_id + CRLF)
+        if info.chunked:
+            append(b"Transfer-Encoding: chunked\r\n")
+        elif info.content_length >= 0:
+            append(b"Content-Length: %d\r\n" % info.content_length)
+        append(CRLF)
+        info.head_bytes = b"".join(parts)
+        return info
+
+
+class ConnContext:
+    """Per-client-connection bytes precomputed once at accept time."""
+
+    __slots__ = ("forwarded_for", "ip", "ip_bytes", "trusted", "xfp_line")
+
+    def __init__(self, ip: str, scheme: str, trusted: bool) -> None:
+        self.ip = ip
+        self.ip_bytes = ip.encode()
+        self.trusted = trusted
+        self.xfp_line = b"X-Forwarded-Proto: " + scheme.encode() + CRLF
+        node = f'"[{ip}]"' if ":" in ip else ip
+        self.forwarded_for = f"for={node};proto={scheme}".encode()
+
+
+def is_trusted(ip: str, trusted_proxies: list[str]) -> bool:
+    """Is `ip` one of headers.trusted_proxies (addresses or CIDR networks)?"""
+    import ipaddress
+
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    for item in trusted_proxies:
+        try:
+            if addr in ipaddress.ip_network(item, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# Response rewriting
+
+_S_DROP, _S_CL, _S_DATE, _S_TE, _S_SEC, _S_CONN = range(6)
+
+
+class ResponseRewriter:
+    """Precomputed per-config pieces of the client response head (rebuilt on reload)."""
+
+    def __init__(self, security: dict[str, str], served_by_header: str, hsts_max_age_s: float) -> None:
+        self.special: dict[bytes, int] = {
+            b"connection": _S_CONN, b"keep-alive": _S_DROP, b"proxy-connection": _S_DROP,
+            b"transfer-encoding": _S_TE, b"trailer": _S_DROP, b"upgrade": _S_DROP, b"te": _S_DROP,
+            b"content-length": _S_CL, b"date": _S_DATE,
+        }
+        self.security: list[tuple[bytes, bytes]] = []
+        for name, value in security.items():
+            if value:
+                self.security.append((name.lower().encode(), name.encode() + b": " + value.encode() + CRLF))
+                self.special[name.lower().encode()] = _S_SEC
+        self.served_by = served_by_header.encode()
+        self._served_by_lines: dict[str, bytes] = {}
+        self.hsts_line = b"Strict-Transport-Security: max-age=%d\r\n" % int(hsts_max_age_s) \
+            if hsts_max_age_s > 0 else b""
+        if self.hsts_line:
+            self.special[b"strict-transport-security"] = _S_SEC
+
+    def served_by_line(self, server_name: str) -> bytes:
+        line = self._served_by_lines.get(server_name)
+        if line is None:
+            line = self._served_by_lines[server_name] = self.served_by + b": " + server_name.encode() + CRLF
+        return line
+
+    def rewrite(self, status: int, headers: list[tuple[bytes, bytes]], ctx: ResponseContext) -> bytes:
+        """Build the response head for the client and fill in `ctx` (framing found upstream)."""
+        special = self.special
+        parts: list[bytes] = [status_line(status)]
+        append = parts.append
+        seen_sec: list[bytes] | None = None
+        has_date = False
+        for name, value in headers:
+            lname = name.lower()
+            code = special.get(lname)
+            if code is None:
+                append(name + b": " + value + CRLF)
+            elif code == _S_CL:
+                ctx.content_length = int(value)
+                append(name + b": " + value + CRLF)
+            elif code == _S_TE:
+                ctx.upstream_chunked = b"chunked" in value.lower()
+            elif code == _S_DATE:
+                has_date = True
+                append(name + b": " + value + CRLF)
+            elif code == _S_SEC:
+                if seen_sec is None:
+                    seen_sec = [lname]
+                else:
+                    seen_sec.append(lname)
+                append(name + b": " + value + CRLF)
+            elif code == _S_CONN:
+                if status == 101:
+                    append(name + b": " + value + CRLF)
+            elif status == 101 and lname == b"upgrade":
+                append(name + b": " + value + CRLF)
+        for lname, line in self.security:
+            if seen_sec is None or lname not in seen_sec:
+                append(line)
+        if ctx.https and self.hsts_line and \
+                (seen_sec is None or b"strict-transport-security" not in seen_sec):
+            append(self.hsts_line)
+        if not has_date:
+            append(ctx.date_line)
+        if self.served_by:
+            append(self.served_by_line(ctx.server_name))
+        if ctx.extra:
+            parts.extend(ctx.extra)
+        # Framing towards the client (RFC 9112 §6.3): no body, Content-Length, or re-chunked.
+        if ctx.no_body or status == 101:
+            pass
+        elif ctx.content_length < 0:
+            if ctx.client_http11:
+                ctx.chunked_out = True
+                append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                ctx.close = True
+        if ctx.close and status != 101:
+            append(b"Connection: close\r\n")
+        append(CRLF)
+        return b"".join(parts)
+
+
+class ResponseContext:
+    """Inputs and outputs of `ResponseRewriter.rewrite` for one response."""
+
+    __slots__ = (
+        "chunked_out",
+        "client_http11",
+        "close",
+        "content_length",
+        "date_line",
+        "extra",
+        "https",
+        "no_body",
+        "server_name",
+        "upstream_chunked",
+    )
+
+    def __init__(self, no_body: bool, close: bool, https: bool, client_http11: bool, date_line: bytes,
+                 server_name: str, extra: list[bytes] | None) -> None:
+        self.content_length = -1
+        self.upstream_chunked = False
+        self.chunked_out = False
+        self.no_body = no_body
+        self.close = close
+        self.https = https
+        self.client_http11 = client_http11
+        self.date_line = date_line
+        self.server_name = server_name
+        self.extra = extra

@@ -1,0 +1,391 @@
+"""Client side: one asyncio Protocol per downstream connection, httptools request parser.
+
+Rules of this module (driver, uvicorn's httptools protocol made stricter):
+1. Callbacks do O(1) work and never await. No task per request: the `Exchange` (forward.py) is a
+   chain of callbacks between this protocol and an upstream connection.
+2. Responses leave in request order. A pipelined request parsed while another is in flight is
+   queued (its body buffered, reading paused) and started when the one ahead has finished.
+3. Output produced while handling one read is collected in `wbuf` and written with one
+   `writelines` (one syscall) by `flush()` after the parser returns.
+4. Timers are deadlines checked by the balancer's tick (`check_timers`), not a `call_later` per
+   request: the header deadline starts with the first byte of a request and data does not extend
+   it (slowloris); the idle deadline closes a quiet keep-alive connection silently.
+5. Reading pauses for several reasons at once (bit mask, PAUSE_* in upstream.py); it resumes only
+   when all of them are gone. Client write pressure pauses the bound upstream's reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import httptools
+
+from taxiway.proxy.forward import Exchange
+from taxiway.proxy.http1 import ConnContext, RequestHead, RequestRefused, error_response
+from taxiway.proxy.upstream import PAUSE_DONE, PAUSE_PIPELINE
+
+if TYPE_CHECKING:
+    from taxiway.proxy.app import Balancer
+
+
+class ClientProtocol(asyncio.Protocol):
+    """One client connection. Created by the listener for every accepted socket."""
+
+    def __init__(self, bal: Balancer, scheme: str,
+                 redirect_https: Callable[[RequestHead], bytes] | None = None) -> None:
+        # Shared
+        self.bal = bal
+        self.scheme = scheme
+        self.https = scheme == "https"
+        self.redirect_https = redirect_https
+        # Per-connection
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.ctx: ConnContext | None = None
+        self.client_ip = ""
+        self.current: Exchange | None = None          # the request whose response is being sent
+        self.pipeline: deque[Exchange | int] = deque()  # later requests (int: a refusal status)
+        self.parsing: Exchange | None = None          # the request whose body is being read
+        self.tunnel_ex: Exchange | None = None
+        self.paused = 0
+        self.write_paused = False
+        self.closing = False
+        self.closed = False
+        self.dead = False                             # the parser failed or the client said close
+        self.wbuf: list[bytes] = []
+        self.header_deadline = 0.0
+        self.idle_deadline = 0.0
+        self.body_deadline = 0.0
+        self.counted_client = False
+        # Per-request (the head being parsed)
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._refuse_status = 0
+
+    # -- asyncio callbacks --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Called by the listener for every accepted connection."""
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
+        bal = self.bal
+        s = bal.settings
+        bal.connections += 1
+        bal.counters["connections_total"] += 1
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if peer else "unknown"
+        self.client_ip = ip
+        if bal.connections > s.max_connections:
+            bal.counters["connections_refused"] += 1
+            self.closed = True
+            transport.abort()
+            return
+        if s.max_connections_per_client:
+            n = bal.per_client.get(ip, 0) + 1
+            bal.per_client[ip] = n
+            self.counted_client = True
+            if n > s.max_connections_per_client:
+                bal.counters["connections_refused"] += 1
+                self.closed = True
+                transport.abort()
+                return
+        self.ctx = ConnContext(ip, self.scheme, s.is_trusted(ip))
+        self.header_deadline = time.monotonic() + s.client_header_s
+        bal.protocols.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Called by the loop when the client closed or the connection broke."""
+        self.closed = True
+        bal = self.bal
+        bal.connections -= 1
+        bal.protocols.discard(self)
+        if self.counted_client:
+            n = bal.per_client.get(self.client_ip, 1) - 1
+            if n <= 0:
+                bal.per_client.pop(self.client_ip, None)
+            else:
+                bal.per_client[self.client_ip] = n
+        ex = self.current
+        self.current = None
+        if ex is not None:
+            if self.tunnel_ex is ex:
+                conn = ex.conn
+                ex.conn = None
+                if conn is not None:
+                    conn.close()
+                ex._account(ok=True)
+            else:
+                ex.abort()
+        self.pipeline.clear()
+
+    def data_received(self, data: bytes) -> None:
+        tex = self.tunnel_ex
+        if tex is not None:
+            tex.on_tunnel_client_data(data)
+            return
+        if self.dead:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._on_upgrade(data[exc.args[0]:])
+        except httptools.HttpParserError:
+            self._on_client_error(self._refuse_status or 400)
+        if self.wbuf:
+            self.flush()
+
+    def pause_writing(self) -> None:
+        """Called by the transport when the client reads slower than we write."""
+        self.write_paused = True
+        ex = self.current
+        if ex is not None and ex.conn is not None:
+            ex.conn.pause_reading()
+
+    def resume_writing(self) -> None:
+        """Called by the transport when the client's buffer drained below the low-water mark."""
+        self.write_paused = False
+        ex = self.current
+        if ex is not None and ex.conn is not None:
+            ex.conn.resume_reading()
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._refuse_status = 0
+        self.idle_deadline = 0.0
+        if not self.header_deadline:
+            self.header_deadline = time.monotonic() + self.bal.settings.client_header_s
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.bal.settings.max_header_bytes:
+            self._refuse_status = 414
+            raise RequestRefused(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        h = self._headers
+        h.append((name, value))
+        self._header_bytes += len(name) + len(value) + 4
+        s = self.bal.settings
+        if self._header_bytes > s.max_header_bytes or len(h) > s.max_headers:
+            self._refuse_status = 431
+            raise RequestRefused(431, "request head too large")
+
+    def on_headers_complete(self) -> None:
+        self.header_deadline = 0.0
+        parser = self.parser
+        method = parser.get_method()
+        if method == b"CONNECT":
+            self._refuse_status = 405
+            raise RequestRefused(405, "CONNECT is not proxied")
+        version = parser.get_http_version()
+        http11 = version == "1.1"
+        assert self.ctx is not None
+        bal = self.bal
+        try:
+            info = bal.settings.request_rewriter.rewrite(method, self._url, self._headers, http11, self.ctx)
+        except RequestRefused as exc:
+            self._refuse_status = exc.status
+            raise
+        head = RequestHead(method.decode("ascii"), self._url, self._headers, self.client_ip,
+                           self.scheme, version)
+        ex = Exchange(self, head, info, method, http11 and not info.close, http11)
+        self.parsing = ex
+        now = time.monotonic()
+        if info.chunked or info.content_length > 0:
+            self.body_deadline = now + bal.settings.client_body_s
+        if self.current is None:
+            self.current = ex
+            ex.start(now)
+        else:
+            self.pipeline.append(ex)
+            self.pause_reading(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is None:
+            return
+        s = self.bal.settings
+        if s.max_body_bytes and ex.body_in + len(body) > s.max_body_bytes:
+            self._refuse_status = 413
+            raise RequestRefused(413, "body larger than limits.max_body_bytes")
+        self.body_deadline = time.monotonic() + s.client_body_s
+        ex.on_client_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        self.body_deadline = 0.0
+        if ex is None:
+            return
+        if not ex.keep_alive and not ex.info.upgrade:
+            # Connection: close (or HTTP/1.0): whatever follows is not read (RFC 9112 §9.6).
+            self.dead = True
+            self.pause_reading(PAUSE_DONE)
+        ex.on_request_complete()
+
+    # -- errors, upgrade, tunnel ----------------------------------------------------------------
+
+    def _on_client_error(self, status: int) -> None:
+        """The client broke a rule (parse error, limit, timeout): answer in turn and close."""
+        self.dead = True
+        self.pause_reading(PAUSE_DONE)
+        ex = self.parsing
+        self.parsing = None
+        self.header_deadline = self.body_deadline = 0.0
+        if ex is not None and ex is self.current:
+            if ex.response_started or ex.finished:
+                self.abort()
+                return
+            ex.abort()
+            self.current = None
+            self._refuse_now(status)
+            return
+        if ex is not None and self.pipeline and self.pipeline[-1] is ex:
+            self.pipeline.pop()
+        if self.current is None:
+            self._refuse_now(status)
+        else:
+            self.pipeline.append(status)
+
+    def _refuse_now(self, status: int) -> None:
+        bal = self.bal
+        bal.counters[f"error_{status}"] += 1
+        bal.counters["responses_4xx"] += 1
+        self.queue(error_response(status, bal.date.line, close=True))
+        self.close()
+
+    def _on_upgrade(self, rest: bytes) -> None:
+        """httptools stopped at an Upgrade request: the rest of the stream is not HTTP."""
+        ex = self.current if self.current is not None and self.current.info.upgrade else None
+        if ex is None and self.pipeline and isinstance(self.pipeline[-1], Exchange):
+            ex = self.pipeline[-1]
+        if ex is None or not ex.info.upgrade:
+            self._on_client_error(400)
+            return
+        self.tunnel_ex = ex
+        ex.replay = None
+        if rest:
+            ex.on_tunnel_client_data(rest)
+
+    def start_tunnel(self, ex: Exchange) -> None:
+        """Called by the exchange when the server answered 101 Switching Protocols."""
+        self.tunnel_ex = ex
+        self.header_deadline = self.idle_deadline = self.body_deadline = 0.0
+        self.bal.counters["tunnels"] += 1
+
+    # -- output -------------------------------------------------------------------------------
+
+    def queue(self, data: bytes) -> None:
+        self.wbuf.append(data)
+
+    def queue_many(self, parts: tuple[bytes, ...]) -> None:
+        self.wbuf.extend(parts)
+
+    def flush(self) -> None:
+        wbuf = self.wbuf
+        if not wbuf:
+            return
+        if not self.closed and self.transport is not None:
+            if len(wbuf) == 1:
+                self.transport.write(wbuf[0])
+            else:
+                self.transport.writelines(wbuf)
+        self.wbuf = []
+
+    def write_now(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        """Flush what is queued, then close (the transport sends buffered bytes first)."""
+        self.flush()
+        self.closing = True
+        if not self.closed and self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Cut the connection at once (a response was cut upstream: the client must notice)."""
+        self.wbuf = []
+        self.closing = True
+        if not self.closed and self.transport is not None:
+            self.transport.abort()
+
+    # -- flow control ---------------------------------------------------------------------------
+
+    def pause_reading(self, reason: int) -> None:
+        if not self.paused and not self.closed and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        if not self.paused & reason:
+            return
+        self.paused &= ~reason
+        if not self.paused and not self.closed and self.transport is not None:
+            self.transport.resume_reading()
+            if self.body_deadline:
+                self.body_deadline = time.monotonic() + self.bal.settings.client_body_s
+
+    # -- request lifecycle ----------------------------------------------------------------------
+
+    def exchange_done(self, ex: Exchange) -> None:
+        """Called by an exchange when its response has been queued completely."""
+        if ex is not self.current:
+            return
+        self.current = None
+        if self.closed:
+            return
+        if not ex.keep_alive or (self.closing and not self.pipeline):
+            self.close()
+            return
+        now = time.monotonic()
+        while self.current is None and self.pipeline:
+            nxt = self.pipeline.popleft()
+            if isinstance(nxt, int):
+                self.pipeline.clear()
+                self._refuse_now(nxt)
+                return
+            self.current = nxt
+            nxt.start(now)
+        if not self.pipeline:
+            self.resume_reading(PAUSE_PIPELINE)
+        if self.current is None and self.parsing is None:
+            if self.closing:
+                self.close()
+            else:
+                self.idle_deadline = now + self.bal.settings.client_idle_s
+
+    def check_timers(self, now: float) -> None:
+        """Called by the balancer's tick (a few times a second) for every connection."""
+        if self.closed or self.tunnel_ex is not None:
+            return
+        ex = self.current
+        if ex is not None and ex.deadline and now > ex.deadline:
+            ex.on_upstream_timeout()
+            self.flush()
+            return
+        if self.header_deadline and now > self.header_deadline and ex is None:
+            self._on_client_error(408)
+            self.flush()
+            return
+        if self.idle_deadline and now > self.idle_deadline and ex is None and self.parsing is None:
+            self.bal.counters["idle_closed"] += 1
+            self.close()
+            return
+        if self.body_deadline and now > self.body_deadline and not self.paused:
+            self._on_client_error(408)
+            self.flush()
+
+    def shutdown(self) -> None:
+        """Graceful stop: close if idle, else close after the response in flight."""
+        self.closing = True
+        if self.current is None and self.parsing is None and not self.closed:
+            self.close()

@@ -1,0 +1,255 @@
+"""Upstream side: keep-alive connections to one server, pooled, with an httptools response parser.
+
+Rules of this module (driver):
+1. One `UpstreamConnection` (asyncio Protocol) per TCP connection. While bound to an exchange it
+   forwards every parser event to it (`exchange.on_upstream_*`); while idle in the pool any byte
+   or close from the server just retires it.
+2. `UpstreamPool.acquire_idle()` is synchronous (the hot path: no task, no await). Only opening a
+   new connection uses a task, because `loop.create_connection` is a coroutine.
+3. The pool keeps at most `limits.upstream_pool_size` idle connections per server (LIFO: the most
+   recently used one is the least likely to have been closed by the server); the balancer's tick
+   closes those idle longer than `timeouts.upstream_idle`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING, Protocol
+
+import httptools
+
+from taxiway.balancing.model import Server
+
+if TYPE_CHECKING:
+    from taxiway.proxy.forward import Exchange
+
+
+class ConnectionOwner(Protocol):
+    def on_connected(self, conn: UpstreamConnection) -> None: ...
+    def on_connect_failed(self, timed_out: bool) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to a server. Called by the event loop; never awaits."""
+
+    __slots__ = (
+        "closed",
+        "exchange",
+        "got_bytes",
+        "headers",
+        "idle_since",
+        "informational",
+        "parser",
+        "pool",
+        "reading_paused",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.closed = False
+        self.idle_since = 0.0
+        self.tunnel = False
+        self.reading_paused = False
+        self.informational = False
+        self.got_bytes = False   # any response byte for the current exchange (no retry after)
+
+    # -- asyncio callbacks ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Called by the loop when the TCP connect finished."""
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.pool.open_count += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Called by the loop when the server closed or reset the connection."""
+        self.closed = True
+        self.pool.open_count -= 1
+        ex = self.exchange
+        if ex is not None:
+            self.exchange = None
+            ex.on_upstream_lost(self)
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:
+            self.close()   # unsolicited bytes on an idle connection: it cannot be reused safely
+            return
+        if self.tunnel:
+            ex.on_tunnel_upstream_data(data)
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            if self.exchange is ex:
+                self.tunnel = True
+                ex.on_upstream_upgraded(data[exc.args[0]:])
+        except httptools.HttpParserError:
+            if self.exchange is ex:
+                self.exchange = None
+                self.close()
+                ex.on_upstream_invalid(self)
+        ex.proto.flush()
+
+    def pause_writing(self) -> None:
+        """Called by the transport when the server stops reading: stop reading the client."""
+        ex = self.exchange
+        if ex is not None:
+            ex.proto.pause_reading(PAUSE_UPSTREAM)
+
+    def resume_writing(self) -> None:
+        """Called by the transport when the server's buffer drained: read the client again."""
+        ex = self.exchange
+        if ex is not None:
+            ex.proto.resume_reading(PAUSE_UPSTREAM)
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self.informational = True   # 100 Continue etc.: taxiway answered 100 itself
+            return
+        ex = self.exchange
+        if ex is not None:
+            ex.on_upstream_head(self, status, self.headers, self.parser.should_keep_alive())
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.on_upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
+        ex = self.exchange
+        if ex is not None:
+            ex.on_upstream_complete(self)
+
+    # -- used by the exchange ---------------------------------------------------------------
+
+    def bind(self, ex: Exchange, client_write_paused: bool) -> None:
+        self.exchange = ex
+        self.got_bytes = False
+        if client_write_paused:
+            self.pause_reading()
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close without reusing (the exchange it served went wrong or asked to close)."""
+        self.exchange = None
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+
+# Reasons the client connection stops reading (bit mask, see server.ClientProtocol.pause_reading).
+PAUSE_UPSTREAM = 1    # the upstream's send buffer is full
+PAUSE_BUFFER = 2      # body buffered while connecting is above the high-water mark
+PAUSE_PIPELINE = 4    # a later pipelined request waits for the current response
+PAUSE_DONE = 8        # Connection: close / parse error: nothing more is read
+
+
+class UpstreamPool:
+    """Keep-alive connections to one server."""
+
+    def __init__(self, server: Server, loop: asyncio.AbstractEventLoop, max_idle: int,
+                 connect_timeout_s: float) -> None:
+        self.server = server
+        self.loop = loop
+        self.max_idle = max_idle
+        self.connect_timeout_s = connect_timeout_s
+        self.idle: list[UpstreamConnection] = []
+        self.open_count = 0
+        self.closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def acquire_idle(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    def release(self, conn: UpstreamConnection, now: float) -> None:
+        """Put a connection whose last exchange finished cleanly back for reuse."""
+        conn.exchange = None
+        if conn.closed:
+            return
+        if self.closed or len(self.idle) >= self.max_idle or self.server.draining:
+            conn.close()
+            return
+        conn.resume_reading()
+        conn.idle_since = now
+        self.idle.append(conn)
+
+    def connect(self, owner: ConnectionOwner) -> None:
+        """Open a new connection; calls `owner.on_connected(conn)` or `owner.on_connect_failed`."""
+        task = self.loop.create_task(self._connect(owner))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, owner: ConnectionOwner) -> None:
+        try:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(lambda: UpstreamConnection(self),
+                                            self.server.host, self.server.port),
+                self.connect_timeout_s)
+        except TimeoutError:
+            owner.on_connect_failed(True)
+            return
+        except OSError:
+            owner.on_connect_failed(False)
+            return
+        owner.on_connected(conn)
+
+    def sweep(self, now: float, idle_timeout_s: float) -> None:
+        """Close connections idle longer than `idle_timeout_s` (called by the balancer's tick)."""
+        if not self.idle:
+            return
+        keep = [c for c in self.idle if not c.closed and now - c.idle_since < idle_timeout_s]
+        for c in self.idle:
+            if c not in keep:
+                c.close()
+        self.idle = keep
+
+    def close_idle(self) -> None:
+        for c in self.idle:
+            c.close()
+        self.idle = []
+
+    def close(self) -> None:
+        self.closed = True
+        self.close_idle()
+        for t in self._tasks:
+            t.cancel()
