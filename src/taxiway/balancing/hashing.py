@@ -83,24 +83,30 @@ class HashRing:
         if not candidates or not self._points:
             return None
         by_name = {s.name: s for s in candidates}
-        caps: dict[str, int] | None = None
+        bounded = False
+        scale = 0.0
         if balance_factor is not None and len(candidates) > 1:
-            total = sum(s.inflight for s in candidates) + 1
-            weights = {s.name: s.effective_weight(now) for s in candidates}
-            wsum = sum(weights.values()) or 1.0
-            caps = {name: math.ceil(balance_factor * total * w / wsum) for name, w in weights.items()}
-        n_points = len(self._points)
+            bounded = True
+            total = 1
+            wsum = 0.0
+            for s in candidates:
+                total += s.inflight
+                wsum += s.effective_weight(now)
+            scale = balance_factor * total / (wsum or 1.0)
+        names = self._names
+        n_points = len(names)
         start = bisect.bisect(self._points, hash64(key))
         seen: set[str] = set()
         first: Server | None = None
         for step in range(n_points):
-            name = self._names[(start + step) % n_points]
+            name = names[(start + step) % n_points]
             if name in seen:
                 continue
             seen.add(name)
             server = by_name.get(name)
             if server is not None:
-                if caps is None or server.inflight + 1 <= caps[name]:
+                # cap = ceil(balance_factor x total x weight share)
+                if not bounded or server.inflight + 1 <= math.ceil(scale * server.effective_weight(now)):
                     return server
                 if first is None:
                     first = server

@@ -65,14 +65,26 @@ class Strategy:
         return f"<{type(self).__name__} {self.name}>"
 
 
+def _weight(server: Server, now: float) -> float:
+    """`server.effective_weight(now)`, skipping the slow-start maths when it is off (hot path)."""
+    if server.slow_start_s <= 0.0:
+        return server.weight
+    return server.effective_weight(now)
+
+
 def _load(server: Server, now: float) -> float:
     """In-flight requests per unit of (slow-start) weight, counting the one being placed.
 
     `+ 1` makes weights matter on an idle pool too (HAProxy's leastconn does the same), and lets a
     slow-starting server (effective weight 0.1 x weight) take traffic only when others are busy.
     """
-    w = server.effective_weight(now)
+    w = server.weight if server.slow_start_s <= 0.0 else server.effective_weight(now)
     return (server.inflight + 1) / w if w > 0 else math.inf
+
+
+def _index(rng: random.Random, n: int) -> int:
+    """A uniform index below n: `random()` is ~5x cheaper than `randrange` and as uniform for small n."""
+    return int(rng.random() * n)
 
 
 class RandomStrategy(Strategy):
@@ -83,7 +95,7 @@ class RandomStrategy(Strategy):
     def pick(self, candidates: Sequence[Server], key: str | None, now: float) -> Server | None:
         if not candidates:
             return None
-        return candidates[self.rng.randrange(len(candidates))]
+        return candidates[_index(self.rng, len(candidates))]
 
 
 class RoundRobin(Strategy):
@@ -131,7 +143,7 @@ class WeightedRoundRobin(Strategy):
         best_score = -math.inf
         total = 0.0
         for s in candidates:
-            w = s.effective_weight(now)
+            w = _weight(s, now)
             total += w
             score = current.get(s, 0.0) + w
             current[s] = score
@@ -155,15 +167,17 @@ class LeastConnections(Strategy):
         if not candidates:
             return None
         best = candidates[0]
-        best_load = _load(best, now)
-        ties = 1
-        for s in candidates[1:]:
-            load = _load(s, now)
+        best_load = math.inf
+        ties = 0
+        rand = self.rng.random
+        for s in candidates:
+            w = s.weight if s.slow_start_s <= 0.0 else s.effective_weight(now)
+            load = (s.inflight + 1) / w if w > 0 else math.inf
             if load < best_load:
                 best, best_load, ties = s, load, 1
             elif load == best_load:
                 ties += 1
-                if self.rng.randrange(ties) == 0:
+                if rand() * ties < 1.0:   # reservoir sampling: each tied server with p = 1/ties
                     best = s
         return best
 
@@ -173,8 +187,8 @@ def _two(candidates: Sequence[Server], rng: random.Random) -> tuple[Server, Serv
     n = len(candidates)
     if n == 1:
         return candidates[0], candidates[0]
-    i = rng.randrange(n)
-    j = rng.randrange(n - 1)
+    i = _index(rng, n)
+    j = _index(rng, n - 1)
     if j >= i:
         j += 1
     return candidates[i], candidates[j]
@@ -258,9 +272,13 @@ class ConsistentHash(Strategy):
 
     def _ensure_ring(self, candidates: Sequence[Server]) -> None:
         members = self.ring.members
-        if all(members.get(s.name) == s.weight for s in candidates) \
-                and len(members) <= 2 * len(candidates) + 8:
-            return
+        if len(members) <= 2 * len(candidates) + 8:
+            get = members.get
+            for s in candidates:
+                if get(s.name) != s.weight:
+                    break
+            else:
+                return
         merged = dict(members) if len(members) <= 2 * len(candidates) + 8 else {}
         merged.update((s.name, s.weight) for s in candidates)
         self.ring = HashRing(merged)
@@ -270,7 +288,7 @@ class ConsistentHash(Strategy):
         if not candidates:
             return None
         if key is None:
-            return candidates[self.rng.randrange(len(candidates))]
+            return candidates[_index(self.rng, len(candidates))]
         self._ensure_ring(candidates)
         return self.ring.lookup(key, candidates, self.balance_factor, now)
 
