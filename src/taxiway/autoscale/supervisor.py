@@ -1,0 +1,415 @@
+"""The autoscale driver: starts, readies, replaces, drains and stops app-server processes.
+
+Rules of this module:
+1. All decisions are the policy's (`policy.decide`); this module only measures (`meter.py`),
+   acts, and reports. Every action and every decision that changes or holds back the pool is
+   an event in `Supervisor.events` and a log line on `taxiway.autoscale`.
+2. No orphans, ever. Each app server runs in its own session/process group (so SIGTERM/SIGKILL
+   reach its workers too) and gets PR_SET_PDEATHSIG=SIGKILL, so if taxiway itself is SIGKILLed
+   the kernel kills the children. `stop()` and `kill_all_now()` cover every other exit.
+3. Traffic reaches a server only after its readiness path answered 2xx; it leaves in this order:
+   drain (no new requests) -> in-flight reaches 0 (or drain_timeout) -> SIGTERM -> SIGKILL after
+   stop_grace -> removed from the pool.
+
+The supervisor talks to the balancer through `Rotation` (the Balancer has exactly these members);
+`PoolRotation` adapts a bare `Pool` for tests and tools without a proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import enum
+import logging
+import os
+import shlex
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from taxiway.autoscale.meter import LoadMeter
+from taxiway.autoscale.policy import Decision, History, PolicyConfig, Rule, Sample, decide
+from taxiway.balancing.model import Pool, Server
+from taxiway.config import PoolConfig
+
+log = logging.getLogger("taxiway.autoscale")
+
+# Crash back-off: 0.5 s doubling to 30 s (systemd/Kubernetes CrashLoopBackOff shape, shorter start);
+# a server that stayed up BACKOFF_RESET_S before crashing starts the sequence over.
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 30.0
+BACKOFF_RESET_S = 30.0
+READY_POLL_S = 0.1
+EVENTS_KEPT = 200
+DECISIONS_KEPT = 20
+_PR_SET_PDEATHSIG = 1
+
+
+class Rotation(Protocol):
+    """What the supervisor needs from the balancer (taxiway.proxy.app.Balancer fits)."""
+
+    pool: Pool
+
+    def add_server(self, server: Server) -> None: ...
+    def drain_server(self, name: str) -> None: ...
+    def remove_server(self, name: str) -> None: ...
+
+
+class PoolRotation:
+    """A `Rotation` over a bare Pool (no proxy): used by tests and `benchmarks/`."""
+
+    def __init__(self, pool: Pool | None = None) -> None:
+        self.pool = pool or Pool()
+
+    def add_server(self, server: Server) -> None:
+        self.pool.add(server, time.monotonic())
+
+    def drain_server(self, name: str) -> None:
+        self.pool.drain(name)
+
+    def remove_server(self, name: str) -> None:
+        self.pool.remove(name)
+
+
+class ProcState(enum.Enum):
+    STARTING = "starting"    # launched, readiness path not answering yet
+    READY = "ready"          # in rotation
+    DRAINING = "draining"    # out of rotation, in-flight requests finishing
+    STOPPING = "stopping"    # SIGTERM sent
+    EXITED = "exited"
+
+
+@dataclass(eq=False)
+class AppProcess:
+    name: str
+    port: int
+    server: Server
+    state: ProcState = ProcState.STARTING
+    proc: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    ready_at: float | None = None
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def is_live(self) -> bool:
+        """Counts toward the pool size: starting or serving, not leaving."""
+        return self.state in (ProcState.STARTING, ProcState.READY)
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """preexec_fn for children: SIGKILL when taxiway dies (Linux), even by SIGKILL."""
+    def preexec() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # not Linux: process groups and stop() still apply
+            return
+        if os.getppid() != parent_pid:   # taxiway died before prctl took effect
+            os._exit(1)
+    return preexec
+
+
+def pick_free_port(host: str, taken: set[int]) -> int:
+    """A port the kernel calls free now (a race with other programs is handled as a crash)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in taken:
+            return port
+    raise OSError("no free port found")
+
+
+class Supervisor:
+    """Runs the pool of app servers beside a balancer on the same event loop."""
+
+    def __init__(self, pool_cfg: PoolConfig, policy: PolicyConfig, rotation: Rotation, *,
+                 cwd: str | None = None, tick_s: float | None = None) -> None:
+        self.pool_cfg = pool_cfg
+        self.policy = policy
+        self.rotation = rotation
+        self.cwd = cwd if cwd is not None else pool_cfg.cwd
+        self.history = History(policy)
+        self.meter = LoadMeter(policy.metric)
+        self.tick_s = tick_s or min(max(policy.period_s / 10, 0.05), 0.5)
+        self.procs: dict[str, AppProcess] = {}
+        self.desired = policy.min
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
+        self.decisions: deque[Decision] = deque(maxlen=DECISIONS_KEPT)
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.crashes = 0                    # consecutive, for the back-off
+        self.restarts = 0                   # total replacements after crashes
+        self._next_start_at = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._last_rule: Rule | None = None
+
+    # -- public ------------------------------------------------------------------------------
+
+    async def start(self, wait_ready_s: float | None = None) -> None:
+        """Launch `min` servers and the control loop; optionally wait until `min` are ready."""
+        self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
+        self._reconcile()
+        if wait_ready_s:
+            deadline = self._now() + wait_ready_s
+            while self.ready_count() < self.policy.min and self._now() < deadline:
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        """Stop everything: SIGTERM to every process group, SIGKILL after stop_grace."""
+        self._stopping = True
+        if self._loop_task:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for ap in self.procs.values():
+            if ap.state is not ProcState.EXITED:
+                self.rotation.drain_server(ap.name)
+        await asyncio.gather(*(self._terminate(ap) for ap in list(self.procs.values())))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for ap in list(self.procs.values()):
+            self._remove(ap)
+        self.kill_all_now()
+
+    def kill_all_now(self) -> None:
+        """Last resort, synchronous (atexit / error paths): SIGKILL every process group we own."""
+        for ap in self.procs.values():
+            if ap.proc is not None and ap.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(ap.proc.pid, signal.SIGKILL)
+
+    def ready_count(self) -> int:
+        return sum(1 for ap in self.procs.values() if ap.state is ProcState.READY)
+
+    def live_count(self) -> int:
+        return sum(1 for ap in self.procs.values() if ap.is_live())
+
+    def status(self) -> dict[str, Any]:
+        """The "autoscale" section of /status (set as `balancer.autoscale_status`)."""
+        last = self.decisions[-1] if self.decisions else None
+        return {
+            "min": self.policy.min, "max": self.policy.max, "metric": self.policy.metric.value,
+            "target": self.policy.target, "current": self.live_count(), "ready": self.ready_count(),
+            "desired": self.desired, "panicking": bool(last and last.panicking),
+            "restarts": self.restarts,
+            "servers": [{"name": ap.name, "port": ap.port, "pid": ap.pid, "state": ap.state.value,
+                         "inflight": ap.server.inflight, "requests": ap.server.requests}
+                        for ap in self.procs.values()],
+            "decisions": [d.as_dict() for d in self.decisions],
+            "events": list(self.events)[-10:],
+        }
+
+    # -- control loop ----------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _control_loop(self) -> None:
+        next_decision = self._now() + self.policy.period_s
+        while True:
+            await asyncio.sleep(self.tick_s)
+            servers = [ap.server for ap in self.procs.values()]
+            self.meter.process_tick(servers)
+            now = self._now()
+            if now >= next_decision:
+                next_decision = now + self.policy.period_s
+                self._decide_once(servers, now)
+            self._reconcile()
+
+    def _decide_once(self, servers: list[Server], now: float) -> None:
+        sample: Sample = self.meter.sample(servers, self.desired, now)
+        self.history.process_sample(sample)
+        d = decide(self.history, now)
+        self.history.process_decision(d)
+        self.decisions.append(d)
+        if d.desired != self.desired or (d.rule is not self._last_rule and d.rule not in
+                                         (Rule.TRACKING, Rule.TOLERANCE)):
+            self._event("scale" if d.desired != self.desired else "hold", None, d.reason,
+                        desired=d.desired, current=d.current, rule=d.rule.value)
+        self._last_rule = d.rule
+        if d.desired < self.desired:
+            self._scale_down(self.desired - d.desired)
+        self.desired = d.desired
+
+    def _reconcile(self) -> None:
+        """Start servers until `desired` are live (crash back-off permitting)."""
+        if self._stopping:
+            return
+        while self.live_count() < self.desired and self._now() >= self._next_start_at:
+            self._launch()
+
+    def _scale_down(self, n: int) -> None:
+        """Retire `n` servers: the ones with the fewest in-flight requests, newest first."""
+        live = [ap for ap in self.procs.values() if ap.is_live()]
+        live.sort(key=lambda ap: (ap.state is ProcState.READY, ap.server.inflight, -ap.started_at))
+        for ap in live[:n]:
+            self._spawn_task(self._retire(ap))
+
+    # -- one process ----------------------------------------------------------------------------
+
+    def _launch(self) -> None:
+        taken = {ap.port for ap in self.procs.values()}
+        port = pick_free_port(self.pool_cfg.host, taken)
+        name = f"app-{port}"
+        server = Server(name, self.pool_cfg.host, port, static=False, ready=False)
+        ap = AppProcess(name, port, server, started_at=self._now())
+        self.procs[name] = ap
+        self.rotation.add_server(server)
+        self._spawn_task(self._lifecycle(ap))
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _argv(self, ap: AppProcess) -> list[str]:
+        cmd = self.pool_cfg.command.replace("{port}", str(ap.port)).replace("{host}", self.pool_cfg.host)
+        return shlex.split(cmd.replace("{name}", ap.name))
+
+    async def _lifecycle(self, ap: AppProcess) -> None:
+        env = {**os.environ, **self.pool_cfg.env, "PORT": str(ap.port), "TAXIWAY_SERVER_NAME": ap.name}
+        try:
+            ap.proc = await asyncio.create_subprocess_exec(
+                *self._argv(ap), cwd=self.cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
+            )
+        except OSError as exc:
+            self._crashed(ap, f"cannot start {self.pool_cfg.command!r}: {exc.strerror or exc}")
+            return
+        self._spawn_task(self._read_output(ap))
+        self._event("started", ap.name, f"pid {ap.proc.pid} on port {ap.port}")
+        if not await self._wait_ready(ap):
+            if ap.state is ProcState.STARTING:
+                why = (f"exited with {ap.proc.returncode} before answering {self.pool_cfg.ready_path}"
+                       if ap.proc.returncode is not None else
+                       f"not ready after {self.pool_cfg.ready_timeout:g}s")
+                await self._kill_group(ap)
+                self._crashed(ap, why)
+            return
+        if ap.state is not ProcState.STARTING:
+            return     # retired or stopped while starting
+        ap.state = ProcState.READY
+        ap.ready_at = self._now()
+        self.rotation.pool.mark_ready(ap.name, self._now())
+        self._event("ready", ap.name, f"took {ap.ready_at - ap.started_at:.2f}s; taking traffic")
+        rc = await ap.proc.wait()
+        if ap.state is ProcState.READY:
+            up_s = self._now() - (ap.ready_at or ap.started_at)
+            if up_s >= BACKOFF_RESET_S:
+                self.crashes = 0
+            self.rotation.remove_server(ap.name)
+            await self._kill_group(ap)
+            self._crashed(ap, f"exited with {rc} after {up_s:.1f}s")
+
+    async def _read_output(self, ap: AppProcess) -> None:
+        assert ap.proc is not None and ap.proc.stdout is not None
+        while line := await ap.proc.stdout.readline():
+            text = line.decode(errors="replace").rstrip()
+            ap.tail.append(text)
+            log.debug("[%s] %s", ap.name, text)
+
+    async def _wait_ready(self, ap: AppProcess) -> bool:
+        """Poll GET ready_path until a 2xx answer, the process exits, or ready_timeout."""
+        assert ap.proc is not None
+        deadline = self._now() + self.pool_cfg.ready_timeout
+        request = (f"GET {self.pool_cfg.ready_path} HTTP/1.1\r\nHost: {self.pool_cfg.host}:{ap.port}\r\n"
+                   "Connection: close\r\nUser-Agent: taxiway-autoscale\r\n\r\n").encode()
+        while self._now() < deadline and ap.proc.returncode is None and ap.state is ProcState.STARTING:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.pool_cfg.host, ap.port), timeout=1.0)
+                try:
+                    writer.write(request)
+                    status_line = await asyncio.wait_for(reader.readline(), timeout=2.0)
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+                parts = status_line.split()
+                if len(parts) >= 2 and parts[1].startswith(b"2"):
+                    return True
+            except (TimeoutError, OSError):
+                pass
+            await asyncio.sleep(READY_POLL_S)
+        return False
+
+    def _crashed(self, ap: AppProcess, why: str) -> None:
+        """Report, forget the process and schedule its replacement with back-off."""
+        ap.state = ProcState.EXITED
+        self._remove(ap)
+        if self._stopping:
+            return
+        self.crashes += 1
+        self.restarts += 1
+        delay = min(BACKOFF_BASE_S * 2 ** (self.crashes - 1), BACKOFF_MAX_S)
+        self._next_start_at = self._now() + delay
+        tail = f"; last output: {ap.tail[-1]!r}" if ap.tail else ""
+        self._event("crashed", ap.name, f"{why}; replacing in {delay:.1f}s{tail}", level=logging.WARNING)
+
+    async def _retire(self, ap: AppProcess) -> None:
+        """Scale-down: drain -> in-flight 0 (drain_timeout) -> SIGTERM -> SIGKILL -> remove."""
+        was_ready = ap.state is ProcState.READY
+        ap.state = ProcState.DRAINING
+        self.rotation.drain_server(ap.name)
+        self._event("draining", ap.name, f"{ap.server.inflight} in flight")
+        if was_ready:
+            deadline = self._now() + self.pool_cfg.drain_timeout
+            while ap.server.inflight > 0 and self._now() < deadline:
+                await asyncio.sleep(0.05)
+            if ap.server.inflight > 0:
+                self._event("drain_timeout", ap.name, f"{ap.server.inflight} still in flight after "
+                            f"{self.pool_cfg.drain_timeout:g}s", level=logging.WARNING)
+        await self._terminate(ap)
+        self._remove(ap)
+        self._event("removed", ap.name, f"exit status {ap.proc.returncode if ap.proc else None}")
+
+    async def _terminate(self, ap: AppProcess) -> None:
+        """SIGTERM the process group, SIGKILL it after stop_grace."""
+        if ap.proc is None or ap.proc.returncode is not None:
+            ap.state = ProcState.EXITED
+            return
+        ap.state = ProcState.STOPPING
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(ap.proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(ap.proc.wait(), timeout=self.pool_cfg.stop_grace)
+        except TimeoutError:
+            self._event("killed", ap.name, f"no exit {self.pool_cfg.stop_grace:g}s after SIGTERM",
+                        level=logging.WARNING)
+        await self._kill_group(ap)
+        ap.state = ProcState.EXITED
+
+    async def _kill_group(self, ap: AppProcess) -> None:
+        """SIGKILL what is left of the group (workers of a forking server) and reap the leader."""
+        if ap.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(ap.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(ap.proc.wait(), timeout=5.0)
+
+    def _remove(self, ap: AppProcess) -> None:
+        if self.procs.get(ap.name) is ap:
+            del self.procs[ap.name]
+            if ap.name in self.rotation.pool:
+                self.rotation.remove_server(ap.name)
+
+    def _event(self, kind: str, server: str | None, detail: str, level: int = logging.INFO,
+               **extra: Any) -> None:
+        event = {"at": time.time(), "kind": kind, "server": server, "detail": detail, **extra}
+        self.events.append(event)
+        log.log(level, "%s%s: %s", kind, f" {server}" if server else "", detail)
+        for listener in self.listeners:
+            listener(event)
