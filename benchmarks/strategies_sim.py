@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import timeit
 
 from taxiway.balancing.model import Server
 from taxiway.balancing.simulate import SimResult, SimServer, make_requests, simulate
@@ -49,12 +50,33 @@ def run(name: str, strategy_name: str, n: int, seed: int) -> SimResult:
     return simulate(strategy, sims, requests, random.Random(seed + 2))
 
 
+def pick_cost() -> None:
+    """Wall-clock cost of one `pick` (the proxy calls it once per request): best of 5 runs."""
+    print("\npick cost (ns per call, best of 5; noisy on a shared machine)")
+    print(f"{'strategy':<22}{'4 servers':>12}{'32 servers':>12}")
+    for strategy_name in ORDER:
+        cells = []
+        for n in (4, 32):
+            pool = [Server(f"s{i}", "sim", i, weight=1 + i % 3, inflight=i % 5) for i in range(n)]
+            for s in pool:
+                s.process_latency(0.01 * (1 + s.port % 4), 1.0)
+            strategy = STRATEGIES[strategy_name](random.Random(1))
+            t = min(timeit.repeat(lambda st=strategy, p=pool: st.pick(p, "10.1.2.3", 2.0),
+                                  number=20_000, repeat=5)) / 20_000
+            cells.append(f"{t * 1e9:.0f}")
+        print(f"{strategy_name:<22}{cells[0]:>12}{cells[1]:>12}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=40_000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--markdown", action="store_true", help="print Markdown tables (for the README)")
+    ap.add_argument("--pick-cost", action="store_true", help="only time one pick per strategy")
     args = ap.parse_args()
+    if args.pick_cost:
+        pick_cost()
+        return 0
     for name in ("uniform", "mixed", "mixed+slow"):
         speeds, _ = scenario(name)
         slow = speeds.index(min(speeds)) if len(set(speeds)) > 1 else None
