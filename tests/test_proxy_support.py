@@ -1,0 +1,285 @@
+"""Helpers for the proxy tests (no tests here): configs, a raw HTTP client, an in-process balancer,
+and tiny raw-socket upstreams that misbehave on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httptools
+import uvloop
+
+from taxiway.config import Config, parse_config
+from tests.conftest import Processes, free_port, wait_for_port
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f'"{k}" = {toml_value(x)}' for k, x in v.items()) + "}"
+    raise TypeError(v)
+
+
+def make_config(servers: list[int | str], port: int | None = None, **sections: dict[str, Any]) -> str:
+    """TOML text: listen on `port`, the given backend ports/URLs, health checks off by default."""
+    doc: dict[str, dict[str, Any]] = {
+        "listen": {"http": f"127.0.0.1:{port or 0}"},
+        "admin": {"listen": "127.0.0.1:0"},
+        "health": {"enabled": False},
+        "access_log": {"enabled": False},
+    }
+    for name, values in sections.items():
+        doc.setdefault(name, {}).update(values)
+    lines: list[str] = []
+    for name, values in doc.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+    for s in servers:
+        url = s if isinstance(s, str) else f"http://127.0.0.1:{s}"
+        lines += ["[[servers]]", f"url = {toml_value(url)}"]
+    return "\n".join(lines) + "\n"
+
+
+def start_lb(procs: Processes, tmp_path: Path, servers: list[int | str], **sections: dict[str, Any]
+             ) -> tuple[int, subprocess.Popen[bytes], Path]:
+    """Run `taxiway lb` as a real process; returns (port, process, config path)."""
+    port = free_port()
+    path = tmp_path / "lb.toml"
+    path.write_text(make_config(servers, port, **sections))
+    proc = procs.taxiway("lb", "--config", str(path))
+    wait_for_port(port, proc=proc)
+    return port, proc, path
+
+
+# --------------------------------------------------------------------------------------------
+# A small raw HTTP/1.1 client (the point is to send exactly the bytes we want)
+
+
+class Response:
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = bytearray()
+        self.complete = False
+
+    def header(self, name: str) -> str | None:
+        for n, v in self.headers:
+            if n.decode().lower() == name.lower():
+                return v.decode("latin-1")
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.headers} {bytes(self.body[:200])!r}>"
+
+
+class Client:
+    """One TCP connection; `request()` sends raw bytes, `read_response()` parses one answer."""
+
+    def __init__(self, port: int, timeout_s: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+        self._pending: list[Response] = []
+        self._buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def get(self, path: str, headers: dict[str, str] | None = None, method: str = "GET") -> Response:
+        hdrs = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self.send(f"{method} {path} HTTP/1.1\r\nHost: test\r\n{hdrs}\r\n".encode())
+        return self.read_response(head=method == "HEAD")
+
+    def read_response(self, head: bool = False) -> Response:
+        resp = Response()
+        done = threading.Event()
+
+        class Sink:
+            def on_header(self, n: bytes, v: bytes) -> None:
+                resp.headers.append((n, v))
+
+            def on_headers_complete(self) -> None:
+                resp.status = parser.get_status_code()
+
+            def on_body(self, b: bytes) -> None:
+                resp.body += b
+
+            def on_message_complete(self) -> None:
+                resp.complete = True
+                done.set()
+
+        parser = httptools.HttpResponseParser(Sink())
+        data = self._buf
+        self._buf = b""
+        while True:
+            if data:
+                if head:
+                    # A HEAD answer has no body whatever Content-Length says.
+                    end = data.find(b"\r\n\r\n")
+                    if end >= 0:
+                        parser.feed_data(data[: end + 4])
+                        if resp.status:
+                            self._buf = data[end + 4:]
+                            resp.complete = True
+                            return resp
+                        continue
+                    parser.feed_data(data)
+                else:
+                    try:
+                        parser.feed_data(data)
+                    except httptools.HttpParserUpgrade as exc:
+                        self._buf = data[exc.args[0]:]
+                        resp.complete = True
+                        return resp
+                if done.is_set():
+                    return resp
+            data = self.sock.recv(1 << 20)
+            if not data:
+                return resp
+
+    def read_all(self) -> bytes:
+        chunks = [self._buf]
+        self._buf = b""
+        while True:
+            try:
+                d = self.sock.recv(1 << 20)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not d:
+                break
+            chunks.append(d)
+        return b"".join(chunks)
+
+    def is_closed(self, wait_s: float = 5.0) -> bool:
+        """True when the server closed the connection (EOF or reset) within `wait_s`."""
+        self.sock.settimeout(wait_s)
+        try:
+            while True:
+                d = self.sock.recv(65536)
+                if not d:
+                    return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def http_get(port: int, path: str = "/", headers: dict[str, str] | None = None) -> Response:
+    c = Client(port)
+    try:
+        return c.get(path, headers)
+    finally:
+        c.close()
+
+
+# --------------------------------------------------------------------------------------------
+# In-process balancer (to read counters and call methods) on its own uvloop thread
+
+
+class InProcess:
+    def __init__(self, cfg: Config | str) -> None:
+        from taxiway.proxy.app import Balancer
+
+        self.cfg = cfg if isinstance(cfg, Config) else parse_config(__import__("tomllib").loads(cfg))
+        self.loop = uvloop.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.bal = Balancer(self.cfg)
+        self.call(self.bal.start())
+        assert self.bal.bound_http_port is not None
+        self.port = self.bal.bound_http_port
+
+    def call(self, coro: Any, timeout_s: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        async def wrapper() -> Any:
+            return fn()
+        return self.call(wrapper())
+
+    def stop(self) -> None:
+        try:
+            self.call(self.bal.stop(2.0))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            self.loop.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Raw upstreams that misbehave
+
+
+class RawServer:
+    """A thread accepting connections and running `handler(conn)` for each; counts connections."""
+
+    def __init__(self, handler: Callable[[socket.socket], None]) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.handler = handler
+        self.accepted = 0
+        self.requests: list[bytes] = []
+        self._stop = False
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            self.handler(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+
+
+def read_request_head(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        d = conn.recv(65536)
+        if not d:
+            break
+        data += d
+    return data
+
+
+def wait_until(pred: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def refused_port() -> int:
+    """A port nothing listens on (connect is refused)."""
+    return free_port()
