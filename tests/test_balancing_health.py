@@ -96,6 +96,16 @@ def test_consecutive_failures_eject_and_a_success_resets_the_count() -> None:
     assert s.is_available(11.0)          # back by itself after base_ejection
 
 
+def test_slow_start_ramps_from_the_end_of_an_ejection() -> None:
+    det, servers = outlier(), pool(4)
+    s = servers[0]
+    s.slow_start_s = 20.0
+    fail(det, s, 3, 100.0, servers)             # out until 110
+    assert s.slow_start_factor(110.0) == pytest.approx(0.1)
+    assert s.slow_start_factor(120.0) == pytest.approx(0.5)
+    assert s.slow_start_factor(130.0) == 1.0
+
+
 def test_ejection_time_doubles_and_is_capped() -> None:
     det, servers = outlier(), pool(4)
     s = servers[0]

@@ -115,7 +115,8 @@ class OutlierDetector:
 
     The detector owns three fields of each `Server`: `consecutive_failures`, `ejections` and
     `ejected_until` (`Server.is_available` reads the latter, so an ejected server comes back by
-    itself when its time is up; no timer is needed).
+    itself when its time is up; no timer is needed). On ejection it also sets `joined_at` to the
+    ejection's end, so slow start (if configured) ramps the server back in.
     """
 
     def __init__(self, cfg: OutlierConfig) -> None:
@@ -172,6 +173,9 @@ class OutlierDetector:
         server.ejections += 1
         server.ejected_until = now + self.ejection_time(server.ejections)
         server.consecutive_failures = 0
+        # Slow start ramps from the moment it comes back, as for a server recovering from failed
+        # active checks: a server that just failed must not get its full share at once.
+        server.joined_at = server.ejected_until
         self._decay_from[server] = server.ejected_until
         return True
 
