@@ -49,7 +49,8 @@ class Running:
 @pytest.fixture
 def admin() -> Iterator[Running]:
     import time
-    b = make_balancer(time.monotonic())
+    b = make_balancer()
+    b.started_at = time.time() - 42.0
     r = Running(b)
     try:
         yield r
@@ -73,7 +74,7 @@ def test_status_json_reflects_live_state(admin: Running) -> None:
     assert data["totals"]["requests"] == 12 and data["totals"]["inflight"] == 1
     assert data["counters"]["requests"] == 12
     assert [s["name"] for s in data["servers"]] == ["a", "b", "c"]
-    assert data["uptime_s"] >= 42.0
+    assert data["uptime_s"] >= 42.0  # started_at is wall-clock time (time.time() - 42 s)
 
 
 def test_metrics_prometheus_exposition(admin: Running) -> None:

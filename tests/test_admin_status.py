@@ -17,7 +17,7 @@ from taxiway.config import Config, parse_config
 class StandIn:
     """The attributes of `taxiway.proxy.app.Balancer` that the admin code reads, nothing else."""
 
-    def __init__(self, cfg: Config | None = None, started_at: float = 0.0) -> None:
+    def __init__(self, cfg: Config | None = None, started_at: float = 1.7e9) -> None:
         self.cfg = cfg or parse_config({"servers": [{"url": "http://127.0.0.1:1"}]})
         self.pool = Pool()
         self.counters: collections.Counter[str] = collections.Counter()
@@ -26,8 +26,8 @@ class StandIn:
         self.started_at = started_at
 
 
-def make_balancer(now: float = 100.0) -> StandIn:
-    b = StandIn(started_at=now - 42.0)
+def make_balancer() -> StandIn:
+    b = StandIn(started_at=1.7e9 - 42.0)
     b.pool.add(Server("a", "127.0.0.1", 9001, weight=2), now=0.0)
     b.pool.add(Server("b", "127.0.0.1", 9002), now=0.0)
     return b
@@ -47,7 +47,7 @@ def test_percentile(values: list[float], q: float, expected: float | None) -> No
 
 def test_status_reports_servers_states_and_totals() -> None:
     now = 100.0
-    b = make_balancer(now)
+    b = make_balancer()
     a, s2 = b.pool.get("a"), b.pool.get("b")
     assert a is not None and s2 is not None
     a.inflight, a.requests, a.failures, a.bytes_in, a.bytes_out = 3, 10, 1, 500, 200
@@ -59,8 +59,9 @@ def test_status_reports_servers_states_and_totals() -> None:
     b.connections = 7
     b.events.append({"at": 1.5e9, "kind": "down", "server": "b", "detail": "GET /healthz: status 503"})
 
-    st = build_status(b, now)
-    assert st["uptime_s"] == 42.0
+    st = build_status(b, now, now_wall=1.7e9)
+    assert st["uptime_s"] == 42.0 and st["started_at"] == 1.7e9 - 42.0
+    assert build_status(b, now)["uptime_s"] is None
     assert st["strategy"] == "least-connections"
     assert st["connections"] == 7
     rows = {r["name"]: r for r in st["servers"]}
@@ -121,7 +122,7 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_metrics_read_counters_at_scrape_time() -> None:
     now = [100.0]
     b = make_balancer()
-    registry = make_registry(b, clock=lambda: now[0])
+    registry = make_registry(b, clock=lambda: now[0], wall_clock=lambda: 1.7e9)
     first = _samples(render(registry).decode())
     assert first[("taxiway_requests_total", ())] == 0
     assert first[("taxiway_server_up", (("server", "a"),))] == 1

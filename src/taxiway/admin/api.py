@@ -151,7 +151,7 @@ class AdminServer:
             if path == "/":
                 return 200, b"taxiway admin API: /status (JSON), /metrics (Prometheus)\n", \
                     "text/plain; charset=utf-8", []
-            status = build_status(self.balancer, time.monotonic())
+            status = build_status(self.balancer, time.monotonic(), time.time())
             body = json.dumps(status, indent=1, default=str).encode() + b"\n"
             return 200, body, "application/json", []
         except Exception:  # a bug here must not kill the admin listener; log it, answer 500

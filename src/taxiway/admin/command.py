@@ -75,7 +75,8 @@ def render(status: dict[str, Any]) -> Group:
     """A rich renderable of a /status dict: a summary line, the server table, counters, events."""
     t = status.get("totals", {})
     summary = Text.assemble(
-        ("taxiway ", "bold"), status.get("version", "?"), "  up ", f"{status.get('uptime_s', 0):.0f}s",
+        ("taxiway ", "bold"), status.get("version", "?"),
+        "  up ", "?" if status.get("uptime_s") is None else f"{status['uptime_s']:.0f}s",
         "  strategy ", (str(status.get("strategy", "?")), "bold"),
         "  servers ", f"{t.get('available', 0)}/{t.get('servers', 0)} available",
         "  connections ", str(status.get("connections", 0)),

@@ -42,9 +42,11 @@ _SIMPLE_COUNTERS = {
 class BalancerCollector(Collector):
     """Exposes a `Balancer`'s counters and servers; reads them only when `collect()` is called."""
 
-    def __init__(self, balancer: Any, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, balancer: Any, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.balancer = balancer
-        self.clock = clock
+        self.clock = clock            # the Server flags' clock (ejections, latency samples)
+        self.wall_clock = wall_clock  # balancer.started_at's clock
 
     def collect(self) -> Iterator[Metric]:
         """Called by the registry on each scrape."""
@@ -79,7 +81,7 @@ class BalancerCollector(Collector):
         started = getattr(b, "started_at", None)
         if started:
             yield GaugeMetricFamily("taxiway_uptime_seconds", "Seconds since the balancer started.",
-                                    value=max(0.0, self.clock() - float(started)))
+                                    value=max(0.0, self.wall_clock() - float(started)))
 
     def _server_metrics(self, now: float) -> Iterator[Metric]:
         servers = list(self.balancer.pool)
@@ -130,11 +132,12 @@ class BalancerCollector(Collector):
                     ejections, sticky)
 
 
-def make_registry(balancer: Any, clock: Callable[[], float] = time.monotonic) -> CollectorRegistry:
+def make_registry(balancer: Any, clock: Callable[[], float] = time.monotonic,
+                  wall_clock: Callable[[], float] = time.time) -> CollectorRegistry:
     """A private registry holding only this balancer's collector (not the process-global one, so
     tests and several balancers in one process never see each other's metrics)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BalancerCollector(balancer, clock))
+    registry.register(BalancerCollector(balancer, clock, wall_clock))
     return registry
 
 

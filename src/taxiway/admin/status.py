@@ -3,8 +3,8 @@ of `taxiway up` show.
 
 Rules of this module:
 1. Pure: no I/O, no clock. Time enters as `now_monotonic` (the clock the `Server` flags use:
-   `ejected_until`, `joined_at`, latency sample times). Wall-clock times in `balancer.events` are
-   passed through as they are.
+   `ejected_until`, `joined_at`, latency sample times) and, for the uptime, `now_wall` (the clock of
+   `balancer.started_at` and of the events, which are passed through as they are).
 2. It only reads: the balancer's counters and `Server` objects are never modified, so a slow admin
    client cannot disturb the proxy.
 3. Duck-typed on the balancer: it needs `cfg`, `pool`, `counters`, `events`, `connections`,
@@ -106,14 +106,16 @@ def _event(ev: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_status(balancer: Any, now_monotonic: float) -> dict[str, Any]:
+def build_status(balancer: Any, now_monotonic: float, now_wall: float | None = None) -> dict[str, Any]:
     """Snapshot of the balancer for the admin API.
 
     Args:
         balancer: the running `Balancer` (or anything with the same attributes, see rule 3).
         now_monotonic: `time.monotonic()` at the moment of the snapshot.
+        now_wall: `time.time()` at the same moment; without it `uptime_s` is None.
     Returns:
-        A dict of JSON types only: `version`, `uptime_s`, `strategy`, `connections`, `servers`
+        A dict of JSON types only: `version`, `started_at` (Unix time), `uptime_s`, `strategy`,
+        `connections`, `servers`
         (one row per server, see `server_status`), `totals`, `counters` (the proxy's named counters,
         sorted), `events` (newest last, at most MAX_EVENTS) and `autoscale` (None without autoscaler).
     """
@@ -123,10 +125,12 @@ def build_status(balancer: Any, now_monotonic: float) -> dict[str, Any]:
     status_fn = getattr(balancer, "autoscale_status", None)
     if callable(status_fn):
         autoscale = status_fn()
-    started_at = float(getattr(balancer, "started_at", now_monotonic) or now_monotonic)
+    started_at = getattr(balancer, "started_at", None)
+    uptime = None if now_wall is None or not started_at else round(max(0.0, now_wall - started_at), 3)
     return {
         "version": __version__,
-        "uptime_s": round(max(0.0, now_monotonic - started_at), 3),
+        "started_at": started_at,
+        "uptime_s": uptime,
         "strategy": balancer.cfg.balancer.strategy,
         "connections": int(getattr(balancer, "connections", 0)),
         "servers": rows,

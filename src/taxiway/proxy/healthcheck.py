@@ -23,6 +23,7 @@ from typing import Any
 
 from taxiway.balancing.health import ActiveHealth
 from taxiway.balancing.model import PoolEvent, Server
+from taxiway.config import HealthConfig
 
 log = logging.getLogger("taxiway.proxy")
 
@@ -65,7 +66,6 @@ class HealthChecker:
 
     def __init__(self, balancer: Any, rng: random.Random | None = None) -> None:
         self.balancer = balancer
-        self.cfg = balancer.cfg.health
         self.rng = rng or random.Random()
         self._state: dict[Server, ActiveHealth] = {}
         self._task: asyncio.Task[None] | None = None
@@ -81,6 +81,11 @@ class HealthChecker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    @property
+    def cfg(self) -> HealthConfig:
+        """Read through the balancer each time, so a SIGHUP reload's new settings apply."""
+        return self.balancer.cfg.health
 
     def _sleep_s(self) -> float:
         return self.cfg.interval * (1.0 + self.rng.uniform(-JITTER, JITTER))
@@ -112,6 +117,8 @@ class HealthChecker:
         state = self._state.get(server)
         if state is None:
             state = self._state[server] = ActiveHealth(self.cfg.rise, self.cfg.fall, healthy=server.healthy)
+        elif (state.rise, state.fall) != (self.cfg.rise, self.cfg.fall):  # reloaded: keep the verdict
+            state = self._state[server] = ActiveHealth(self.cfg.rise, self.cfg.fall, healthy=state.healthy)
         counters = self.balancer.counters
         counters["health_checks"] += 1
         if not ok:
@@ -122,13 +129,14 @@ class HealthChecker:
         server.healthy = changed
         if changed:
             server.joined_at = time.monotonic()  # slow start ramps from the recovery
-            detail = f"GET {self.cfg.path}: {reason}, {self.cfg.rise} good checks in a row"
+            detail = f"UP: GET {self.cfg.path}: {reason} ({self.cfg.rise} good checks in a row)"
             kind = PoolEvent.READY
         else:
-            detail = f"GET {self.cfg.path}: {reason}, {self.cfg.fall} failed checks in a row"
+            detail = f"DOWN: GET {self.cfg.path}: {reason} ({self.cfg.fall} failed checks in a row)"
             kind = PoolEvent.DOWN
-        log.warning("server %s (%s) is %s: %s", server.name, server.address,
-                    "UP" if changed else "DOWN", detail)
-        self.balancer.events.append({"at": time.time(), "kind": "up" if changed else "down",
-                                     "server": server.name, "detail": detail})
+        log.warning("server %s (%s) %s", server.name, server.address, detail)
+        # The balancer also records the pool event itself ("down"/"ready", no detail); this one
+        # says why, so /status shows the cause next to the transition.
+        self.balancer.events.append({"at": time.time(), "kind": "health", "server": server.name,
+                                     "detail": detail})
         self.balancer.pool.emit(kind, server)
