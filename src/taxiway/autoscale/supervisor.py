@@ -213,7 +213,8 @@ class Supervisor:
     # -- control loop ----------------------------------------------------------------------
 
     def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+        """The proxy's clock (time.monotonic): Server.recent and joined_at are in it."""
+        return time.monotonic()
 
     async def _control_loop(self) -> None:
         next_decision = self._now() + self.policy.period_s

@@ -1,0 +1,163 @@
+"""`taxiway up [--config FILE]`: the balancer and an autoscaled pool of app servers, one process.
+
+Both run on one uvloop event loop: the Supervisor adds, readies, drains and removes servers in the
+Balancer's pool directly (no IPC), and the admin API's /status shows the supervisor under
+"autoscale". Stopping (Ctrl-C, SIGTERM): the balancer stops accepting and finishes in-flight
+requests, then every app server gets SIGTERM (SIGKILL after pool.stop_grace). A second Ctrl-C
+kills the app servers at once. If taxiway is SIGKILLed, the kernel kills the app servers
+(PR_SET_PDEATHSIG, see supervisor.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import uvloop
+
+from taxiway.autoscale.live import RateMeter, run_live, summary_line
+from taxiway.autoscale.policy import PolicyConfig
+from taxiway.autoscale.supervisor import Supervisor
+from taxiway.config import Config, load_config, split_hostport
+from taxiway.errors import TaxiwayError, UsageError
+
+HELP = ("Start the load balancer and a pool of app servers that grows and shrinks with the load "
+        "([pool] and [autoscale] in the config). Ctrl-C stops everything.")
+
+log = logging.getLogger("taxiway.autoscale")
+FORWARDED_EVENTS = ("scale", "hold", "crashed", "drain_timeout", "killed")
+PLAIN_SUMMARY_S = 5.0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default="taxiway.toml", help="TOML file (default ./taxiway.toml)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--plain", action="store_true",
+                   help="plain log lines even when stdout is a terminal (no live view)")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    if cfg.pool is None:
+        raise UsageError(f"{args.config}: `taxiway up` needs a [pool] section (a command with {{port}}); "
+                         "for static [[servers]] only use `taxiway lb`")
+    live = sys.stdout.isatty() and not args.plain
+    if live and cfg.access_log.enabled and cfg.access_log.path == "-":
+        # One JSON line per request would scroll the live view away; a file path keeps it.
+        cfg = msgspec.structs.replace(cfg, access_log=msgspec.structs.replace(cfg.access_log, enabled=False))
+    _setup_logging(args.log_level, live)
+    return uvloop.run(_main(cfg, args.config, live))
+
+
+def _setup_logging(level: str, live: bool) -> None:
+    if live:
+        from rich.logging import RichHandler
+
+        logging.basicConfig(level=level.upper(), format="%(message)s",
+                            handlers=[RichHandler(show_path=False)])
+    else:
+        logging.basicConfig(level=level.upper(), stream=sys.stdout,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def pool_cwd(cfg: Config, config_path: str) -> str:
+    """pool.cwd, relative to the config file's directory (which is also the default)."""
+    base = Path(config_path).resolve().parent
+    assert cfg.pool is not None
+    return str(base / cfg.pool.cwd) if cfg.pool.cwd else str(base)
+
+
+def where(cfg: Config, bal: object) -> str:
+    host = split_hostport(cfg.listen.http, "listen.http")[0] if cfg.listen.http else "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    port = getattr(bal, "bound_http_port", None)
+    if port is None:
+        https = getattr(bal, "bound_https_port", None)
+        return f"https://{host}:{https}"
+    return f"http://{host}:{port}"
+
+
+async def _main(cfg: Config, config_path: str, live: bool) -> int:
+    from taxiway.proxy.app import Balancer
+    from taxiway.proxy.command import _reload
+
+    assert cfg.pool is not None
+    bal = Balancer(cfg, config_path)
+    sup = Supervisor(cfg.pool, PolicyConfig.from_config(cfg.pool, cfg.autoscale), bal,
+                     cwd=pool_cwd(cfg, config_path))
+    bal.autoscale_status = sup.status  # type: ignore[attr-defined]   # read by the admin API
+    sup.listeners.append(lambda ev: bal.event(f"autoscale.{ev['kind']}", ev["server"], ev["detail"])
+                         if ev["kind"] in FORWARDED_EVENTS else None)
+    atexit.register(sup.kill_all_now)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:          # second Ctrl-C: no more waiting
+            sup.kill_all_now()
+            os._exit(130)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGHUP, _reload, bal, config_path, 0)
+    try:
+        await bal.start()
+    except OSError as exc:
+        raise TaxiwayError(f"cannot listen: {exc.strerror or exc}") from None
+    url = where(cfg, bal)
+    admin = ""
+    if cfg.admin.listen and bal.admin_port:
+        host = split_hostport(cfg.admin.listen, "admin.listen")[0]
+        admin = f"; state: taxiway status, or http://{host}:{bal.admin_port}/status"
+    print(f"taxiway up: connect to {url}{admin}", flush=True)
+    print(f"taxiway up: pool {cfg.pool.min}..{cfg.pool.max} x `{cfg.pool.command}` "
+          f"({cfg.autoscale.metric} target {cfg.autoscale.target:g}/server"
+          f"{'' if cfg.autoscale.enabled else ', autoscale off'}); starting {cfg.pool.min}", flush=True)
+    view: asyncio.Task[None] | None = None
+    try:
+        await sup.start()
+        view = loop.create_task(run_live(lambda: bal.pool.servers, sup, url) if live
+                                else _plain(bal, sup))
+        await stop.wait()
+    finally:
+        if view is not None:
+            view.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await view
+        print("taxiway up: stopping (in-flight requests finish, then app servers get SIGTERM)", flush=True)
+        await bal.stop(float(cfg.timeouts.shutdown))
+        await sup.stop()
+        atexit.unregister(sup.kill_all_now)
+    print("taxiway up: stopped", flush=True)
+    return 0
+
+
+async def _plain(bal: object, sup: Supervisor) -> None:
+    """Non-TTY: events are log lines already; add a summary line when the picture changes."""
+    meter = RateMeter()
+    last = ""
+    last_at = 0.0
+    while True:
+        await asyncio.sleep(1.0)
+        servers = list(bal.pool)  # type: ignore[attr-defined]
+        meter.update(servers, time.monotonic())
+        line = summary_line(servers, sup, meter.rates)
+        shape = line.split(";")[0]
+        if shape != last or time.monotonic() - last_at >= PLAIN_SUMMARY_S * 6:
+            print(f"taxiway up: {line}", flush=True)
+            last, last_at = shape, time.monotonic()
