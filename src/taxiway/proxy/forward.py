@@ -333,6 +333,10 @@ class Exchange:
         if self.pending_bytes > BUFFER_HIGH_BYTES:
             self.proto.pause_reading(PAUSE_BUFFER)
 
+    def body_pending(self) -> bool:
+        """Is part of the request body still to be read from the client?"""
+        return not self.request_done and (self.info.chunked or self.info.content_length > 0)
+
     def _keep_for_replay(self, chunk: bytes) -> None:
         assert self.replay is not None
         self.replay_bytes += len(chunk)
@@ -395,7 +399,7 @@ class Exchange:
             conn.pool.release(conn, time.monotonic())
         else:
             conn.close()
-            self.keep_alive = self.keep_alive and self.request_done
+            self.keep_alive = self.keep_alive and not self.body_pending()
         self._complete(ok=self.status < 500)
 
     def on_upstream_upgraded(self, rest: bytes) -> None:
@@ -426,7 +430,7 @@ class Exchange:
                 # Body delimited by the close (RFC 9112 §6.3 rule 8): that was its end.
                 if resp.chunked_out:
                     self.proto.queue(LAST_CHUNK)
-                self.keep_alive = self.keep_alive and self.request_done
+                self.keep_alive = self.keep_alive and not self.body_pending()
                 self._complete(ok=True)
                 return
             # Cut in the middle of a response we already started: the client must see a cut too.
@@ -494,7 +498,7 @@ class Exchange:
     def reject_with(self, rej: Any) -> None:
         """Answer with a Rejection (edge guard, redirect) without contacting any server."""
         self.status = rej.status
-        close = not self.keep_alive or not self.request_done or self.proto.closing
+        close = not self.keep_alive or self.body_pending() or self.proto.closing
         self.bal.counters[f"rejected_{rej.status}"] += 1
         self.proto.queue(simple_response(rej.status, rej.body, self.bal.date.line, close, rej.headers))
         self.keep_alive = not close
@@ -505,7 +509,7 @@ class Exchange:
         self.status = status
         bal = self.bal
         bal.counters[f"error_{status}"] += 1
-        close = not self.keep_alive or not self.request_done or self.proto.closing
+        close = not self.keep_alive or self.body_pending() or self.proto.closing
         extra = bal.settings.retry_after if status == 503 else ()
         self.proto.queue(error_response(status, bal.date.line, close, extra))
         self.keep_alive = not close

@@ -1,0 +1,205 @@
+"""Upstream failures: 502/503/504, retries (and when never to retry), retry budget, ejection."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from tests.test_proxy_support import (
+    Client,
+    InProcess,
+    RawServer,
+    http_get,
+    make_config,
+    read_request_head,
+    refused_port,
+    wait_until,
+)
+
+NO_OUTLIER = {"enabled": False}
+
+
+def ok_handler(conn: socket.socket) -> None:
+    while True:
+        head = read_request_head(conn)
+        if not head:
+            return
+        if b"Content-Length: " in head:
+            n = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            got = len(head.split(b"\r\n\r\n", 1)[1])
+            while got < n:
+                got += len(conn.recv(65536))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def test_503_with_retry_after_when_no_server_is_available():
+    lb = InProcess(make_config([refused_port()], health={"enabled": False, "interval": "3s"}))
+    try:
+        lb.run(lambda: lb.bal.drain_server(lb.bal.pool.servers[0].name))
+        c = Client(lb.port)
+        r = c.get("/")
+        assert r.status == 503 and r.header("Retry-After") == "3"
+        assert c.get("/").status == 503     # the connection stays usable
+        assert lb.bal.counters["error_503"] == 2
+    finally:
+        lb.stop()
+
+
+def test_502_when_the_only_server_refuses():
+    lb = InProcess(make_config([refused_port()]))
+    try:
+        r = http_get(lb.port, "/")
+        assert r.status == 502 and len(r.body) < 100
+        assert lb.bal.counters["error_502"] == 1
+        assert lb.bal.pool.servers[0].failures >= 1
+    finally:
+        lb.stop()
+
+
+def test_get_and_post_retried_when_connect_is_refused():
+    up = RawServer(ok_handler)
+    lb = InProcess(make_config([refused_port(), up.port], balancer={"strategy": "round-robin"},
+                               outlier=NO_OUTLIER))
+    try:
+        c = Client(lb.port)
+        for _ in range(4):
+            assert c.get("/").status == 200
+        for _ in range(4):
+            c.send(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+            assert c.read_response().status == 200    # nothing was sent: safe to try elsewhere
+        assert lb.bal.counters["retries"] >= 4
+        assert lb.bal.counters["error_502"] == 0
+        assert all(s.inflight == 0 for s in lb.bal.pool)
+    finally:
+        lb.stop()
+        up.close()
+
+
+def test_post_is_never_replayed_after_bytes_reached_a_server():
+    def swallow(conn: socket.socket) -> None:
+        head = read_request_head(conn)      # read the request, then reset without answering
+        if head:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+    bad = RawServer(swallow)
+    good = RawServer(ok_handler)
+    lb = InProcess(make_config([bad.port, good.port], balancer={"strategy": "round-robin"},
+                               outlier=NO_OUTLIER))
+    try:
+        statuses = []
+        for _ in range(2):
+            c = Client(lb.port)
+            c.send(b"POST /pay HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc")
+            statuses.append(c.read_response().status)
+            c.close()
+        assert sorted(statuses) == [200, 502]       # the one sent to `bad` is not replayed
+        assert lb.bal.counters["retries"] == 0
+        # The same failure for an idempotent GET is retried on the other server.
+        assert [http_get(lb.port, "/").status for _ in range(2)] == [200, 200]
+        assert lb.bal.counters["retries"] >= 1
+    finally:
+        lb.stop()
+        bad.close()
+        good.close()
+
+
+def test_502_on_invalid_upstream_response():
+    def garbage(conn: socket.socket) -> None:
+        if read_request_head(conn):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nBad Header Name: x\r\n\r\nok")
+            time.sleep(0.5)
+
+    up = RawServer(garbage)
+    lb = InProcess(make_config([up.port]))
+    try:
+        assert http_get(lb.port, "/").status == 502
+        assert lb.bal.counters["error_502"] == 1
+    finally:
+        lb.stop()
+        up.close()
+
+
+def test_504_on_upstream_response_timeout(procs):
+    b1 = procs.backend("b1")
+    lb = InProcess(make_config([b1], timeouts={"upstream_response": "500ms"}))
+    try:
+        start = time.monotonic()
+        c = Client(lb.port)
+        r = c.get("/delay/3000")
+        assert r.status == 504
+        assert time.monotonic() - start < 2.5
+        assert lb.bal.counters["error_504"] == 1 and lb.bal.counters["retries"] == 0
+        assert c.get("/").status == 200          # the client connection survives
+    finally:
+        lb.stop()
+
+
+def test_response_cut_midway_is_cut_for_the_client_too():
+    def cut(conn: socket.socket) -> None:
+        if read_request_head(conn):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+            time.sleep(0.2)
+
+    up = RawServer(cut)
+    lb = InProcess(make_config([up.port]))
+    try:
+        c = Client(lb.port)
+        r = c.get("/")
+        assert r.status == 200 and not r.complete and bytes(r.body) == b"0123456789"
+        assert wait_until(lambda: lb.bal.counters["upstream_aborted"] == 1)
+    finally:
+        lb.stop()
+        up.close()
+
+
+def test_retry_budget_stops_retry_storms():
+    up = RawServer(ok_handler)
+    lb = InProcess(make_config([refused_port(), up.port], balancer={"strategy": "round-robin",
+                                                                   "retry_budget": 0.0},
+                               outlier=NO_OUTLIER))
+    try:
+        c = Client(lb.port)
+        statuses = [c.get("/").status for _ in range(260)]
+        c.close()
+        # The budget's reserve (10/s over a 10 s window) allows ~100 retries; then failures show.
+        assert lb.bal.counters["retry_budget_exhausted"] > 0
+        assert 90 <= lb.bal.counters["retries"] <= 110
+        assert statuses.count(502) == lb.bal.counters["retry_budget_exhausted"]
+    finally:
+        lb.stop()
+        up.close()
+
+
+def test_outlier_detection_ejects_failing_server():
+    up = RawServer(ok_handler)
+    lb = InProcess(make_config([refused_port(), up.port], balancer={"strategy": "round-robin"},
+                               outlier={"consecutive_failures": 2, "base_ejection": "30s"}))
+    try:
+        for _ in range(10):
+            assert http_get(lb.port, "/").status == 200
+        dead = lb.bal.pool.servers[0]
+        assert dead.ejected_until > 0
+        assert any(e["kind"] == "ejected" and e["server"] == dead.name for e in lb.bal.events)
+        retries = lb.bal.counters["retries"]
+        for _ in range(10):
+            assert http_get(lb.port, "/").status == 200
+        assert lb.bal.counters["retries"] == retries      # no longer tried while ejected
+    finally:
+        lb.stop()
+        up.close()
+
+
+def test_inflight_counts_while_a_request_runs(procs):
+    b1 = procs.backend("b1")
+    lb = InProcess(make_config([b1]))
+    try:
+        srv = lb.bal.pool.servers[0]
+        result = []
+        t = threading.Thread(target=lambda: result.append(http_get(lb.port, "/delay/800").status))
+        t.start()
+        assert wait_until(lambda: srv.inflight == 1, 5)
+        t.join(10)
+        assert result == [200] and srv.inflight == 0 and srv.requests == 1
+    finally:
+        lb.stop()
