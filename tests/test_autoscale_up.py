@@ -1,0 +1,244 @@
+"""`taxiway up` as a user runs it: real balancer, real app-server processes, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import Processes, free_port, taxiway_env
+
+BACKEND = f"{sys.executable} -m taxiway backend --port {{port}} --name {{name}}"
+
+
+def write_config(tmp_path: Path, *, min_: int = 1, max_: int = 4, delay_ms: int = 20, extra: str = "",
+                 autoscale: str = "") -> Path:
+    cfg = tmp_path / "taxiway.toml"
+    cfg.write_text(f"""
+[listen]
+http = "127.0.0.1:{free_port()}"
+[admin]
+listen = "127.0.0.1:{free_port()}"
+[access_log]
+enabled = false
+[health]
+interval = "1s"
+[pool]
+command = "{BACKEND} --delay-ms {delay_ms}"
+min = {min_}
+max = {max_}
+ready_timeout = "30s"
+stop_grace = "5s"
+drain_timeout = "20s"
+[autoscale]
+{autoscale}
+{extra}
+""")
+    return cfg
+
+
+class Up:
+    """One `taxiway up` process with its output in a file (a pipe nobody reads would block it)."""
+
+    def __init__(self, procs: Processes, cfg: Path) -> None:
+        self.out = cfg.parent / "up.out"
+        self.fh = open(self.out, "wb")  # noqa: SIM115
+        self.proc = procs.start(sys.executable, "-m", "taxiway", "up", "--config", str(cfg),
+                                env=taxiway_env(), stdout=self.fh.fileno())
+        self.url = ""
+        self.status_url = ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            text = self.output()
+            m = re.search(r"connect to (http://\S+?);.*?(http://\S+/status)", text)
+            if m:
+                self.url, self.status_url = m.group(1), m.group(2)
+                break
+            assert self.proc.poll() is None, f"taxiway up exited early:\n{text}"
+            time.sleep(0.1)
+        assert self.url, f"no connect line:\n{self.output()}"
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def status(self) -> dict[str, Any]:
+        return httpx.get(self.status_url, timeout=10).json()
+
+    def wait_ready(self, n: int, timeout_s: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            st = self.status()["autoscale"]
+            if st["ready"] >= n:
+                return st
+            time.sleep(0.2)
+        raise AssertionError(f"fewer than {n} ready:\n{self.output()}")
+
+    def child_pids(self) -> list[int]:
+        return [s["pid"] for s in self.status()["autoscale"]["servers"] if s["pid"]]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_dead(pids: list[int], timeout_s: float = 20) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+def test_up_serves_reports_and_stops_cleanly_on_ctrl_c(procs: Processes, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, min_=2)
+    up = Up(procs, cfg)
+    up.wait_ready(2)
+    names = {httpx.get(up.url + "/", timeout=10).headers["x-backend"] for _ in range(20)}
+    assert len(names) == 2 and all(n.startswith("app-") for n in names)
+    st = up.status()
+    auto = st["autoscale"]
+    assert (auto["min"], auto["max"], auto["desired"], auto["metric"]) == (2, 4, 2, "inflight")
+    assert {s["name"] for s in auto["servers"]} == names
+    assert {s["name"] for s in st["servers"]} == names
+    pids = up.child_pids()
+    assert len(pids) == 2 and all(alive(p) for p in pids)
+    up.proc.send_signal(signal.SIGINT)
+    assert up.proc.wait(timeout=60) == 0
+    assert wait_dead(pids) == []
+    text = up.output()
+    assert "ready app-" in text and "taxiway up: stopped" in text
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_no_orphans_when_taxiway_is_killed(procs: Processes, tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGKILL cannot be handled: the children die through PR_SET_PDEATHSIG."""
+    up = Up(procs, write_config(tmp_path, min_=3, max_=3))
+    up.wait_ready(3)
+    pids = up.child_pids()
+    assert len(pids) == 3
+    # The children are in their own process groups: killing taxiway's group does not reach them.
+    assert all(os.getpgid(p) != os.getpgid(up.proc.pid) for p in pids)
+    os.kill(up.proc.pid, sig)
+    up.proc.wait(timeout=60)
+    assert wait_dead(pids) == [], f"orphans left:\n{up.output()}"
+
+
+def test_static_servers_stand_beside_the_pool(procs: Processes, tmp_path: Path) -> None:
+    static_port = procs.backend("static-1")
+    up = Up(procs, write_config(tmp_path, min_=1, extra=f"""
+[[servers]]
+url = "http://127.0.0.1:{static_port}"
+name = "static-1"
+"""))
+    up.wait_ready(1)
+    seen = {httpx.get(up.url + "/", timeout=10).headers["x-backend"] for _ in range(30)}
+    assert "static-1" in seen and any(n.startswith("app-") for n in seen)
+    up.proc.send_signal(signal.SIGTERM)
+    assert up.proc.wait(timeout=60) == 0
+
+
+def test_config_without_pool_is_one_line(procs: Processes, tmp_path: Path) -> None:
+    cfg = tmp_path / "lb.toml"
+    cfg.write_text('[[servers]]\nurl = "http://127.0.0.1:9"\n')
+    r = subprocess.run([sys.executable, "-m", "taxiway", "up", "--config", str(cfg)], env=taxiway_env(),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "needs a [pool] section" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "taxiway", "up", "--config", str(tmp_path / "missing.toml")],
+                       env=taxiway_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "missing.toml" in r.stderr
+
+
+# -- the key test: load rises and falls, nothing fails -------------------------------------------
+
+
+async def _load(url: str, phases: list[tuple[int, float]], results: dict[str, int],
+                errors: list[str]) -> None:
+    """Closed-loop users: phase = (concurrent users, seconds). Every non-200 or error is a failure."""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        async def user(stop_at: float) -> None:
+            while time.monotonic() < stop_at:
+                try:
+                    r = await client.get("/")
+                except httpx.HTTPError as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                if r.status_code == 200:
+                    results["ok"] += 1
+                else:
+                    errors.append(f"status {r.status_code}: {r.text[:100]}")
+
+        for users, seconds in phases:
+            stop_at = time.monotonic() + seconds
+            await asyncio.gather(*(user(stop_at) for _ in range(users)))
+
+
+@pytest.mark.slow
+def test_load_rises_and_falls_with_zero_failed_requests(procs: Processes, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, min_=1, max_=4, delay_ms=50, autoscale="""
+metric = "inflight"
+target = 2
+period = "0.5s"
+scale_down_window = "2s"
+max_scale_down = 1
+panic_window = "1s"
+""")
+    up = Up(procs, cfg)
+    up.wait_ready(1)
+    counts: list[tuple[float, int, int]] = []
+    results = {"ok": 0}
+    errors: list[str] = []
+
+    async def watch(done: asyncio.Event) -> None:
+        async with httpx.AsyncClient(timeout=10) as client:
+            while not done.is_set():
+                auto = (await client.get(up.status_url)).json()["autoscale"]
+                counts.append((time.monotonic(), auto["ready"], len(auto["servers"])))
+                await asyncio.sleep(0.25)
+
+    async def main() -> None:
+        done = asyncio.Event()
+        watcher = asyncio.create_task(watch(done))
+        await _load(up.url, [(1, 4), (8, 12), (1, 14), (7, 12), (1, 14)], results, errors)
+        done.set()
+        await watcher
+
+    asyncio.run(main())
+    ready = [r for _, r, _ in counts]
+    # The pool grew, shrank, grew and shrank again: count direction changes of the ready series.
+    peaks = [i for i in range(1, len(ready)) if ready[i] >= 3]
+    assert peaks, f"never scaled up: {ready}\n{up.output()}"
+    swings = _swings(ready)
+    assert swings >= 4, f"expected up/down/up/down, got {swings} swings: {ready}"
+    assert errors == [], f"{len(errors)} failed requests of {results['ok'] + len(errors)}: {errors[:5]}"
+    assert results["ok"] > 500
+    st = up.status()
+    assert st["counters"].get("upstream_failures", 0) == 0, json.dumps(st["counters"])
+    up.proc.send_signal(signal.SIGINT)
+    assert up.proc.wait(timeout=60) == 0
+
+
+def _swings(series: list[int]) -> int:
+    """Number of direction changes (up->down, down->up), counting the first move."""
+    swings, direction = 0, 0
+    for a, b in itertools.pairwise(series):
+        d = (b > a) - (b < a)
+        if d and d != direction:
+            swings += 1
+            direction = d
+    return swings
