@@ -161,6 +161,38 @@ def parse_wrk(out: str) -> dict[str, float]:
     return res
 
 
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants (nginx's worker, taskset's child)."""
+    parents: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += parents.get(p, [])
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process tree (from /proc/PID/stat, in clock ticks)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / tick
+
+
 def run_wrk(url: str, args: argparse.Namespace, duration_s: float, cpus: str | None,
             script: Path | None = None) -> dict[str, float]:
     cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{max(1, round(duration_s))}s",
@@ -318,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strategy", default="round-robin", help="taxiway strategy (peers use round robin)")
     p.add_argument("--no-half-load", action="store_true", help="skip the fixed-rate p99 runs")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    p.add_argument("--proxy-cpus", default="0", help="taskset list for the proxy under test (default 0)")
+    p.add_argument("--other-cpus", default=None, help="taskset list for wrk and backends (default: the rest)")
     p.add_argument("--results", default=None,
                    help="results dir (default benchmarks/proxy_vs_peers/results/DATE)")
     args = p.parse_args(argv)
@@ -332,8 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     ncpu = os.cpu_count() or 1
     pin = not args.no_pin and ncpu > 1 and shutil.which("taskset") is not None
-    proxy_cpus = "0" if pin else None
-    other_cpus = f"1-{ncpu - 1}" if pin else None
+    proxy_cpus = args.proxy_cpus if pin else None
+    other_cpus = (args.other_cpus or f"1-{ncpu - 1}") if pin else None
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     results_dir = Path(args.results) if args.results else HERE / "results" / stamp
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -365,10 +399,17 @@ def main(argv: list[str] | None = None) -> int:
                 running[name], ports[name] = proc, port
                 url = f"http://127.0.0.1:{port}{args.path}"
                 run_wrk(url, args, args.warmup, other_cpus)
+                cpu0 = cpu_seconds(proc.pid)
                 peak[name] = run_wrk(url, args, args.duration, other_cpus)
+                cpu = cpu_seconds(proc.pid) - cpu0
+                # Requests per CPU-second of the proxy: its ceiling on one core, meaningful even when
+                # the load generator or the backends (not the proxy) limit the measured req/s.
+                peak[name]["proxy_cpu_s"] = round(cpu, 2)
+                peak[name]["rps_per_cpu_s"] = round(peak[name]["requests"] / cpu) if cpu > 0 else 0.0
                 r = peak[name]
                 print(f"{name}: {r['rps']:.0f} req/s, p50 {r.get('p50_ms', 0):.2f} ms, "
-                      f"p99 {r.get('p99_ms', 0):.2f} ms, errors {r['errors']:.0f}", flush=True)
+                      f"p99 {r.get('p99_ms', 0):.2f} ms, errors {r['errors']:.0f}, "
+                      f"{r['rps_per_cpu_s']:.0f} req per proxy CPU-second", flush=True)
                 if args.no_half_load:
                     procs.stop(proc)
                     running.pop(name)
@@ -393,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         for peer in ("haproxy", "nginx"):
             if peer in peak and peak[peer]["rps"]:
                 ratios[f"rps_vs_{peer}"] = round(peak["taxiway"]["rps"] / peak[peer]["rps"], 3)
+            if peer in peak and peak[peer].get("rps_per_cpu_s"):
+                ratios[f"rps_per_cpu_s_vs_{peer}"] = round(
+                    peak["taxiway"]["rps_per_cpu_s"] / peak[peer]["rps_per_cpu_s"], 3)
             if "taxiway" in half and peer in half:
                 diff = half["taxiway"]["p99_ms"] - half[peer]["p99_ms"]
                 ratios[f"half_load_p99_minus_{peer}_ms"] = round(diff, 3)
@@ -403,11 +447,13 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("matplotlib not installed: no chart (pip install matplotlib)", file=sys.stderr)
     print()
-    print(f"{'target':<12} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'taxiway/x':>10}")
+    print(f"{'target':<12} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'taxiway/x':>10} "
+          f"{'req/CPU-s':>10}")
     for name, r in peak.items():
         ratio = f"{peak['taxiway']['rps'] / r['rps']:.2f}x" if "taxiway" in peak and r["rps"] else "-"
+        per_cpu = f"{r['rps_per_cpu_s']:.0f}" if "rps_per_cpu_s" in r else "-"
         print(f"{name:<12} {r['rps']:>10.0f} {r.get('p50_ms', 0):>8.2f} {r.get('p99_ms', 0):>8.2f} "
-              f"{r['errors']:>7.0f} {ratio:>10}")
+              f"{r['errors']:>7.0f} {ratio:>10} {per_cpu:>10}")
     if half:
         print(f"\np99 at {result['half_load_rps']:.0f} req/s (half of taxiway's peak; "
               f"{result['rate_method']}):")
