@@ -142,6 +142,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.informational:
             self.informational = False
             return
+        if self.parser.get_status_code() == 101:
+            return   # llhttp ends the 101 message, then raises HttpParserUpgrade: a tunnel follows
         ex = self.exchange
         if ex is not None:
             ex.on_upstream_complete(self)
