@@ -227,3 +227,20 @@ def test_retries_never_exceed_ratio_plus_reserve(ratio: float, min_per_s: float,
         else:
             retries += budget.allow_retry(now)
         assert retries <= ratio * requests + min_per_s * (10.0 + now) + 1e-6
+
+
+@pytest.mark.parametrize(("ratio", "min_per_s", "window_s"), [(-0.1, 10, 10), (0.2, -1, 10), (0.2, 10, 0)])
+def test_retry_budget_rejects_nonsense(ratio: float, min_per_s: float, window_s: float) -> None:
+    with pytest.raises(ValueError, match="ratio"):
+        RetryBudget(ratio, min_per_s, window_s)
+
+
+def test_zero_base_ejection_forgets_at_once_and_forget_drops_state() -> None:
+    det, servers = outlier(base_ejection=Duration(0)), pool(4)
+    s = servers[0]
+    assert fail(det, s, 3, 0.0, servers)[-1] is True     # ejected for 0 s: back immediately
+    assert s.ejections == 1
+    det.process_outcome(s, True, 0.0, servers)
+    assert s.ejections == 0
+    det.forget(s)
+    assert repr(RetryBudget(0.2)).startswith("<RetryBudget ratio=0.2")

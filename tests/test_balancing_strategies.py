@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taxiway.balancing.model import Server
+from taxiway.balancing.model import Pool, Server
 from taxiway.balancing.strategies import (
     STRATEGIES,
     ConsistentHash,
@@ -273,3 +273,33 @@ def test_consistent_hash_without_a_key_still_balances() -> None:
     pool = servers(1, 1, 1)
     ch = build("consistent-hash", 3)
     assert len({ch.pick(pool, None, 0.0).name for _ in range(100)}) == 3  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("name", ALL)
+@settings(max_examples=30, deadline=None)
+@given(flags=st.lists(st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()),
+                      min_size=1, max_size=8))
+def test_nothing_is_picked_while_down_draining_ejected_or_starting(name: str, flags) -> None:
+    """The proxy passes `Pool.available(now)`: composed with it, nothing out of rotation is reached."""
+    pool = Pool()
+    for i, (healthy, draining, ejected, ready) in enumerate(flags):
+        s = pool.add(Server(f"s{i}", "h", i), 0.0)
+        s.healthy, s.draining, s.ready = healthy, draining, ready
+        s.ejected_until = 50.0 if ejected else 0.0
+    strategy = build(name)
+    for i in range(20):
+        chosen = strategy.pick(pool.available(10.0), f"k{i}", 10.0)
+        if chosen is None:
+            assert not pool.available(10.0)
+        else:
+            assert chosen.is_available(10.0)
+
+
+def test_wrr_forgets_departed_servers_under_churn() -> None:
+    """Autoscaling replaces servers all day: the smooth-WRR state must not grow without bound."""
+    wrr = WeightedRoundRobin(random.Random(0))
+    for generation in range(50):
+        pool = [Server(f"g{generation}-{i}", "h", i, weight=2) for i in range(3)]
+        counts = Counter(wrr.pick(pool, None, 0.0).name for _ in range(6))  # type: ignore[union-attr]
+        assert counts == {s.name: 2 for s in pool}
+    assert len(wrr._current) <= 2 * 3 + 16 + 3
