@@ -60,7 +60,8 @@ async def handle(reader, writer):
         elif path == "/login" and method == "GET":
             token = secrets.token_hex(8)
             extra.append("Set-Cookie: csrftoken=%s; Path=/" % token)
-            out = ('<form><input type="hidden" name="csrfmiddlewaretoken" value="%s"></form>' % token).encode()
+            out = ('<form><input type="hidden" name="csrfmiddlewaretoken" value="%s"></form>'
+                   % token).encode()
         elif path == "/login":
             form = dict(urllib.parse.parse_qsl(body.decode()))
             ok = (form.get("csrfmiddlewaretoken") == cookies.get("csrftoken") is not None
