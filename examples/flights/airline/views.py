@@ -10,7 +10,10 @@ Rules of this module:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Callable
+from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import authenticate, login, logout
@@ -20,7 +23,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import cache_page
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import condition, require_GET, require_http_methods, require_POST
 
 from airline import availability, throttle
 from airline.forms import BookingForm, RegisterForm, SearchForm
@@ -105,7 +108,29 @@ class LazyRouteSummary:
         return self._value[name]
 
 
+@functools.cache
+def _templates_digest() -> str:
+    """Hash of this app's templates, read once per process: a deploy that changes a template
+    changes every ETag, so no browser keeps a 304-validated copy of the old markup."""
+    h = hashlib.sha256()
+    for p in sorted((Path(__file__).parent / "templates").rglob("*.html")):
+        h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def flight_etag(request: HttpRequest, ref: str) -> str | None:
+    """ETag of the flight page from the data it shows, not from its bytes, so every server (each
+    printing its own name in the footer) gives the same ETag and a 304 holds across servers.
+    Includes the seat count (changes on booking) and the viewer (the page names them)."""
+    flight = flight_by_ref(ref)
+    if flight is None:
+        return None
+    viewer = request.user.pk if request.user.is_authenticated else 0
+    return f"{flight.ref}-{availability.seats_left(flight)}-{viewer}-{_templates_digest()}"
+
+
 @require_GET
+@condition(etag_func=flight_etag)
 def flight_detail(request: HttpRequest, ref: str) -> HttpResponse:
     flight = _flight_or_404(ref)
     form = BookingForm(international=flight.KIND is Kind.INTERNATIONAL)

@@ -28,12 +28,14 @@ CSP = "; ".join([
 
 
 def served_by(request: HttpRequest) -> str:
-    """The name of this server: FLIGHTS_SERVER_NAME, else the address gunicorn listens on, plus pid."""
+    """The name of this server: FLIGHTS_SERVER_NAME, else the address gunicorn listens on.
+
+    The page shows this (stable per server, so a page's ETag does not change from one worker
+    process to the next); the header adds the worker's pid.
+    """
     if settings.SERVER_NAME_OVERRIDE:
         return settings.SERVER_NAME_OVERRIDE
-    host = request.META.get("SERVER_NAME", "?")
-    port = request.META.get("SERVER_PORT", "?")
-    return f"{host}:{port} pid {os.getpid()}"
+    return f"{request.META.get('SERVER_NAME', '?')}:{request.META.get('SERVER_PORT', '?')}"
 
 
 class ServedByMiddleware:
@@ -43,7 +45,7 @@ class ServedByMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request.served_by = served_by(request)  # type: ignore[attr-defined]
         response = self.get_response(request)
-        response["X-Served-By-App"] = request.served_by  # type: ignore[attr-defined]
+        response["X-Served-By-App"] = f"{request.served_by} pid {os.getpid()}"  # type: ignore[attr-defined]
         return response
 
 
