@@ -153,11 +153,29 @@ class Balancer:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._to_remove: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.edge_guard: Any = None
+        self._install_edge_guard(cfg)
         self.pool.subscribe(self._on_pool_event)
         now = time.monotonic()
         for i, sc in enumerate(cfg.servers):
             self.pool.add(server_from_config(sc.url, sc.name, sc.weight, f"servers[{i}].url",
                                              float(cfg.balancer.slow_start)), now)
+
+    def _install_edge_guard(self, cfg: Config) -> None:
+        """API keys and rate limits from security/ (EdgeGuard), when the config asks for them."""
+        try:
+            from taxiway.security.edge import EdgeGuard
+        except ModuleNotFoundError:
+            return
+        old = self.edge_guard
+        new = EdgeGuard.from_config(cfg)
+        if old is not None:
+            self.guards.remove(old)
+            if self._loop is not None:
+                self.spawn(old.close())
+        self.edge_guard = new
+        if new is not None:
+            self.guards.append(new)
 
     # -- events -------------------------------------------------------------------------------
 
@@ -272,6 +290,11 @@ class Balancer:
                     await _maybe_await(getattr(comp, meth)())
                 except Exception:
                     log.exception("stopping %r", comp)
+        if self.edge_guard is not None:
+            try:
+                await self.edge_guard.close()
+            except Exception:
+                log.exception("closing the edge guard")
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
@@ -334,6 +357,8 @@ class Balancer:
             self.outlier = OutlierDetector(cfg.outlier)
         if cfg.balancer.retry_budget != old.balancer.retry_budget:
             self.retry_budget = RetryBudget(cfg.balancer.retry_budget)
+        if (cfg.ratelimit, cfg.apikeys) != (old.ratelimit, old.apikeys):
+            self._install_edge_guard(cfg)
         if cfg.access_log != old.access_log:
             if self.access_log is not None:
                 self.access_log.close()
