@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taxiway.balancing.affinity import CookieAffinity, ip_affinity, sticky_server
+from taxiway.balancing.affinity import CookieAffinity, ip_affinity, record_sticky, sticky_server
 from taxiway.balancing.model import Server
 from taxiway.errors import ConfigError
 
@@ -129,3 +129,15 @@ def test_ip_affinity_keeps_clients_put_even_under_load() -> None:
     assert home is not None
     home.inflight = 500                     # no bounded loads: sessions must not move
     assert strategy.pick(pool, "192.0.2.10", 0.0) is home
+
+
+def test_sticky_client_counts_follow_cookies_issued_and_moved() -> None:
+    a, b = Server("a", "h", 1), Server("b", "h", 2)
+    for _ in range(3):
+        record_sticky(None, a)          # three new clients land on a
+    record_sticky(a, b)                 # a goes down: one of them is moved to b
+    record_sticky(b, b)                 # re-issuing the same server changes nothing
+    assert (a.sticky_clients, b.sticky_clients) == (2, 1)
+    a.sticky_clients = 0
+    record_sticky(a, b)                 # never below zero (counts reset on reload)
+    assert (a.sticky_clients, b.sticky_clients) == (0, 2)

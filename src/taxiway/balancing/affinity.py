@@ -137,6 +137,21 @@ def sticky_server(name: str | None, candidates: Sequence[Server]) -> Server | No
     return None
 
 
+def record_sticky(previous: Server | None, chosen: Server) -> None:
+    """Keep `Server.sticky_clients` (shown by /status and /metrics) as cookies issued minus moved.
+
+    Called by the proxy each time it sets the cookie: `previous` is the server the client's valid
+    cookie named (None for a new client or an invalid cookie), `chosen` the one the new cookie names.
+    The balancer cannot see a client go away for good, so this counts cookies handed out and not yet
+    superseded: enough to show that one server holds most sessions, not an exact head count.
+    """
+    if previous is chosen:
+        return
+    if previous is not None and previous.sticky_clients > 0:
+        previous.sticky_clients -= 1
+    chosen.sticky_clients += 1
+
+
 def ip_affinity(rng: random.Random) -> ConsistentHash:
     """The strategy for `mode = "ip"`: consistent hash of the client address, no bounded loads."""
     return ConsistentHash(rng, key_kind="client_ip", balance_factor=None)
