@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,7 +18,7 @@ from taxiway.errors import ConfigError
 
 from .conftest import SRC
 
-BACKEND = f"{sys.executable} -m taxiway.testing.backend --port {{port}} --name {{name}}"
+BACKEND = "{python} -m taxiway.testing.backend --port {port} --name {name}"   # {python}: this interpreter
 ENV = {"PYTHONPATH": str(SRC)}
 
 

@@ -26,6 +26,7 @@ import os
 import shlex
 import signal
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -275,8 +276,13 @@ class Supervisor:
         task.add_done_callback(self._tasks.discard)
 
     def _argv(self, ap: AppProcess) -> list[str]:
-        cmd = self.pool_cfg.command.replace("{port}", str(ap.port)).replace("{host}", self.pool_cfg.host)
-        return shlex.split(cmd.replace("{name}", ap.name))
+        """The command line: {port}, {host}, {name} filled in; {python} = this interpreter."""
+        values = {"{port}": str(ap.port), "{host}": self.pool_cfg.host, "{name}": ap.name,
+                  "{python}": shlex.quote(sys.executable)}
+        cmd = self.pool_cfg.command
+        for key, value in values.items():
+            cmd = cmd.replace(key, value)
+        return shlex.split(cmd)
 
     async def _lifecycle(self, ap: AppProcess) -> None:
         env = {**os.environ, **self.pool_cfg.env, "PORT": str(ap.port), "TAXIWAY_SERVER_NAME": ap.name}
