@@ -164,3 +164,12 @@ def test_status_verb_one_line_error_when_nothing_answers() -> None:
 def test_status_verb_bad_address() -> None:
     out = _status_cli("--admin", "nonsense")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_status_verb_when_admin_is_off_in_config(tmp_path: object) -> None:
+    from pathlib import Path
+    cfg = Path(str(tmp_path)) / "lb.toml"
+    cfg.write_text('[admin]\nlisten = ""\n[[servers]]\nurl = "http://127.0.0.1:9001"\n')
+    out = _status_cli("--config", str(cfg))
+    assert out.returncode == 2 and "admin API is off" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

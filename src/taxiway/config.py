@@ -156,6 +156,8 @@ class ListenConfig(_Section):
 
 
 class AdminConfig(_Section):
+    # /status and /metrics; loopback by default (it names every server). "" turns it off
+    # (TOML has no null).
     listen: str | None = "127.0.0.1:9901"
 
 
@@ -473,7 +475,7 @@ def _check(cfg: Config, source: str | None) -> None:
             split_hostport(addr, f"listen.{name}")
     if cfg.listen.https is not None and cfg.listen.tls is None:
         fail("listen.tls", "a [listen.tls] table with cert and key when listen.https is set")
-    if cfg.admin.listen is not None:
+    if cfg.admin.listen:
         split_hostport(cfg.admin.listen, "admin.listen")
     b = cfg.balancer
     if b.retries < 0:

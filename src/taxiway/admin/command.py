@@ -119,7 +119,7 @@ def _admin_address(args: argparse.Namespace) -> tuple[str, int]:
         return split_hostport(args.admin, "--admin")
     if args.config:
         cfg = load_config(args.config)
-        if cfg.admin.listen is None:
+        if not cfg.admin.listen:
             raise UsageError(f"{args.config} has no [admin] listen address: the admin API is off")
         host, port = split_hostport(cfg.admin.listen, "admin.listen")
         return ("127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host), port
