@@ -20,7 +20,7 @@ class SearchForm(forms.Form):
     """The flight list's GET filters. Invalid values are dropped, not errors: a search page should
     still show flights for `?date=garbage`."""
 
-    q = forms.CharField(required=False, max_length=60)
+    q = forms.CharField(required=False, max_length=200)
     origin = forms.CharField(required=False, max_length=3)
     destination = forms.CharField(required=False, max_length=3)
     date = forms.DateField(required=False)
