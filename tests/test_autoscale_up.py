@@ -220,6 +220,7 @@ panic_window = "1s"
 
     asyncio.run(main())
     ready = [r for _, r, _ in counts]
+    print("ready servers every 0.25 s:", ready)   # shown with -s / on failure
     # The pool grew, shrank, grew and shrank again: count direction changes of the ready series.
     peaks = [i for i in range(1, len(ready)) if ready[i] >= 3]
     assert peaks, f"never scaled up: {ready}\n{up.output()}"
@@ -242,3 +243,39 @@ def _swings(series: list[int]) -> int:
             swings += 1
             direction = d
     return swings
+
+
+def test_live_view_on_a_terminal(procs: Processes, tmp_path: Path) -> None:
+    """stdout is a TTY: the compact live view (servers, in-flight, req/s, last scaling event)."""
+    import pty
+    import select
+
+    cfg = write_config(tmp_path, min_=2)
+    master, slave = pty.openpty()
+    env = taxiway_env() | {"COLUMNS": "160", "LINES": "40", "TERM": "xterm"}
+    proc = procs.start(sys.executable, "-m", "taxiway", "up", "--config", str(cfg), env=env, stdout=slave)
+    os.close(slave)
+    seen = b""
+    text = ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not ("2 ready / 2 desired" in text and "last scaling" in text
+                                               and re.search(r"app-\d+\s+ready", text)):
+        if select.select([master], [], [], 0.5)[0]:
+            try:
+                seen += os.read(master, 65536)
+            except OSError:
+                break
+            text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
+    assert "2 ready / 2 desired" in text, text[-2000:]
+    for column in ("server", "state", "in-flight", "req/s", "last scaling"):
+        assert column in text
+    assert re.search(r"app-\d+\s+ready", text)
+    proc.send_signal(signal.SIGINT)
+    while proc.poll() is None and time.monotonic() < deadline + 60:
+        if select.select([master], [], [], 0.5)[0]:
+            try:
+                os.read(master, 65536)
+            except OSError:
+                pass
+    os.close(master)
+    assert proc.wait(timeout=30) == 0

@@ -11,6 +11,7 @@ import asyncio
 import time
 from typing import Any
 
+from rich import get_console
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -74,7 +75,7 @@ def render(servers: list[Server], sup: Supervisor, rates: dict[str, float], wher
 async def run_live(pool_servers: Any, sup: Supervisor, where: str, console: Console | None = None) -> None:
     """Refresh the view until cancelled. `pool_servers()` returns the balancer's servers."""
     meter = RateMeter()
-    console = console or Console()
+    console = console or get_console()   # the console RichHandler logs to: lines appear above
     with Live(console=console, refresh_per_second=4, transient=False, redirect_stderr=True) as live:
         while True:
             servers = list(pool_servers())

@@ -133,7 +133,7 @@ class Supervisor:
     """Runs the pool of app servers beside a balancer on the same event loop."""
 
     def __init__(self, pool_cfg: PoolConfig, policy: PolicyConfig, rotation: Rotation, *,
-                 cwd: str | None = None, tick_s: float | None = None) -> None:
+                 cwd: str | None = None, tick_s: float | None = None, slow_start_s: float = 0.0) -> None:
         self.pool_cfg = pool_cfg
         self.policy = policy
         self.rotation = rotation
@@ -141,6 +141,7 @@ class Supervisor:
         self.history = History(policy)
         self.meter = LoadMeter(policy.metric)
         self.tick_s = tick_s or min(max(policy.period_s / 10, 0.05), 0.5)
+        self.slow_start_s = slow_start_s    # balancer.slow_start, as for static servers
         self.procs: dict[str, AppProcess] = {}
         self.desired = policy.min
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
@@ -240,9 +241,10 @@ class Supervisor:
             self._event("scale" if d.desired != self.desired else "hold", None, d.reason,
                         desired=d.desired, current=d.current, rule=d.rule.value)
         self._last_rule = d.rule
-        if d.desired < self.desired:
-            self._scale_down(self.desired - d.desired)
         self.desired = d.desired
+        excess = self.live_count() - d.desired   # pending replacements are simply not started
+        if excess > 0:
+            self._scale_down(excess)
 
     def _reconcile(self) -> None:
         """Start servers until `desired` are live (crash back-off permitting)."""
@@ -264,7 +266,8 @@ class Supervisor:
         taken = {ap.port for ap in self.procs.values()}
         port = pick_free_port(self.pool_cfg.host, taken)
         name = f"app-{port}"
-        server = Server(name, self.pool_cfg.host, port, static=False, ready=False)
+        server = Server(name, self.pool_cfg.host, port, static=False, ready=False,
+                        slow_start_s=self.slow_start_s)
         ap = AppProcess(name, port, server, started_at=self._now())
         self.procs[name] = ap
         self.rotation.add_server(server)
@@ -322,7 +325,13 @@ class Supervisor:
 
     async def _read_output(self, ap: AppProcess) -> None:
         assert ap.proc is not None and ap.proc.stdout is not None
-        while line := await ap.proc.stdout.readline():
+        while True:
+            try:
+                line = await ap.proc.stdout.readline()
+            except ValueError:            # a line over the stream limit: take it in pieces
+                line = await ap.proc.stdout.read(65536)
+            if not line:
+                return
             text = line.decode(errors="replace").rstrip()
             ap.tail.append(text)
             log.debug("[%s] %s", ap.name, text)
