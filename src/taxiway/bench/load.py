@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -82,11 +83,17 @@ class _Pending:
 
 
 class _Conn(asyncio.Protocol):
-    """One keep-alive connection of one user. No header callbacks: the fastest parse."""
+    """One keep-alive connection of one user. No header callbacks: the fastest parse.
+
+    The served-by header is found with one regex search over each response's first chunk instead
+    of httptools' per-header callbacks (one C call instead of a Python call per header: that alone
+    is worth ~40% of the request rate against nginx).
+    """
 
     def __init__(self, user: _User) -> None:
         # Shared
         self.engine = user.engine
+        self.served_by_re = user.engine.served_by_re
         # Per-connection
         self.user = user
         self.transport: asyncio.Transport | None = None
@@ -101,6 +108,10 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.engine.bytes_in += len(data)
+        if self.served_by_re is not None and not self.served_by:
+            m = self.served_by_re.search(data)
+            if m is not None:
+                self.served_by = m.group(1)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -115,14 +126,11 @@ class _Conn(asyncio.Protocol):
         self.engine.process_response(self)
 
 
-class _HeaderConn(_Conn):
-    """Adds header and body callbacks, used when a served-by header, cookies or a login are needed."""
+class _CookieConn(_Conn):
+    """Adds Set-Cookie and body callbacks: for scenarios (cookie jars, the login flow's page)."""
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lname = name.lower()
-        if lname == self.engine.served_by_lc:
-            self.served_by = value
-        elif lname == b"set-cookie" and self.user.jar is not None:
+        if self.user.jar is not None and name.lower() == b"set-cookie":
             parsed = parse_set_cookie(value)
             if parsed is not None:
                 if parsed[1] is None:
@@ -231,15 +239,17 @@ class _User:
         if conn is None or conn.transport is None:
             self.start()
             return
-        req = pick(eng.scenario, eng.rng.random())
-        data = req.encode(self.cookie) if self.cookie else req.encode()
+        data = eng.fixed_request
+        if data is None:
+            req = pick(eng.scenario, eng.rng.random())
+            data = req.encode(self.cookie) if self.cookie else req.encode()
         conn.pending = _Pending(intended, perf_counter())
         eng.in_flight += 1
         conn.transport.write(data)
 
     def send_now(self) -> None:
         eng = self.engine
-        if self.retiring or eng.finished.is_set():
+        if self.retiring or eng.stopped:
             self.close()
             return
         if eng.max_requests is not None:
@@ -272,9 +282,11 @@ class Engine:
         self.rng = random.Random(spec.seed)
         self.on_second = on_second
         self.should_stop = should_stop
-        self.served_by_lc = spec.served_by_header.lower().encode() if spec.served_by_header else b"\0"
-        need_headers = bool(spec.served_by_header) or spec.scenario.cookies
-        self.conn_cls: type[_Conn] = _HeaderConn if need_headers else _Conn
+        self.served_by_re: re.Pattern[bytes] | None = None
+        if spec.served_by_header:
+            name = re.escape(spec.served_by_header.encode("latin-1"))
+            self.served_by_re = re.compile(rb"\r\n" + name + rb"[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+        self.conn_cls: type[_Conn] = _CookieConn if spec.scenario.cookies else _Conn
         self.ssl_ctx: ssl.SSLContext | None = None
         if spec.target.scheme == "https":
             self.ssl_ctx = ssl.create_default_context()
@@ -284,6 +296,16 @@ class Engine:
         login = spec.scenario.login
         self.login_page = build_request("GET", login.page, spec.target.host_header) if login else None
         self.finished = asyncio.Event()
+        self.stopped = False      # == finished.is_set(), read on the hot path without a method call
+        # One request kind and no cookies: the same bytes every time (the wrk case).
+        only = spec.scenario.requests[0]
+        self.fixed_request: bytes | None = (only.encode() if len(spec.scenario.requests) == 1
+                                            and not spec.scenario.cookies else None)
+        closed_simple = (not spec.is_open_loop() and spec.max_requests is None
+                         and not spec.scenario.has_think_time())
+        self.fast_bytes = self.fixed_request if closed_simple else None
+        self._statuses: dict[int, int] = {}
+        self._served: dict[bytes, int] = {}
         self.result = RunResult(mode="open" if spec.is_open_loop() else "closed", target=spec.target.url)
         self.users: list[_User] = []
         self.idle: list[_User] = []
@@ -304,27 +326,37 @@ class Engine:
 
     # -- outcomes (called from protocol callbacks)
     def process_response(self, conn: _Conn) -> None:
+        """Called by a connection when a response is complete: record it, send the next one."""
         t = perf_counter()
         p = conn.pending
         if p is None:
             return  # an unsolicited response: ignore, the next request resynchronises
-        conn.pending = None
-        code = conn.parser.get_status_code()
+        parser = conn.parser
+        code = parser.get_status_code()
         if self.measuring:
             self._lat.append(int((t - p.intended) * 1_000_000))
             self._svc.append(int((t - p.sent) * 1_000_000))
-            st = self.result.statuses
+            st = self._statuses
             st[code] = st.get(code, 0) + 1
             self._sec_completed += 1
             if code >= 400:
                 self._sec_errors += 1
             if conn.served_by:
-                sb = self.result.served_by
-                key = conn.served_by.decode("latin-1")
-                sb[key] = sb.get(key, 0) + 1
+                sb = self._served
+                sb[conn.served_by] = sb.get(conn.served_by, 0) + 1
         conn.served_by = b""
+        # Fast path (the wrk case): closed loop, one request kind, no think time, keep-alive.
+        # Reuse the pending object and write the same bytes again: no further calls.
+        fixed = self.fast_bytes
+        if fixed is not None and p.waiter is None and parser.should_keep_alive() and not self.stopped:
+            transport = conn.transport
+            if transport is not None and not conn.user.retiring:
+                p.intended = p.sent = perf_counter()
+                transport.write(fixed)
+                return
+        conn.pending = None
         user = conn.user
-        if not conn.parser.should_keep_alive():
+        if not parser.should_keep_alive():
             user.close()
         if p.waiter is not None:
             if not p.waiter.done():
@@ -371,7 +403,7 @@ class Engine:
             self._sec_errors += 1
 
     def _next_for(self, user: _User) -> None:
-        if self.finished.is_set() or user.retiring:
+        if self.stopped or user.retiring:
             user.close()
             return
         if user.conn is None:
@@ -402,6 +434,7 @@ class Engine:
 
     # -- control
     def finish(self) -> None:
+        self.stopped = True
         self.finished.set()
 
     def stop(self) -> None:
@@ -468,6 +501,7 @@ class Engine:
             self.measuring = True
             self.t_measure = now
             self._lat, self._svc = [], []
+            self._statuses, self._served = {}, {}
             self._sec_completed = self._sec_errors = 0
         elif self.measuring:
             self._flush(round(now - self.t_measure))
@@ -481,6 +515,10 @@ class Engine:
     def _flush(self, t: int) -> None:
         lat, svc = self._lat, self._svc
         self._lat, self._svc = [], []
+        self.result.statuses.update(self._statuses)
+        for key, n in self._served.items():
+            self.result.served_by[key.decode("latin-1").strip()] += n
+        self._statuses, self._served = {}, {}
         record_batch(self.result.latency, lat)
         record_batch(self.result.service, svc)
         sec = Second(t=t, completed=self._sec_completed, errors=self._sec_errors,
