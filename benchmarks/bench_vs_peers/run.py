@@ -10,9 +10,11 @@ What it does:
    - taxiway bench -c N (one process; the live line is off),
    - Locust headless, N FastHttpUsers with no wait, one process,
    - taxiway bench -c N --processes P for P in --processes (scaling);
-3. pins nginx to the last core and each single-core generator to core 0 (`taskset`) when the
+3. measures each generator's CPU time (rusage of the child) and reports requests per CPU-second,
+   which is far less sensitive to a busy machine than requests/s;
+4. pins nginx to the last core and each single-core generator to core 0 (`taskset`) when the
    machine has more than one core, so "one core" means one core;
-4. prints a markdown table with ratios (taxiway/wrk, taxiway/Locust) and writes result.json.
+5. prints a markdown table with ratios (taxiway/wrk, taxiway/Locust) and writes result.json.
 
 Targets (issue 3): taxiway bench >= 0.5x wrk and >= 5x Locust FastHttpUser on one core.
 """
@@ -25,6 +27,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -33,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from string import Template
 
@@ -70,16 +74,23 @@ def env() -> dict[str, str]:
     return e
 
 
-def run_wrk(url: str, conns: int, duration: int, cpu: int | None) -> float:
+def children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_wrk(url: str, conns: int, duration: int, cpu: int | None) -> tuple[float, int]:
     out = subprocess.run(pin(["wrk", "-t1", f"-c{conns}", f"-d{duration}s", url], cpu),
                          capture_output=True, text=True, check=True).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not m:
+    n = re.search(r"(\d+) requests in", out)
+    if not m or not n:
         raise SystemExit(f"cannot parse wrk output:\n{out}")
-    return float(m.group(1))
+    return float(m.group(1)), int(n.group(1))
 
 
-def run_taxiway(url: str, conns: int, duration: int, cpu: int | None, processes: int = 1) -> float:
+def run_taxiway(url: str, conns: int, duration: int, cpu: int | None,
+                processes: int = 1) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "r.json"
         cmd = [PY, "-m", "taxiway", "bench", url, "-c", str(conns), "-d", f"{duration}s", "--quiet",
@@ -89,23 +100,23 @@ def run_taxiway(url: str, conns: int, duration: int, cpu: int | None, processes:
         data = json.loads(out.read_text())
     if data["errors"]:
         print(f"  note: taxiway bench saw errors: {data['errors_breakdown']}", file=sys.stderr)
-    return float(data["requests_per_s"])
+    return float(data["requests_per_s"]), int(data["requests"])
 
 
-def run_locust(url: str, conns: int, duration: int, cpu: int | None) -> float:
+def run_locust(url: str, conns: int, duration: int, cpu: int | None) -> tuple[float, int]:
     locust = shutil.which("locust", path=str(Path(PY).parent)) or shutil.which("locust")
     if not locust:
         raise SystemExit("locust not found: pip install locust")
     with tempfile.TemporaryDirectory() as d:
         prefix = Path(d) / "loc"
         cmd = [locust, "-f", str(HERE / "locustfile.py"), "--headless", "-u", str(conns), "-r", str(conns),
-               "-t", f"{duration}s", "--host", url, "--csv", str(prefix), "--only-summary",
+               "-t", f"{duration}s", "--host", url.rstrip("/"), "--csv", str(prefix), "--only-summary",
                "--loglevel", "ERROR"]
         subprocess.run(pin(cmd, cpu), check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with open(f"{prefix}_stats.csv", newline="") as f:
             for row in csv.DictReader(f):
                 if row["Name"] == "Aggregated":
-                    return float(row["Requests/s"])
+                    return float(row["Requests/s"]), int(row["Request Count"])
     raise SystemExit("cannot read Locust's stats csv")
 
 
@@ -133,39 +144,56 @@ def main() -> int:
                              start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     runs: dict[str, list[float]] = {"wrk": [], "taxiway bench": [], "Locust FastHttpUser": []}
+    per_cpu: dict[str, list[float]] = {k: [] for k in runs}
     scaling = [int(x) for x in args.processes.split(",") if x.strip()]
     for n in scaling:
         runs[f"taxiway bench --processes {n}"] = []
+        per_cpu[f"taxiway bench --processes {n}"] = []
     try:
         wait_for_port(port)
         run_wrk(url, args.connections, 2, gen_cpu)  # warm-up
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
-            runs["wrk"].append(run_wrk(url, args.connections, args.duration, gen_cpu))
-            runs["taxiway bench"].append(run_taxiway(url, args.connections, args.duration, gen_cpu))
-            runs["Locust FastHttpUser"].append(run_locust(url, args.connections, args.duration, gen_cpu))
+            jobs: list[tuple[str, Callable[[], tuple[float, int]]]] = [
+                ("wrk", lambda: run_wrk(url, args.connections, args.duration, gen_cpu)),
+                ("taxiway bench", lambda: run_taxiway(url, args.connections, args.duration, gen_cpu)),
+                ("Locust FastHttpUser", lambda: run_locust(url, args.connections, args.duration, gen_cpu)),
+            ]
             for n in scaling:
-                runs[f"taxiway bench --processes {n}"].append(
-                    run_taxiway(url, args.connections, args.duration, None, n))
+                jobs.append((f"taxiway bench --processes {n}",
+                             lambda n=n: run_taxiway(url, args.connections, args.duration, None, n)))
+            for name, job in jobs:
+                before = children_cpu_s()
+                rps, count = job()
+                used = children_cpu_s() - before
+                runs[name].append(rps)
+                per_cpu[name].append(count / used if used > 0 else 0.0)
             for name, values in runs.items():
-                print(f"  {name}: {values[-1]:,.0f} req/s", file=sys.stderr)
+                print(f"  {name}: {values[-1]:,.0f} req/s, {per_cpu[name][-1]:,.0f} req per CPU-s",
+                      file=sys.stderr)
     finally:
         os.killpg(nginx.pid, signal.SIGTERM)
         nginx.wait(timeout=10)
     med = {name: statistics.median(v) for name, v in runs.items()}
+    cpu_med = {name: statistics.median(v) for name, v in per_cpu.items()}
     tw = med["taxiway bench"]
-    lines = ["| generator | requests/s (median) | all rounds | taxiway bench / this |", "|---|---:|---|---:|"]
+    lines = ["| generator | requests/s (median) | all rounds | taxiway bench / this "
+             "| requests per CPU-second |",
+             "|---|---:|---|---:|---:|"]
     for name, value in med.items():
         rounds = ", ".join(f"{v:,.0f}" for v in runs[name])
-        lines.append(f"| {name} | {value:,.0f} | {rounds} | {tw / value:.2f}x |")
+        ratio = f"{tw / value:.2f}x" if value else "-"
+        lines.append(f"| {name} | {value:,.0f} | {rounds} | {ratio} | {cpu_med[name]:,.0f} |")
     table = "\n".join(lines)
     print(table)
+    locust = med["Locust FastHttpUser"] or float("nan")
     print(f"\ntaxiway/wrk = {tw / med['wrk']:.2f} (target >= 0.5), "
-          f"taxiway/Locust = {tw / med['Locust FastHttpUser']:.1f} (target >= 5)")
+          f"taxiway/Locust = {tw / locust:.1f} (target >= 5)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps({
-        "median_requests_per_s": med, "rounds": runs, "connections": args.connections,
+        "median_requests_per_s": med, "rounds": runs, "requests_per_cpu_second": per_cpu,
+        "connections": args.connections,
         "duration_s": args.duration, "cpus": ncpu, "pinned": gen_cpu is not None,
         "machine": platform.platform(), "load_average": os.getloadavg(), "table": table,
     }, indent=2))
