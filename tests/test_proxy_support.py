@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,12 +87,39 @@ class Response:
 
 
 class Client:
-    """One TCP connection; `request()` sends raw bytes, `read_response()` parses one answer."""
+    """One TCP connection; `send()` writes raw bytes, `read_response()` returns the next answer.
+
+    One parser lives as long as the connection, so several answers arriving in one read are
+    all kept, in order (pipelining)."""
 
     def __init__(self, port: int, timeout_s: float = 10.0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
-        self._pending: list[Response] = []
         self._buf = b""
+        self._ready: deque[Response] = deque()
+        self._new_parser()
+
+    def _new_parser(self) -> None:
+        self._cur = Response()
+        client = self
+
+        class Sink:
+            def on_message_begin(self) -> None:
+                client._cur = Response()
+
+            def on_header(self, n: bytes, v: bytes) -> None:
+                client._cur.headers.append((n, v))
+
+            def on_headers_complete(self) -> None:
+                client._cur.status = client._parser.get_status_code()
+
+            def on_body(self, b: bytes) -> None:
+                client._cur.body += b
+
+            def on_message_complete(self) -> None:
+                client._cur.complete = True
+                client._ready.append(client._cur)
+
+        self._parser = httptools.HttpResponseParser(Sink())
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -102,51 +130,40 @@ class Client:
         return self.read_response(head=method == "HEAD")
 
     def read_response(self, head: bool = False) -> Response:
-        resp = Response()
-        done = threading.Event()
-
-        class Sink:
-            def on_header(self, n: bytes, v: bytes) -> None:
-                resp.headers.append((n, v))
-
-            def on_headers_complete(self) -> None:
-                resp.status = parser.get_status_code()
-
-            def on_body(self, b: bytes) -> None:
-                resp.body += b
-
-            def on_message_complete(self) -> None:
-                resp.complete = True
-                done.set()
-
-        parser = httptools.HttpResponseParser(Sink())
-        data = self._buf
-        self._buf = b""
-        while True:
-            if data:
-                if head:
-                    # A HEAD answer has no body whatever Content-Length says.
-                    end = data.find(b"\r\n\r\n")
-                    if end >= 0:
-                        parser.feed_data(data[: end + 4])
-                        if resp.status:
-                            self._buf = data[end + 4:]
-                            resp.complete = True
-                            return resp
-                        continue
-                    parser.feed_data(data)
-                else:
-                    try:
-                        parser.feed_data(data)
-                    except httptools.HttpParserUpgrade as exc:
-                        self._buf = data[exc.args[0]:]
-                        resp.complete = True
-                        return resp
-                if done.is_set():
-                    return resp
-            data = self.sock.recv(1 << 20)
+        if head:
+            return self._read_head_response()
+        while not self._ready:
+            data, self._buf = self._buf, b""
             if not data:
-                return resp
+                data = self.sock.recv(1 << 20)
+                if not data:
+                    return self._cur          # closed: whatever arrived (complete = False)
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:
+                self._buf = data[exc.args[0]:]
+                if not self._ready:
+                    self._cur.complete = True
+                    self._ready.append(self._cur)
+        return self._ready.popleft()
+
+    def _read_head_response(self) -> Response:
+        """A HEAD answer has no body whatever Content-Length says: parse the head only."""
+        data, self._buf = self._buf, b""
+        while b"\r\n\r\n" not in data:
+            d = self.sock.recv(1 << 20)
+            if not d:
+                break
+            data += d
+        end = data.find(b"\r\n\r\n") + 4
+        self._new_parser()
+        self._parser.feed_data(data[:end])
+        resp = self._cur
+        resp.complete = True
+        self._buf = data[end:]
+        self._ready.clear()
+        self._new_parser()
+        return resp
 
     def read_all(self) -> bytes:
         chunks = [self._buf]

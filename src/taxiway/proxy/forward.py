@@ -111,37 +111,27 @@ class Router:
 class Exchange:
     """One request/response through the proxy (see module docstring)."""
 
-    __slots__ = (
-        "bal",
-        "body_in",
-        "body_out",
-        "client_http11",
-        "conn",
-        "deadline",
-        "finished",
-        "head",
-        "info",
-        "keep_alive",
-        "method",
-        "pending",
-        "pending_bytes",
-        "proto",
-        "replay",
-        "replay_bytes",
-        "request_done",
-        "resp",
-        "response_started",
-        "sent_bytes",
-        "sent_continue",
-        "server",
-        "set_cookie",
-        "started",
-        "status",
-        "t_start",
-        "timed_out_connect",
-        "tried",
-        "tunnel",
-    )
+    # Per-request defaults live on the class: a request sets only what changes (cheaper than
+    # assigning every attribute in __init__ on the hot path).
+    server: Server | None = None
+    conn: UpstreamConnection | None = None
+    pending_bytes = 0
+    replay_bytes = 0
+    sent_bytes = 0                 # request bytes written to the current upstream
+    request_done = False
+    response_started = False
+    finished = False
+    started = False
+    t_start = 0.0
+    deadline = 0.0                 # upstream response deadline (0 = not waiting)
+    status = 0
+    body_in = 0
+    body_out = 0
+    resp: ResponseContext | None = None
+    set_cookie = False
+    tunnel = False
+    timed_out_connect = False
+    sent_continue = False
 
     def __init__(self, proto: ClientProtocol, head: RequestHead, info: RequestInfo, method: bytes,
                  keep_alive: bool, client_http11: bool) -> None:
@@ -152,28 +142,9 @@ class Exchange:
         self.method = method
         self.keep_alive = keep_alive
         self.client_http11 = client_http11
-        self.server: Server | None = None
-        self.conn: UpstreamConnection | None = None
         self.tried: list[Server] = []
         self.pending: list[bytes] = []      # framed body bytes not yet written upstream
-        self.pending_bytes = 0
         self.replay: list[bytes] | None = []  # framed body bytes written so far (for a retry)
-        self.replay_bytes = 0
-        self.sent_bytes = 0                 # request bytes written to the current upstream
-        self.request_done = False
-        self.response_started = False
-        self.finished = False
-        self.started = False
-        self.t_start = 0.0
-        self.deadline = 0.0                 # upstream response deadline (0 = not waiting)
-        self.status = 0
-        self.body_in = 0
-        self.body_out = 0
-        self.resp: ResponseContext | None = None
-        self.set_cookie = False
-        self.tunnel = False
-        self.timed_out_connect = False
-        self.sent_continue = False
 
     # -- start: guards, then dispatch ----------------------------------------------------------
 
@@ -369,9 +340,13 @@ class Exchange:
         if self.set_cookie and self.bal.router.affinity is not None and self.server is not None:
             extra = [b"Set-Cookie: " + self.bal.router.affinity.set_cookie_header(
                 self.server.name, self.head.scheme == "https") + CRLF]
-        assert self.server is not None
-        ctx = self.resp = ResponseContext(no_body, close, proto.https, self.client_http11,
-                                          self.bal.date.line, self.server.name, extra)
+        server = self.server
+        assert server is not None
+        ctx = self.resp = ResponseContext(no_body, close, self.client_http11, self.bal.date.line, server.name)
+        if proto.https:
+            ctx.https = True
+        if extra is not None:
+            ctx.extra = extra
         proto.queue(self.bal.settings.response_rewriter.rewrite(status, headers, ctx))
         if ctx.close:
             self.keep_alive = False
@@ -388,7 +363,7 @@ class Exchange:
         if resp is not None and resp.chunked_out:
             self.proto.queue_many((b"%x\r\n" % n, body, CRLF))
         else:
-            self.proto.queue(body)
+            self.proto.queue_body(body)
 
     def on_upstream_complete(self, conn: UpstreamConnection) -> None:
         resp = self.resp
@@ -489,9 +464,10 @@ class Exchange:
         server.inflight -= 1
         if not ok:
             server.failures += 1
+        if ok and not server.consecutive_failures and not server.ejections:
+            return   # nothing for the outlier detector to reset or decay
         bal = self.bal
-        now = time.monotonic()
-        if bal.outlier.process_outcome(server, ok, now, bal.pool.servers):
+        if bal.outlier.process_outcome(server, ok, time.monotonic(), bal.pool.servers):
             bal.router.invalidate()
             bal.pool.emit(PoolEvent.EJECTED, server)
 

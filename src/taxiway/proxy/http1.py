@@ -188,28 +188,20 @@ _REQ_SPECIAL: dict[bytes, int] = {
 
 
 class RequestInfo:
-    """What the driver needs to know about one request after `rewrite_request`."""
+    """What the driver needs to know about one request after `RequestRewriter.rewrite`.
 
-    __slots__ = (
-        "chunked",
-        "close",
-        "content_length",
-        "expect_continue",
-        "head_bytes",
-        "host",
-        "request_id",
-        "upgrade",
-    )
+    Defaults live on the class so the common request sets only what differs (cheaper than
+    assigning ten attributes per request).
+    """
 
-    def __init__(self) -> None:
-        self.head_bytes = b""
-        self.content_length = -1    # -1: no Content-Length header
-        self.chunked = False
-        self.expect_continue = False
-        self.upgrade = False
-        self.request_id = b""
-        self.host = b""
-        self.close = False          # client asked for Connection: close
+    head_bytes = b""
+    content_length = -1    # -1: no Content-Length header
+    chunked = False
+    expect_continue = False
+    upgrade = False
+    request_id = b""
+    host = b""
+    close = False          # client asked for Connection: close
 
 
 class RequestRewriter:
@@ -232,26 +224,51 @@ class RequestRewriter:
 
     def rewrite(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
                 http11: bool, conn_ctx: ConnContext) -> RequestInfo:
-        """Check framing and build the upstream head. Raises RequestRefused (400/413) when the
-        request could be read differently by another parser or breaks a limit."""
+        """Check framing and build the upstream head.
+
+        Raises RequestRefused (400/413/417) when the request could be read differently by another
+        parser or breaks a limit; the caller answers that status and closes the connection.
+        """
         info = RequestInfo()
         special = self.special
         parts: list[bytes] = [method, b" ", target, b" HTTP/1.1\r\n"]
-        append = parts.append
-        xff = xfh = fwd = via = b""
-        conn_tokens: list[bytes] = []
+        extend = parts.extend
+        host = b""
         hosts = 0
-        upgrade_value = b""
+        odd: list[tuple[int, bytes, bytes]] | None = None
         for name, value in headers:
             code = special.get(name.lower())
             if code is None:
-                append(name + b": " + value + CRLF)
-                continue
-            if code == _R_HOST:
+                extend((name, b": ", value, CRLF))
+            elif code == _R_HOST:
                 hosts += 1
-                info.host = value
-                append(name + b": " + value + CRLF)
-            elif code == _R_CL:
+                host = value
+                extend((name, b": ", value, CRLF))
+            elif odd is None:
+                odd = [(code, name, value)]
+            else:
+                odd.append((code, name, value))
+        if hosts > 1 or (hosts == 0 and http11):
+            raise RequestRefused(400, "missing or repeated Host")
+        info.host = host
+        if odd is None:
+            # The common request: nothing to merge, the per-connection tail is cached per Host.
+            parts.append(conn_ctx.tail_for(host, self.via))
+            info.request_id = rid = self.new_request_id()
+            extend((self.rid_prefix, rid, b"\r\n\r\n"))
+            info.head_bytes = b"".join(parts)
+            return info
+        return self._rewrite_odd(info, parts, odd, conn_ctx)
+
+    def _rewrite_odd(self, info: RequestInfo, parts: list[bytes], odd: list[tuple[int, bytes, bytes]],
+                     conn_ctx: ConnContext) -> RequestInfo:
+        """Requests with framing, hop-by-hop, forwarding or request-id headers (the slow path)."""
+        append = parts.append
+        xff = xfh = fwd = via = b""
+        conn_tokens: list[bytes] = []
+        upgrade_value = b""
+        for code, _name, value in odd:
+            if code == _R_CL:
                 info.content_length = int(value)   # httptools already checked digits/duplicates
             elif code == _R_TE:
                 # llhttp accepts "gzip, chunked"; we re-frame the body, so only plain chunked
@@ -285,27 +302,26 @@ class RequestRewriter:
             elif code == _R_RID and not info.request_id and 0 < len(value) <= 200:
                 info.request_id = value
             # _R_DROP, _R_XFP (set by taxiway alone): not forwarded
-        if hosts > 1 or (hosts == 0 and http11):
-            raise RequestRefused(400, "missing or repeated Host")
         if info.content_length >= 0 and self.max_body_bytes and info.content_length > self.max_body_bytes:
             raise RequestRefused(413, "body larger than limits.max_body_bytes")
+        if conn_tokens:
+            # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1): rare, so rebuild.
+            drop = set(conn_tokens)
+            kept = [b"".join(parts[i:i + 4]) for i in range(4, len(parts), 4)]
+            parts[4:] = [h for h in kept if h.split(b":", 1)[0].lower() not in drop]
         if info.upgrade and upgrade_value:
             append(b"Connection: upgrade\r\nUpgrade: " + upgrade_value + CRLF)
         else:
             info.upgrade = False
-        if conn_tokens:
-            # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1): rare, so rebuild.
-            drop = set(conn_tokens)
-            parts = parts[:4] + [p for p in parts[4:] if p.split(b":", 1)[0].lower() not in drop]
-            append = parts.append
         trusted = conn_ctx.trusted
         ip = conn_ctx.ip_bytes
+        host = info.host
         append(b"X-Forwarded-For: " + (xff + b", " + ip if (trusted and xff) else ip) + CRLF)
         append(conn_ctx.xfp_line)
-        xf_host = xfh if (trusted and xfh) else info.host
+        xf_host = xfh if (trusted and xfh) else host
         if xf_host:
             append(b"X-Forwarded-Host: " + xf_host + CRLF)
-        this_hop = conn_ctx.forwarded_for + (b';host="' + info.host + b'"' if info.host else b"")
+        this_hop = conn_ctx.forwarded_for + (b';host="' + host + b'"' if host else b"")
         append(b"Forwarded: " + (fwd + b", " + this_hop if (trusted and fwd) else this_hop) + CRLF)
         if self.via:
             append(b"Via: " + (via + b", 1.1 taxiway" if via else b"1.1 taxiway") + CRLF)
@@ -324,7 +340,7 @@ class RequestRewriter:
 class ConnContext:
     """Per-client-connection bytes precomputed once at accept time."""
 
-    __slots__ = ("forwarded_for", "ip", "ip_bytes", "trusted", "xfp_line")
+    __slots__ = ("_tail", "_tail_host", "forwarded_for", "ip", "ip_bytes", "trusted", "xfp_line")
 
     def __init__(self, ip: str, scheme: str, trusted: bool) -> None:
         self.ip = ip
@@ -333,23 +349,23 @@ class ConnContext:
         self.xfp_line = b"X-Forwarded-Proto: " + scheme.encode() + CRLF
         node = f'"[{ip}]"' if ":" in ip else ip
         self.forwarded_for = f"for={node};proto={scheme}".encode()
+        self._tail = b""
+        self._tail_host: tuple[bytes, bool] | None = None
 
-
-def is_trusted(ip: str, trusted_proxies: list[str]) -> bool:
-    """Is `ip` one of headers.trusted_proxies (addresses or CIDR networks)?"""
-    import ipaddress
-
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    for item in trusted_proxies:
-        try:
-            if addr in ipaddress.ip_network(item, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
+    def tail_for(self, host: bytes, via: bool) -> bytes:
+        """X-Forwarded-*, Forwarded and Via for a request that carried none: cached per Host."""
+        if self._tail_host is None or host != self._tail_host[0] or via != self._tail_host[1]:
+            self._tail_host = (host, via)
+            parts = [b"X-Forwarded-For: " + self.ip_bytes + CRLF, self.xfp_line]
+            if host:
+                parts.append(b"X-Forwarded-Host: " + host + CRLF)
+                parts.append(b"Forwarded: " + self.forwarded_for + b';host="' + host + b'"' + CRLF)
+            else:
+                parts.append(b"Forwarded: " + self.forwarded_for + CRLF)
+            if via:
+                parts.append(b"Via: 1.1 taxiway\r\n")
+            self._tail = b"".join(parts)
+        return self._tail
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,6 +388,8 @@ class ResponseRewriter:
             if value:
                 self.security.append((name.lower().encode(), name.encode() + b": " + value.encode() + CRLF))
                 self.special[name.lower().encode()] = _S_SEC
+        # The usual case (the app set none of them) appends one precomputed block.
+        self.security_block = b"".join(line for _, line in self.security)
         self.served_by = served_by_header.encode()
         self._served_by_lines: dict[str, bytes] = {}
         self.hsts_line = b"Strict-Transport-Security: max-age=%d\r\n" % int(hsts_max_age_s) \
@@ -389,39 +407,40 @@ class ResponseRewriter:
         """Build the response head for the client and fill in `ctx` (framing found upstream)."""
         special = self.special
         parts: list[bytes] = [status_line(status)]
-        append = parts.append
+        extend = parts.extend
         seen_sec: list[bytes] | None = None
         has_date = False
         for name, value in headers:
-            lname = name.lower()
-            code = special.get(lname)
+            code = special.get(name.lower())
             if code is None:
-                append(name + b": " + value + CRLF)
+                extend((name, b": ", value, CRLF))
             elif code == _S_CL:
                 ctx.content_length = int(value)
-                append(name + b": " + value + CRLF)
-            elif code == _S_TE:
-                ctx.upstream_chunked = b"chunked" in value.lower()
+                extend((name, b": ", value, CRLF))
             elif code == _S_DATE:
                 has_date = True
-                append(name + b": " + value + CRLF)
+                extend((name, b": ", value, CRLF))
+            elif code == _S_TE:
+                ctx.upstream_chunked = b"chunked" in value.lower()
             elif code == _S_SEC:
                 if seen_sec is None:
-                    seen_sec = [lname]
+                    seen_sec = [name.lower()]
                 else:
-                    seen_sec.append(lname)
-                append(name + b": " + value + CRLF)
-            elif code == _S_CONN:
-                if status == 101:
-                    append(name + b": " + value + CRLF)
-            elif status == 101 and lname == b"upgrade":
-                append(name + b": " + value + CRLF)
-        for lname, line in self.security:
-            if seen_sec is None or lname not in seen_sec:
-                append(line)
-        if ctx.https and self.hsts_line and \
-                (seen_sec is None or b"strict-transport-security" not in seen_sec):
-            append(self.hsts_line)
+                    seen_sec.append(name.lower())
+                extend((name, b": ", value, CRLF))
+            elif status == 101 and (code == _S_CONN or name.lower() == b"upgrade"):
+                extend((name, b": ", value, CRLF))
+        append = parts.append
+        if seen_sec is None:
+            append(self.security_block)
+            if ctx.https and self.hsts_line:
+                append(self.hsts_line)
+        else:
+            for lname, line in self.security:
+                if lname not in seen_sec:
+                    append(line)
+            if ctx.https and self.hsts_line and b"strict-transport-security" not in seen_sec:
+                append(self.hsts_line)
         if not has_date:
             append(ctx.date_line)
         if self.served_by:
@@ -438,36 +457,25 @@ class ResponseRewriter:
             else:
                 ctx.close = True
         if ctx.close and status != 101:
-            append(b"Connection: close\r\n")
-        append(CRLF)
+            append(b"Connection: close\r\n\r\n")
+        else:
+            append(CRLF)
         return b"".join(parts)
 
 
 class ResponseContext:
-    """Inputs and outputs of `ResponseRewriter.rewrite` for one response."""
+    """Inputs and outputs of `ResponseRewriter.rewrite` for one response (class defaults: cheap)."""
 
-    __slots__ = (
-        "chunked_out",
-        "client_http11",
-        "close",
-        "content_length",
-        "date_line",
-        "extra",
-        "https",
-        "no_body",
-        "server_name",
-        "upstream_chunked",
-    )
+    content_length = -1
+    upstream_chunked = False
+    chunked_out = False
+    https = False
+    extra: list[bytes] | None = None
 
-    def __init__(self, no_body: bool, close: bool, https: bool, client_http11: bool, date_line: bytes,
-                 server_name: str, extra: list[bytes] | None) -> None:
-        self.content_length = -1
-        self.upstream_chunked = False
-        self.chunked_out = False
+    def __init__(self, no_body: bool, close: bool, client_http11: bool, date_line: bytes,
+                 server_name: str) -> None:
         self.no_body = no_body
         self.close = close
-        self.https = https
         self.client_http11 = client_http11
         self.date_line = date_line
         self.server_name = server_name
-        self.extra = extra

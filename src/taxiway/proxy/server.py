@@ -57,6 +57,7 @@ class ClientProtocol(asyncio.Protocol):
         self.closed = False
         self.dead = False                             # the parser failed or the client said close
         self.wbuf: list[bytes] = []
+        self.wbuf_big = False
         self.header_deadline = 0.0
         self.idle_deadline = 0.0
         self.body_deadline = 0.0
@@ -288,6 +289,12 @@ class ClientProtocol(asyncio.Protocol):
 
     def queue_many(self, parts: tuple[bytes, ...]) -> None:
         self.wbuf.extend(parts)
+        self.wbuf_big = True
+
+    def queue_body(self, data: bytes) -> None:
+        self.wbuf.append(data)
+        if len(data) > 4096:
+            self.wbuf_big = True
 
     def flush(self) -> None:
         wbuf = self.wbuf
@@ -296,9 +303,12 @@ class ClientProtocol(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             if len(wbuf) == 1:
                 self.transport.write(wbuf[0])
+            elif self.wbuf_big:
+                self.transport.writelines(wbuf)   # large body pieces: no copy
             else:
-                self.transport.writelines(wbuf)
+                self.transport.write(b"".join(wbuf))
         self.wbuf = []
+        self.wbuf_big = False
 
     def write_now(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
