@@ -17,7 +17,8 @@ Environment (all optional except the secret key outside DEBUG):
     FLIGHTS_TRUST_FORWARDED=1  behind taxiway: the client address for the login limit is the last
                           X-Forwarded-For hop (the one the balancer appended), not the socket peer.
     FLIGHTS_LOGIN_LIMIT   failed logins allowed per username+address per 15 minutes (default 5).
-    FLIGHTS_SERVER_NAME   what X-Served-By-App says (default: the listening host:port).
+    FLIGHTS_SERVER_NAME   what X-Served-By-App says (default: TAXIWAY_SERVER_NAME set by `taxiway up`,
+                          else the listening host:port).
 
 Refusing to start prints one line and exits with status 4, which gunicorn treats as "App failed to
 load" and halts on (instead of respawning workers forever).
@@ -139,8 +140,15 @@ def _sqlite(path: Path) -> dict[str, object]:
     }
 
 
+def _default_sqlite() -> Path:
+    # Under .taxiway/ (gitignored) so the database and its -wal/-shm files never get committed.
+    path = BASE_DIR / ".taxiway" / "db.sqlite3"
+    path.parent.mkdir(exist_ok=True)
+    return path
+
+
 DATABASES = {"default": (_database(os.environ["DATABASE_URL"]) if os.environ.get("DATABASE_URL")
-                         else _sqlite(BASE_DIR / "db.sqlite3"))}
+                         else _sqlite(_default_sqlite()))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
@@ -217,7 +225,8 @@ SEATS_CACHE_S = 300
 LOGIN_LIMIT = int(os.environ.get("FLIGHTS_LOGIN_LIMIT", "5"))
 LOGIN_LIMIT_WINDOW_S = 15 * 60
 TRUST_FORWARDED = _flag("FLIGHTS_TRUST_FORWARDED")
-SERVER_NAME_OVERRIDE = os.environ.get("FLIGHTS_SERVER_NAME", "")
+# `taxiway up` names each app process it starts (TAXIWAY_SERVER_NAME=app-<port>).
+SERVER_NAME_OVERRIDE = os.environ.get("FLIGHTS_SERVER_NAME") or os.environ.get("TAXIWAY_SERVER_NAME", "")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -71,8 +71,12 @@ class Command(BaseCommand):
         parser.add_argument("--bookings", type=int, default=2000, help="random existing bookings")
         parser.add_argument("--days", type=int, default=60, help="flights depart within this many days")
         parser.add_argument("--seed", type=int, default=42, help="random seed (same seed, same data)")
+        parser.add_argument("--if-empty", action="store_true", help="do nothing when flights exist already")
 
     def handle(self, *args: object, **opts: int) -> None:
+        if opts["if_empty"] and (DomesticFlight.objects.exists() or InternationalFlight.objects.exists()):
+            self.stdout.write("seed: flights exist already, nothing to do (--if-empty)")
+            return
         rng = random.Random(opts["seed"])
         with transaction.atomic():
             airports = self._airports()
