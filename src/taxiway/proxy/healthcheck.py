@@ -37,7 +37,8 @@ async def probe(host: str, port: int, path: str, timeout_s: float) -> tuple[int 
     try:
         async with asyncio.timeout(timeout_s):
             reader, writer = await asyncio.open_connection(host, port, limit=MAX_STATUS_LINE)
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: taxiway-health\r\n"
+            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: taxiway-health\r\n"
                          "Connection: close\r\n\r\n".encode("latin-1"))
             line = await reader.readline()
         parts = line.split(b" ", 2)
