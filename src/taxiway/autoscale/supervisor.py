@@ -299,6 +299,9 @@ class Supervisor:
             self._crashed(ap, f"cannot start {self.pool_cfg.command!r}: {exc.strerror or exc}")
             return
         self._spawn_task(self._read_output(ap))
+        if self._stopping or ap.state is not ProcState.STARTING:   # stop() ran while it launched
+            await self._kill_group(ap)
+            return
         self._event("started", ap.name, f"pid {ap.proc.pid} on port {ap.port}")
         if not await self._wait_ready(ap):
             if ap.state is ProcState.STARTING:
