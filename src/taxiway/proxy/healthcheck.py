@@ -116,10 +116,11 @@ class HealthChecker:
 
     def _apply(self, server: Server, ok: bool, reason: str) -> None:
         state = self._state.get(server)
-        if state is None:
+        # New server, a reload that changed rise/fall, or someone else (the autoscale supervisor)
+        # flipped `healthy`: start counting from the server's current flag.
+        if state is None or (state.rise, state.fall) != (self.cfg.rise, self.cfg.fall) \
+                or state.healthy != server.healthy:
             state = self._state[server] = ActiveHealth(self.cfg.rise, self.cfg.fall, healthy=server.healthy)
-        elif (state.rise, state.fall) != (self.cfg.rise, self.cfg.fall):  # reloaded: keep the verdict
-            state = self._state[server] = ActiveHealth(self.cfg.rise, self.cfg.fall, healthy=state.healthy)
         counters = self.balancer.counters
         counters["health_checks"] += 1
         if not ok:
