@@ -136,3 +136,22 @@ def test_interval_is_jittered_within_ten_percent(seed: int) -> None:
     checker = HealthChecker(b, random.Random(seed))
     sleeps = [checker._sleep_s() for _ in range(200)]
     assert all(1.8 <= s <= 2.2 for s in sleeps) and len(set(sleeps)) > 100
+
+
+def test_server_marked_down_elsewhere_needs_rise_good_checks(procs: Processes) -> None:
+    """A server another component took down (e.g. the supervisor) is counted from DOWN, not UP."""
+    port = procs.backend("b")
+    b, seen = balancer_for({"b": port}, rise=3)
+    server = b.pool.get("b")
+    assert server is not None
+
+    async def scenario() -> None:
+        checker = HealthChecker(b)
+        await checker.check_all()          # known UP
+        server.healthy = False             # flipped by someone else
+        await checker.check_all()
+        await checker.check_all()
+        assert not server.healthy and seen == []
+        await checker.check_all()          # third good check in a row
+        assert server.healthy and seen == [(PoolEvent.READY, "b")]
+    asyncio.run(scenario())
