@@ -115,8 +115,10 @@ def test_redis_keys_expire_when_idle(redis_server: RedisTarget) -> None:
 @pytest.mark.slow
 def test_two_redis_clients_hold_a_combined_limit(redis_server: RedisTarget) -> None:
     """Two store instances with separate connections hammer one key: together they get ~ the rate."""
-    rate_per_s, duration_s = 50, 4.0
-    lim = Limit.from_rate(rate_per_s, 1, burst=0)
+    # A 1 s burst tolerance: a stall of the test process (loaded CI machine) shorter than that
+    # costs no allowance, so the count measures the limiter, not the machine.
+    rate_per_s, burst, duration_s = 50, 50, 4.0
+    lim = Limit.from_rate(rate_per_s, 1, burst=burst)
     key = redis_server.prefix + "shared"
 
     async def hammer(store: RedisStore, stop_at: float, counts: list[int]) -> None:
@@ -139,7 +141,7 @@ def test_two_redis_clients_hold_a_combined_limit(redis_server: RedisTarget) -> N
         return ca[0], cb[0], elapsed
 
     na, nb, elapsed = asyncio.run(main())
-    expected = 1 + rate_per_s * elapsed
+    expected = 1 + burst + rate_per_s * elapsed
     assert na > 0 and nb > 0, "both clients must have been served"
     assert abs((na + nb) - expected) / expected < 0.05, (na, nb, expected)
 

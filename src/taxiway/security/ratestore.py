@@ -3,10 +3,11 @@
 - `MemoryStore`: a dict in this process. Synchronous, so the proxy's callback chain never awaits.
   Limits are per balancer process.
 - `RedisStore`: one Redis shared by several balancers, so together they hold one limit. Each
-  request costs exactly one round trip: a Lua script (EVALSHA) that reads the server's clock,
-  checks every rule that applies and commits all TATs or none, atomically. Time comes from Redis
-  (`TIME`), not from the balancers, so balancers with skewed clocks still agree. Every key gets a
-  PEXPIRE at the moment its TAT falls back to "idle", so Redis holds only active clients.
+  request costs exactly one round trip (pipelined with other requests' on one connection): a Lua
+  script (EVALSHA) that reads the server's clock, checks every rule that applies and commits all
+  TATs or none, atomically. Time comes from Redis (`TIME`), not from the balancers, so balancers
+  with skewed clocks still agree. Every key gets a PEXPIRE at the moment its TAT falls back to
+  "idle", so Redis holds only active clients.
 
 Both stores answer `check(keys, limits) -> (denied_index, verdicts)` with the maths of
 `ratelimit.check_all` (the Lua script is the same algorithm; tests run both through one suite).
@@ -15,13 +16,14 @@ Units are integer microseconds.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from taxiway.errors import TaxiwayError
 from taxiway.security.ratelimit import Limit, Verdict, check_all
+from taxiway.security.resp import RespClient, RespError
 
 log = logging.getLogger("taxiway.security")
 
@@ -29,7 +31,6 @@ US_PER_S = 1_000_000
 PRUNE_EVERY_CHECKS = 4096     # memory store: drop idle clients this often (amortised O(1))
 REDIS_TIMEOUT_S = 0.5         # a shared limiter slower than this is treated as down
 REDIS_RETRY_AFTER_ERROR_S = 1.0  # after a failure, skip Redis this long (no timeout per request)
-REDIS_MAX_CONNECTIONS = 64
 
 
 class RateStoreError(TaxiwayError):
@@ -105,41 +106,39 @@ return out
 
 
 class RedisStore:
-    """Shared TATs in Redis; `check` is a coroutine and raises RateStoreError when Redis is down."""
+    """Shared TATs in Redis; `check` is a coroutine and raises RateStoreError when Redis is down.
+
+    Uses the pipelined single-connection client in resp.py (see there for why not redis-py).
+    """
 
     def __init__(self, url: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.url = url
         self._clock = clock
-        self._client: Any = None
-        self._script: Any = None
+        self._client = RespClient(url, REDIS_TIMEOUT_S)
+        self._sha = hashlib.sha1(GCRA_LUA.encode()).hexdigest()
         self._down_until = 0.0
-
-    def _connect(self) -> None:
-        import redis.asyncio as aioredis  # optional at import time: memory-only setups skip it
-
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_TIMEOUT_S,
-            socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S)
-        self._client = aioredis.Redis(connection_pool=pool)
-        # Script objects send EVALSHA and fall back to SCRIPT LOAD once on NOSCRIPT.
-        self._script = self._client.register_script(GCRA_LUA)
 
     async def check(self, keys: list[str], limits: list[Limit]) -> tuple[int, list[Verdict]]:
         """One round trip. Raises RateStoreError (quickly, without retrying) when Redis is down."""
-        import redis
-
         if self._clock() < self._down_until:
             raise RateStoreError(f"rate-limit store {self.url} is unavailable (retrying shortly)")
-        if self._client is None:
-            self._connect()
         args: list[int] = []
         for lim in limits:
             args += (lim.emission_interval, lim.burst_tolerance)
+        client = self._client
         try:
-            reply = await self._script(keys=keys, args=args)
-        except (redis.RedisError, OSError) as exc:
+            if not client.is_connected:
+                await client.connect()
+            try:
+                reply = await client.call("EVALSHA", self._sha, len(keys), *keys, *args)
+            except RespError as exc:
+                if not (exc.reply or "").startswith("NOSCRIPT"):
+                    raise
+                # First use on this Redis (or after SCRIPT FLUSH): EVAL sends and caches the script.
+                reply = await client.call("EVAL", GCRA_LUA, len(keys), *keys, *args)
+        except RespError as exc:
             self._down_until = self._clock() + REDIS_RETRY_AFTER_ERROR_S
-            raise RateStoreError(f"rate-limit store {self.url}: {exc.__class__.__name__}: {exc}") from exc
+            raise RateStoreError(f"rate-limit store {self.url}: {exc}") from exc
         denied, now = int(reply[0]), int(reply[1])
         verdicts = []
         for i in range(len(keys)):
@@ -148,6 +147,4 @@ class RedisStore:
         return denied - 1, verdicts
 
     async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose(close_connection_pool=True)
+        await self._client.close()
