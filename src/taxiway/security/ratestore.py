@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 from taxiway.errors import TaxiwayError
-from taxiway.security.ratelimit import Limit, Verdict, check_all
+from taxiway.security.ratelimit import Limit, Verdict, check_all, gcra_check
 from taxiway.security.resp import RespClient, RespError
 
 log = logging.getLogger("taxiway.security")
@@ -48,13 +48,21 @@ class MemoryStore:
     def check(self, keys: list[str], limits: list[Limit]) -> tuple[int, list[Verdict]]:
         now = int(self._clock() * US_PER_S)
         tats = self._tats
+        self._checks += 1
+        if self._checks % PRUNE_EVERY_CHECKS == 0:
+            self.prune(now)
+        if len(keys) == 1:
+            # The common case (one rule applies), without check_all's lists: same maths.
+            key, lim = keys[0], limits[0]
+            allowed, new_tat, retry, remaining = gcra_check(
+                tats.get(key, 0), now, lim.emission_interval, lim.burst_tolerance)
+            if allowed:
+                tats[key] = new_tat  # type: ignore[assignment]
+            return (-1 if allowed else 0), [Verdict(allowed, new_tat, retry, remaining, new_tat - now)]
         denied, verdicts = check_all([tats.get(k, 0) for k in keys], now, limits)
         if denied < 0:
             for k, v in zip(keys, verdicts, strict=True):
                 tats[k] = int(v.new_tat)
-        self._checks += 1
-        if self._checks % PRUNE_EVERY_CHECKS == 0:
-            self.prune(now)
         return denied, verdicts
 
     def prune(self, now_us: int) -> None:
