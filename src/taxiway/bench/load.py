@@ -1,11 +1,13 @@
 """The load generator driver: virtual users on raw asyncio protocols (uvloop + httptools).
 
-Why not aiohttp/httpx: the generator must not be the bottleneck (target: half of wrk's rate on one
-core). So the hot path is uvicorn's protocol-callback pattern turned around: one `asyncio.Protocol`
-per connection, httptools parses responses, request bytes are precomputed by the scenario, and when
-a response completes the callback writes the next request directly: no task, no future, no await
-per request. Latencies are buffered as integers and recorded into HDR histograms once a second
-(`results.record_batch`).
+Why not aiohttp/httpx: the generator must not be the bottleneck (target: half of wrk's rate on
+one core). So the hot path is uvicorn's protocol-callback pattern turned around: one
+`asyncio.Protocol` per connection (client.py), httptools parses responses, request bytes are
+precomputed by the scenario, and when a response completes the callback writes the next request
+directly: no task, no future, no await per request. Latencies are buffered as integers and
+recorded into HDR histograms once a second (`results.record_batch`). In the plain closed-loop case
+(`fast_bytes`) `process_response` even reuses the pending-request object and writes the same
+bytes again.
 
 Modes:
 1. closed loop (`users`): each virtual user owns one keep-alive connection and sends its next request
@@ -30,23 +32,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
 
-import httptools
-
+from taxiway.bench.client import RECONNECT_BACKOFF_S, Connection, CookieConnection, VirtualUser
 from taxiway.bench.results import RunResult, Second, record_batch
-from taxiway.bench.scenario import (
-    Scenario,
-    build_request,
-    cookie_header,
-    extract_token,
-    login_form_body,
-    parse_set_cookie,
-    pick,
-)
+from taxiway.bench.scenario import Scenario, build_request
 from taxiway.bench.schedule import ArrivalSchedule, Stage, target_at, total_duration
 from taxiway.bench.target import Target
-
-RECONNECT_BACKOFF_S = 0.05   # after a failure: quick, but never a hot loop against a dead server
-LOGIN_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -70,207 +60,6 @@ class LoadSpec:
         return self.rate is not None
 
 
-class _Pending:
-    """Per-request state: when it was due, when it went out, and who waits for it (login only)."""
-
-    __slots__ = ("body", "intended", "sent", "waiter")
-
-    def __init__(self, intended: float, sent: float) -> None:
-        self.intended = intended
-        self.sent = sent
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-        self.body: bytearray | None = None
-
-
-class _Conn(asyncio.Protocol):
-    """One keep-alive connection of one user. No header callbacks: the fastest parse.
-
-    The served-by header is found with one regex search over each response's first chunk instead
-    of httptools' per-header callbacks (one C call instead of a Python call per header: that alone
-    is worth ~40% of the request rate against nginx).
-    """
-
-    def __init__(self, user: _User) -> None:
-        # Shared
-        self.engine = user.engine
-        self.served_by_re = user.engine.served_by_re
-        # Per-connection
-        self.user = user
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.closing = False
-        # Per-request
-        self.pending: _Pending | None = None
-        self.served_by: bytes = b""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.engine.bytes_in += len(data)
-        if self.served_by_re is not None and not self.served_by:
-            m = self.served_by_re.search(data)
-            if m is not None:
-                self.served_by = m.group(1)
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.engine.process_failure(self, "protocol")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        if not self.closing:
-            self.engine.process_failure(self, "reset")
-
-    def on_message_complete(self) -> None:
-        self.engine.process_response(self)
-
-
-class _CookieConn(_Conn):
-    """Adds Set-Cookie and body callbacks: for scenarios (cookie jars, the login flow's page)."""
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.user.jar is not None and name.lower() == b"set-cookie":
-            parsed = parse_set_cookie(value)
-            if parsed is not None:
-                if parsed[1] is None:
-                    self.user.jar.pop(parsed[0], None)
-                else:
-                    self.user.jar[parsed[0]] = parsed[1]
-                self.user.cookie = cookie_header(self.user.jar)
-
-    def on_body(self, body: bytes) -> None:
-        p = self.pending
-        if p is not None and p.body is not None:
-            p.body.extend(body)
-
-
-class _User:
-    """A virtual user: a connection, a cookie jar, and whether it is still wanted."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.conn: _Conn | None = None
-        self.jar: dict[str, str] | None = {} if engine.scenario.cookies else None
-        self.cookie = b""
-        self.logged_in = engine.scenario.login is None
-        self.retiring = False
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self, delay_s: float = 0.0) -> None:
-        if not self.engine.finished.is_set():
-            self.task = self.engine.loop.create_task(self._establish(delay_s))
-
-    async def _establish(self, delay_s: float) -> None:
-        """Connect (and log in) until it works, then hand the user to the hot path."""
-        eng = self.engine
-        if delay_s:
-            await asyncio.sleep(delay_s)
-        while not eng.finished.is_set() and not self.retiring:
-            if not await self._connect():
-                await asyncio.sleep(RECONNECT_BACKOFF_S)
-                continue
-            if not self.logged_in:
-                try:
-                    await self._login()
-                except _LoginFailed:
-                    eng.count_error("login")
-                    self.close()
-                    await asyncio.sleep(LOGIN_RETRY_S)
-                    continue
-                except (ConnectionError, asyncio.CancelledError):
-                    continue
-            eng.user_ready(self)
-            return
-
-    async def _connect(self) -> bool:
-        eng = self.engine
-        t = eng.spec.target
-        try:
-            _, proto = await asyncio.wait_for(
-                eng.loop.create_connection(lambda: eng.conn_cls(self), t.host, t.port, ssl=eng.ssl_ctx,
-                                           server_hostname=t.host if eng.ssl_ctx else None),
-                timeout=eng.spec.timeout_s)
-        except (OSError, TimeoutError, ssl.SSLError):
-            eng.count_error("connect")
-            return False
-        self.conn = proto  # type: ignore[assignment]
-        return True
-
-    async def _fetch(self, data: bytes) -> tuple[int, bytes]:
-        """Used only by the login flow: send, await the answer (status, body)."""
-        conn = self.conn
-        if conn is None or conn.transport is None:
-            if not await self._connect():
-                raise ConnectionError("connect failed")
-            conn = self.conn
-        assert conn is not None and conn.transport is not None
-        t = perf_counter()
-        p = _Pending(t, t)
-        p.waiter = self.engine.loop.create_future()
-        p.body = bytearray()
-        conn.pending = p
-        conn.transport.write(data)
-        return await p.waiter
-
-    async def _login(self) -> None:
-        eng = self.engine
-        login = eng.scenario.login
-        assert login is not None
-        status, body = await self._fetch(eng.login_page.encode(self.cookie))
-        token = extract_token(login.token_pattern, body)
-        if status >= 400 or token is None:
-            raise _LoginFailed()
-        headers = {"Content-Type": "application/x-www-form-urlencoded",
-                   "Referer": eng.spec.target.origin + login.page}
-        if login.token_header:
-            headers[login.token_header] = token
-        req = build_request("POST", login.post, eng.spec.target.host_header, headers,
-                            login_form_body(login, token))
-        status, _ = await self._fetch(req.encode(self.cookie))
-        if status >= 400:
-            raise _LoginFailed()
-        self.logged_in = True
-
-    def send(self, intended: float) -> None:
-        """Write the next request on this user's connection (called from callbacks, never awaits)."""
-        conn = self.conn
-        eng = self.engine
-        if conn is None or conn.transport is None:
-            self.start()
-            return
-        data = eng.fixed_request
-        if data is None:
-            req = pick(eng.scenario, eng.rng.random())
-            data = req.encode(self.cookie) if self.cookie else req.encode()
-        conn.pending = _Pending(intended, perf_counter())
-        eng.in_flight += 1
-        conn.transport.write(data)
-
-    def send_now(self) -> None:
-        eng = self.engine
-        if self.retiring or eng.stopped:
-            self.close()
-            return
-        if eng.max_requests is not None:
-            if eng.issued >= eng.max_requests:
-                return
-            eng.issued += 1
-        self.send(perf_counter())
-
-    def close(self) -> None:
-        conn = self.conn
-        self.conn = None
-        if conn is not None:
-            conn.closing = True
-            if conn.transport is not None:
-                conn.transport.close()
-
-
-class _LoginFailed(Exception):
-    pass
-
-
 class Engine:
     """Runs one load spec in the current event loop. Create, then `await run()`."""
 
@@ -286,7 +75,7 @@ class Engine:
         if spec.served_by_header:
             name = re.escape(spec.served_by_header.encode("latin-1"))
             self.served_by_re = re.compile(rb"\r\n" + name + rb"[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
-        self.conn_cls: type[_Conn] = _CookieConn if spec.scenario.cookies else _Conn
+        self.conn_cls: type[Connection] = CookieConnection if spec.scenario.cookies else Connection
         self.ssl_ctx: ssl.SSLContext | None = None
         if spec.target.scheme == "https":
             self.ssl_ctx = ssl.create_default_context()
@@ -307,8 +96,8 @@ class Engine:
         self._statuses: dict[int, int] = {}
         self._served: dict[bytes, int] = {}
         self.result = RunResult(mode="open" if spec.is_open_loop() else "closed", target=spec.target.url)
-        self.users: list[_User] = []
-        self.idle: list[_User] = []
+        self.users: list[VirtualUser] = []
+        self.idle: list[VirtualUser] = []
         self.backlog: deque[float] = deque()
         self.max_requests = spec.max_requests if not spec.is_open_loop() else None
         self.issued = 0
@@ -325,7 +114,7 @@ class Engine:
         self.schedule: ArrivalSchedule | None = None
 
     # -- outcomes (called from protocol callbacks)
-    def process_response(self, conn: _Conn) -> None:
+    def process_response(self, conn: Connection) -> None:
         """Called by a connection when a response is complete: record it, send the next one."""
         t = perf_counter()
         p = conn.pending
@@ -369,7 +158,7 @@ class Engine:
             return
         self._next_for(user)
 
-    def process_failure(self, conn: _Conn, kind: str) -> None:
+    def process_failure(self, conn: Connection, kind: str) -> None:
         p = conn.pending
         conn.pending = None
         user = conn.user
@@ -402,7 +191,7 @@ class Engine:
             self.result.errors[kind] += 1
             self._sec_errors += 1
 
-    def _next_for(self, user: _User) -> None:
+    def _next_for(self, user: VirtualUser) -> None:
         if self.stopped or user.retiring:
             user.close()
             return
@@ -422,7 +211,7 @@ class Engine:
         else:
             user.send_now()
 
-    def user_ready(self, user: _User) -> None:
+    def user_ready(self, user: VirtualUser) -> None:
         """Called when a user is connected (and logged in): start its request chain."""
         if self.schedule is not None:
             if self.backlog:
@@ -445,7 +234,7 @@ class Engine:
     def _set_users(self, n: int) -> None:
         alive = [u for u in self.users if not u.retiring]
         for _ in range(n - len(alive)):
-            u = _User(self)
+            u = VirtualUser(self)
             self.users.append(u)
             u.start()
         for u in alive[n:] if n < len(alive) else []:
