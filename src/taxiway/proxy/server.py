@@ -26,7 +26,7 @@ import httptools
 
 from taxiway.proxy.forward import Exchange
 from taxiway.proxy.http1 import ConnContext, RequestHead, RequestRefused, error_response
-from taxiway.proxy.upstream import PAUSE_DONE, PAUSE_PIPELINE
+from taxiway.proxy.upstream import PAUSE_BUFFER, PAUSE_DONE, PAUSE_PIPELINE, PAUSE_UPSTREAM
 
 if TYPE_CHECKING:
     from taxiway.proxy.app import Balancer
@@ -353,6 +353,9 @@ class ClientProtocol(asyncio.Protocol):
         self.current = None
         if self.closed:
             return
+        if self.paused & (PAUSE_UPSTREAM | PAUSE_BUFFER):
+            # Pressure from this exchange's upstream no longer applies to the next request.
+            self.resume_reading(PAUSE_UPSTREAM | PAUSE_BUFFER)
         if not ex.keep_alive or (self.closing and not self.pipeline):
             self.close()
             return
