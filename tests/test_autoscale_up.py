@@ -51,11 +51,11 @@ drain_timeout = "20s"
 class Up:
     """One `taxiway up` process with its output in a file (a pipe nobody reads would block it)."""
 
-    def __init__(self, procs: Processes, cfg: Path) -> None:
+    def __init__(self, procs: Processes, cfg: Path, env: dict[str, str] | None = None) -> None:
         self.out = cfg.parent / "up.out"
         self.fh = open(self.out, "wb")  # noqa: SIM115
         self.proc = procs.start(sys.executable, "-m", "taxiway", "up", "--config", str(cfg),
-                                env=taxiway_env(), stdout=self.fh.fileno())
+                                env=taxiway_env() | (env or {}), stdout=self.fh.fileno())
         self.url = ""
         self.status_url = ""
         deadline = time.monotonic() + 60
@@ -279,3 +279,69 @@ def test_live_view_on_a_terminal(procs: Processes, tmp_path: Path) -> None:
                 pass
     os.close(master)
     assert proc.wait(timeout=30) == 0
+
+
+@pytest.mark.slow
+def test_sticky_clients_move_when_their_server_is_scaled_away(procs: Processes, tmp_path: Path) -> None:
+    """Cookie affinity pins clients to pool servers; scale-down drains those servers and the
+    clients' next requests succeed on the server that is left (with a new cookie)."""
+    cfg = write_config(tmp_path, min_=1, max_=3, delay_ms=50, autoscale="""
+target = 1
+period = "0.5s"
+scale_down_window = "1s"
+panic_window = "1s"
+""", extra="""
+[affinity]
+mode = "cookie"
+secret = "${TAXIWAY_AFFINITY_SECRET}"
+""")
+    up = Up(procs, cfg, env={"TAXIWAY_AFFINITY_SECRET": "test-only-affinity-secret-0123456789"})
+    up.wait_ready(1)
+    stop = time.monotonic() + 60
+    pinned: dict[str, httpx.Client] = {}
+
+    async def pressure(until: asyncio.Event) -> None:
+        async with httpx.AsyncClient(base_url=up.url, timeout=30) as client:
+            async def one() -> None:
+                while not until.is_set():
+                    r = await client.get("/")
+                    assert r.status_code == 200
+                    client.cookies.clear()     # unpinned load: spread over every server
+            await asyncio.gather(*(one() for _ in range(6)))
+
+    async def main() -> None:
+        until = asyncio.Event()
+        task = asyncio.create_task(pressure(until))
+        while time.monotonic() < stop and len(pinned) < 3:
+            await asyncio.sleep(0.2)
+            c = httpx.Client(base_url=up.url, timeout=30)
+            name = c.get("/").headers["x-backend"]
+            if name not in pinned:
+                pinned[name] = c
+            else:
+                c.close()
+        until.set()
+        await task
+
+    asyncio.run(main())
+    assert len(pinned) >= 2, f"pool never grew: {up.status()['autoscale']}"
+    for name, c in pinned.items():     # pinned: the same server answers again
+        assert c.get("/").headers["x-backend"] == name
+    up.wait_ready(1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(up.status()["autoscale"]["servers"]) > 1:
+        time.sleep(0.25)
+    remaining = {s["name"] for s in up.status()["autoscale"]["servers"]}
+    assert len(remaining) == 1, remaining
+    moved = 0
+    for name, c in pinned.items():
+        r = c.get("/")
+        assert r.status_code == 200
+        assert r.headers["x-backend"] in remaining
+        if name not in remaining:
+            moved += 1
+            assert "taxiway_srv" in r.headers.get("set-cookie", "")
+        c.close()
+    assert moved >= 1
+    up.proc.send_signal(signal.SIGINT)
+    assert up.proc.wait(timeout=60) == 0
