@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -51,6 +53,16 @@ def cache_keys(group: AppGroup, like: str) -> list[str]:
     try:
         rows = db.execute("SELECT cache_key FROM flights_cache WHERE cache_key LIKE ?", (like,))
         return [k for (k,) in rows]
+    finally:
+        db.close()
+
+
+def taken_seats(group: AppGroup, ref: str) -> set[str]:
+    assert ref.startswith("D")
+    db = sqlite3.connect(group.db_path, timeout=20)
+    try:
+        rows = db.execute("SELECT seat FROM airline_booking WHERE domestic_flight_id = ?", (int(ref[1:]),))
+        return {seat for (seat,) in rows}
     finally:
         db.close()
 
@@ -208,3 +220,34 @@ def test_state_changes_are_post_only(user: httpx.Client) -> None:
 def test_my_bookings_requires_login(anon: httpx.Client) -> None:
     r = anon.get("/bookings/")
     assert r.status_code == 302 and r.headers["location"].startswith("/login/")
+
+
+def test_concurrent_bookings_of_one_seat_give_it_to_exactly_one(group: AppGroup, server: AppServer) -> None:
+    """8 users press "Book" for the same seat at once (on 2 worker processes): one gets it, the rest
+    get 409, and the flight's seat count drops by exactly one."""
+    ref = httpx.get(server.url + "/api/flights",
+                    params={"kind": "domestic", "page": 4}).json()["results"][0]["ref"]
+    clients = [httpx.Client(base_url=server.url, timeout=60) for _ in range(8)]
+    try:
+        tokens = []
+        for c in clients:
+            assert register(c, "race" + uuid.uuid4().hex[:8], PASSWORD).status_code == 302
+            tokens.append(csrf_token(c.get(f"/flights/{ref}/").text))
+        free_seat = next(s for s in (f"{row}{letter}" for row in range(1, 40) for letter in "ABCDEF")
+                         if s not in taken_seats(group, ref))
+        before = clients[0].get(f"/api/flights/{ref}").json()["seats_left"]
+        barrier = threading.Barrier(len(clients))
+
+        def book(i: int) -> int:
+            barrier.wait()
+            return clients[i].post(f"/flights/{ref}/book", data={
+                "full_name": f"Racer {i}", "seat": free_seat, "csrfmiddlewaretoken": tokens[i]}).status_code
+
+        with ThreadPoolExecutor(len(clients)) as pool:
+            statuses = sorted(pool.map(book, range(len(clients))))
+    finally:
+        for c in clients:
+            c.close()
+    assert statuses == [302] + [409] * 7
+    assert httpx.get(f"{server.url}/api/flights/{ref}").json()["seats_left"] == before - 1
+    assert free_seat in taken_seats(group, ref)
