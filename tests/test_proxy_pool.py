@@ -1,0 +1,70 @@
+"""Pool management through the Balancer interface (autoscaler, reload) and request routing keys."""
+
+from __future__ import annotations
+
+import threading
+
+from taxiway.balancing.model import Server
+from tests.test_proxy_support import InProcess, http_get, make_config, wait_until
+
+
+def test_drain_lets_in_flight_finish_and_remove_closes_idle_connections(procs):
+    b1, b2 = procs.backend("b1"), procs.backend("b2")
+    lb = InProcess(make_config([b1], balancer={"strategy": "round-robin"}))
+    try:
+        s1 = lb.bal.pool.servers[0]
+        s2 = Server(name="b2", host="127.0.0.1", port=b2, static=False, ready=False)
+        lb.run(lambda: lb.bal.add_server(s2))
+        assert {http_get(lb.port, "/").header("X-Backend") for _ in range(4)} == {"b1"}  # not ready
+        lb.run(lambda: lb.bal.pool.mark_ready("b2", 0.0))
+        assert wait_until(lambda: http_get(lb.port, "/").header("X-Backend") == "b2")
+        result: list[str | None] = []
+        t = threading.Thread(target=lambda: result.append(
+            http_get(lb.port, "/delay/800").header("X-Backend")))
+        t.start()
+        assert wait_until(lambda: s1.inflight + s2.inflight == 1, 5)
+        busy = s1 if s1.inflight else s2
+        busy_backend, other = ("b1", "b2") if busy is s1 else ("b2", "b1")
+        lb.run(lambda: lb.bal.drain_server(busy.name))
+        t.join(10)
+        assert result == [busy_backend]      # the in-flight request finished on the drained server
+        assert {http_get(lb.port, "/").header("X-Backend") for _ in range(4)} == {other}
+        lb.run(lambda: lb.bal.remove_server(busy.name))
+        assert busy.name not in lb.bal.pool
+        assert busy not in lb.bal.upstreams
+        assert any(e["kind"] == "removed" and e["server"] == busy.name for e in lb.bal.events)
+    finally:
+        lb.stop()
+
+
+def test_cookie_affinity_sticks_and_rewrites(procs, monkeypatch):
+    b1, b2 = procs.backend("b1"), procs.backend("b2")
+    monkeypatch.setenv("AFF_SECRET", "0123456789abcdef0123456789abcdef")
+    lb = InProcess(make_config([b1, b2], balancer={"strategy": "round-robin"},
+                               affinity={"mode": "cookie", "secret": "${AFF_SECRET}"}))
+    try:
+        r = http_get(lb.port, "/")
+        cookie = r.header("Set-Cookie")
+        assert cookie and cookie.startswith("taxiway_srv=") and "HttpOnly" in cookie
+        value = cookie.split(";")[0]
+        first = r.header("X-Backend")
+        for _ in range(6):
+            r = http_get(lb.port, "/", {"Cookie": f"a=1; {value}"})
+            assert r.header("X-Backend") == first
+            assert r.header("Set-Cookie") is None
+        r = http_get(lb.port, "/", {"Cookie": "taxiway_srv=forged.value"})
+        assert r.header("Set-Cookie")        # a forged cookie is ignored and replaced
+    finally:
+        lb.stop()
+
+
+def test_consistent_hash_on_a_header(procs):
+    b1, b2, b3 = procs.backend("b1"), procs.backend("b2"), procs.backend("b3")
+    lb = InProcess(make_config([b1, b2, b3], balancer={"strategy": "consistent-hash",
+                                                       "hash_key": "header:X-User"}))
+    try:
+        for user in ("alice", "bob", "carol", "dave"):
+            seen = {http_get(lb.port, "/", {"X-User": user}).header("X-Backend") for _ in range(5)}
+            assert len(seen) == 1, (user, seen)
+    finally:
+        lb.stop()
