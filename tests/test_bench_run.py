@@ -358,3 +358,10 @@ def test_ctrl_c_stops_and_still_prints_the_summary(procs: Processes, tmp_path: P
     assert data["interrupted"] is True
     assert data["requests"] > 0
     assert data["elapsed_s"] < 60
+
+
+def test_warmup_is_not_measured_and_durations_are_exact(procs: Processes, tmp_path: Path) -> None:
+    port = procs.backend("b1")
+    data = bench_json(tmp_path, f"http://127.0.0.1:{port}/", "-R", "200", "--warmup", "1s", "-d", "1500ms")
+    assert 270 <= data["requests"] <= 330          # 200/s x 1.5 s; the 200 warm-up requests are dropped
+    assert 1.4 <= data["elapsed_s"] <= 1.8

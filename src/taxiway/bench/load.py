@@ -24,6 +24,7 @@ and every HTTP status is counted by code.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import re
 import ssl
@@ -104,7 +105,7 @@ class Engine:
         self.done = 0
         self.in_flight = 0
         self.bytes_in = 0
-        self.measuring = spec.warmup_s <= 0
+        self.measuring = False
         self._lat: list[int] = []
         self._svc: list[int] = []
         self._sec_completed = 0
@@ -283,23 +284,22 @@ class Engine:
             self._set_users(round(target_at(self.spec.stages, now - self.t0)))
         self.loop.call_later(0.25, self._sweep)
 
+    def _start_measuring(self) -> None:
+        """Called when the warm-up is over (at once without one): reset and start the timeline."""
+        self.measuring = True
+        self.t_measure = perf_counter()
+        self._lat, self._svc = [], []
+        self._statuses, self._served = {}, {}
+        self._sec_completed = self._sec_errors = 0
+        self.loop.call_later(1.0, self._tick, 1)
+
     def _tick(self, n: int) -> None:
         """Once a second: record buffered latencies, append to the timeline, report progress."""
-        now = perf_counter()
-        if not self.measuring and now - self.t0 >= self.spec.warmup_s:
-            self.measuring = True
-            self.t_measure = now
-            self._lat, self._svc = [], []
-            self._statuses, self._served = {}, {}
-            self._sec_completed = self._sec_errors = 0
-        elif self.measuring:
-            self._flush(round(now - self.t_measure))
-        end = self._end_time()
-        if end is not None and now - self.t0 >= end - 0.02:  # the loop clock has 1 ms resolution
-            self.finish()
-        if not self.finished.is_set():
-            self.loop.call_at(self.loop.time() + max(0.0, self.t0 + n + 1 - perf_counter()),
-                              self._tick, n + 1)
+        if self.finished.is_set():
+            return
+        self._flush(n)
+        # Aim at the next whole second of the measurement (no drift from callback delays).
+        self.loop.call_later(max(0.0, self.t_measure + n + 1 - perf_counter()), self._tick, n + 1)
 
     def _flush(self, t: int) -> None:
         lat, svc = self._lat, self._svc
@@ -346,13 +346,20 @@ class Engine:
         if self.schedule is not None:
             self._dispatch()
         self.loop.call_later(0.25, self._sweep)
-        self.loop.call_at(self.loop.time() + 1.0, self._tick, 1)
+        if s.warmup_s > 0:
+            self.loop.call_later(s.warmup_s, self._start_measuring)
+        else:
+            self._start_measuring()
+        end = self._end_time()
+        if end is not None:
+            self.loop.call_later(end, self.finish)
         try:
             await self.finished.wait()
         finally:
-            self.finished.set()
+            self.finish()
             if self.measuring and (self._lat or self._sec_errors):
-                self._flush(round(perf_counter() - self.t_measure + 0.499))
+                last = self.result.timeline[-1].t if self.result.timeline else 0
+                self._flush(max(last + 1, math.ceil(perf_counter() - self.t_measure)))
             self.result.elapsed_s = perf_counter() - self.t_measure if self.measuring else 0.0
             self.result.bytes_received = self.bytes_in
             self.result.unsent = len(self.backlog)
