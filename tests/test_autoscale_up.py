@@ -113,6 +113,8 @@ def test_up_serves_reports_and_stops_cleanly_on_ctrl_c(procs: Processes, tmp_pat
     auto = st["autoscale"]
     assert (auto["min"], auto["max"], auto["desired"], auto["metric"]) == (2, 4, 2, "inflight")
     assert {s["name"] for s in auto["servers"]} == names
+    assert auto["summary"].startswith("2 ready / 2 desired (min 2, max 4")
+    assert all(abs(d["at"] - time.time()) < 120 for d in auto["decisions"])   # wall-clock times
     assert {s["name"] for s in st["servers"]} == names
     pids = up.child_pids()
     assert len(pids) == 2 and all(alive(p) for p in pids)

@@ -200,7 +200,14 @@ class Supervisor:
     def status(self) -> dict[str, Any]:
         """The "autoscale" section of /status (set as `balancer.autoscale_status`)."""
         last = self.decisions[-1] if self.decisions else None
+        wall_offset = time.time() - self._now()     # decisions carry monotonic times
+        decisions = [d.as_dict() | {"at": round(d.at + wall_offset, 3)} for d in self.decisions]
+        summary = (f"{self.ready_count()} ready / {self.desired} desired (min {self.policy.min}, "
+                   f"max {self.policy.max}, {self.policy.metric.value} target {self.policy.target:g})")
+        if last is not None:
+            summary += f"; last decision: {last.reason}"
         return {
+            "summary": summary,
             "min": self.policy.min, "max": self.policy.max, "metric": self.policy.metric.value,
             "target": self.policy.target, "current": self.live_count(), "ready": self.ready_count(),
             "desired": self.desired, "panicking": bool(last and last.panicking),
@@ -208,7 +215,7 @@ class Supervisor:
             "servers": [{"name": ap.name, "port": ap.port, "pid": ap.pid, "state": ap.state.value,
                          "inflight": ap.server.inflight, "requests": ap.server.requests}
                         for ap in self.procs.values()],
-            "decisions": [d.as_dict() for d in self.decisions],
+            "decisions": decisions,
             "events": list(self.events)[-10:],
         }
 
