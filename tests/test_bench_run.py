@@ -365,3 +365,16 @@ def test_warmup_is_not_measured_and_durations_are_exact(procs: Processes, tmp_pa
     data = bench_json(tmp_path, f"http://127.0.0.1:{port}/", "-R", "200", "--warmup", "1s", "-d", "1500ms")
     assert 270 <= data["requests"] <= 330          # 200/s x 1.5 s; the 200 warm-up requests are dropped
     assert 1.4 <= data["elapsed_s"] <= 1.8
+
+
+def test_per_backend_share_through_the_balancer(procs: Processes, tmp_path: Path) -> None:
+    """The default --served-by-header (X-Served-By) reads what `taxiway lb` adds: the balance."""
+    from tests.test_proxy_support import start_lb
+
+    b1, b2 = procs.backend("b1"), procs.backend("b2")
+    port, _, _ = start_lb(procs, tmp_path, [b1, b2],
+                          balancer={"served_by_header": "X-Served-By", "strategy": "round-robin"})
+    data = bench_json(tmp_path, f"http://127.0.0.1:{port}/", "-c", "4", "-n", "2000")
+    shares = data["served_by"]
+    assert len(shares) == 2 and sum(shares.values()) == 2000, shares
+    assert all(800 <= n <= 1200 for n in shares.values()), shares
