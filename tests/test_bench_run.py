@@ -21,8 +21,12 @@ from tests.conftest import Processes, free_port, taxiway_env, wait_for_port
 pytestmark = pytest.mark.slow
 
 SERVER = r'''
-import asyncio, secrets, sys, urllib.parse
+import asyncio, secrets, ssl, sys, urllib.parse
 port, stall_after, stall_s = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+tls = None
+if len(sys.argv) > 5:
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(sys.argv[4], sys.argv[5])
 state = {"stall": 0, "alt": 0}
 sessions, lock = set(), None
 
@@ -85,7 +89,7 @@ async def handle(reader, writer):
 async def main():
     global lock
     lock = asyncio.Lock()
-    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    server = await asyncio.start_server(handle, "127.0.0.1", port, ssl=tls)
     async with server:
         await server.serve_forever()
 
@@ -99,9 +103,9 @@ def server(procs: Processes, tmp_path: Path):  # type: ignore[no-untyped-def]
     script = tmp_path / "server.py"
     script.write_text(SERVER)
 
-    def start(stall_after: int = 0, stall_s: float = 0.0) -> int:
+    def start(stall_after: int = 0, stall_s: float = 0.0, *tls_files: str) -> int:
         port = free_port()
-        proc = procs.start(sys.executable, str(script), str(port), str(stall_after), str(stall_s))
+        proc = procs.start(sys.executable, str(script), str(port), str(stall_after), str(stall_s), *tls_files)
         wait_for_port(port, proc=proc)
         return port
     return start
@@ -378,3 +382,18 @@ def test_per_backend_share_through_the_balancer(procs: Processes, tmp_path: Path
     shares = data["served_by"]
     assert len(shares) == 2 and sum(shares.values()) == 2000, shares
     assert all(800 <= n <= 1200 for n in shares.values()), shares
+
+
+def test_https_target(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    port = server(0, 0.0, str(cert_file), str(key_file))
+    data = bench_json(tmp_path, f"https://127.0.0.1:{port}/alt", "-c", "2", "-n", "200", "--insecure")
+    assert data["requests"] == 200 and data["served_by"] == {"s1": 100, "s2": 100}
+    # Without --insecure the self-signed certificate is refused: connect errors, no requests.
+    data = bench_json(tmp_path, f"https://127.0.0.1:{port}/alt", "-c", "2", "-d", "1s")
+    assert data["requests"] == 0 and data["errors_breakdown"]["connect"] > 0
