@@ -12,7 +12,8 @@ import pytest
 import uvloop
 
 from taxiway.autoscale.policy import PolicyConfig
-from taxiway.autoscale.supervisor import PoolRotation, ProcState, Supervisor
+from taxiway.autoscale.process import PoolRotation, ProcState
+from taxiway.autoscale.supervisor import Supervisor
 from taxiway.config import PoolConfig
 from taxiway.errors import ConfigError
 

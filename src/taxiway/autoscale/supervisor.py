@@ -12,30 +12,33 @@ Rules of this module:
    stop_grace -> removed from the pool.
 
 The supervisor talks to the balancer through `Rotation` (the Balancer has exactly these members);
-`PoolRotation` adapts a bare `Pool` for tests and tools without a proxy.
+`PoolRotation` (process.py) adapts a bare `Pool` for tests and tools without a proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import enum
 import logging
 import os
 import shlex
 import signal
-import socket
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from taxiway.autoscale.meter import LoadMeter
 from taxiway.autoscale.policy import Decision, History, PolicyConfig, Rule, Sample, decide
-from taxiway.balancing.model import Pool, Server
+from taxiway.autoscale.process import (
+    AppProcess,
+    ProcState,
+    Rotation,
+    die_with_parent,
+    pick_free_port,
+)
+from taxiway.balancing.model import Server
 from taxiway.config import PoolConfig
 
 log = logging.getLogger("taxiway.autoscale")
@@ -48,87 +51,6 @@ BACKOFF_RESET_S = 30.0
 READY_POLL_S = 0.1
 EVENTS_KEPT = 200
 DECISIONS_KEPT = 20
-_PR_SET_PDEATHSIG = 1
-
-
-class Rotation(Protocol):
-    """What the supervisor needs from the balancer (taxiway.proxy.app.Balancer fits)."""
-
-    pool: Pool
-
-    def add_server(self, server: Server) -> None: ...
-    def drain_server(self, name: str) -> None: ...
-    def remove_server(self, name: str) -> None: ...
-
-
-class PoolRotation:
-    """A `Rotation` over a bare Pool (no proxy): used by tests and `benchmarks/`."""
-
-    def __init__(self, pool: Pool | None = None) -> None:
-        self.pool = pool or Pool()
-
-    def add_server(self, server: Server) -> None:
-        self.pool.add(server, time.monotonic())
-
-    def drain_server(self, name: str) -> None:
-        self.pool.drain(name)
-
-    def remove_server(self, name: str) -> None:
-        self.pool.remove(name)
-
-
-class ProcState(enum.Enum):
-    STARTING = "starting"    # launched, readiness path not answering yet
-    READY = "ready"          # in rotation
-    DRAINING = "draining"    # out of rotation, in-flight requests finishing
-    STOPPING = "stopping"    # SIGTERM sent
-    EXITED = "exited"
-
-
-@dataclass(eq=False)
-class AppProcess:
-    name: str
-    port: int
-    server: Server
-    state: ProcState = ProcState.STARTING
-    proc: asyncio.subprocess.Process | None = None
-    started_at: float = 0.0
-    ready_at: float | None = None
-    tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def is_live(self) -> bool:
-        """Counts toward the pool size: starting or serving, not leaving."""
-        return self.state in (ProcState.STARTING, ProcState.READY)
-
-
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """preexec_fn for children: SIGKILL when taxiway dies (Linux), even by SIGKILL."""
-    def preexec() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):  # not Linux: process groups and stop() still apply
-            return
-        if os.getppid() != parent_pid:   # taxiway died before prctl took effect
-            os._exit(1)
-    return preexec
-
-
-def pick_free_port(host: str, taken: set[int]) -> int:
-    """A port the kernel calls free now (a race with other programs is handled as a crash)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        if port not in taken:
-            return port
-    raise OSError("no free port found")
-
-
 class Supervisor:
     """Runs the pool of app servers beside a balancer on the same event loop."""
 
@@ -300,7 +222,7 @@ class Supervisor:
             ap.proc = await asyncio.create_subprocess_exec(
                 *self._argv(ap), cwd=self.cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
+                start_new_session=True, preexec_fn=die_with_parent(os.getpid()),
             )
         except OSError as exc:
             self._crashed(ap, f"cannot start {self.pool_cfg.command!r}: {exc.strerror or exc}")
