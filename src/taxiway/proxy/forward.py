@@ -170,7 +170,7 @@ class Exchange:
                     return
                 bal.spawn(self._await_guard(result, bal.guards.index(guard) + 1))
                 return
-        self.dispatch()
+        self.dispatch(now)
 
     async def _await_guard(self, awaitable: Any, next_index: int) -> None:
         try:
@@ -202,10 +202,11 @@ class Exchange:
         self.dispatch()
         self.proto.flush()
 
-    def dispatch(self) -> None:
+    def dispatch(self, now: float | None = None) -> None:
         """Pick a server and get a connection to it (first attempt or retry)."""
         bal = self.bal
-        now = time.monotonic()
+        if now is None:
+            now = time.monotonic()
         server, set_cookie = bal.router.pick(self.head, self.tried, now)
         if server is None:
             if self.tried:
@@ -222,7 +223,7 @@ class Exchange:
         if info.expect_continue and not self.sent_continue and not self.request_done:
             self.sent_continue = True
             self.proto.queue(CONTINUE_100)
-        upool = bal.upstream_pool(server)
+        upool = bal.upstreams.get(server) or bal.upstream_pool(server)
         conn = upool.acquire_idle()
         if conn is not None:
             self.on_connected(conn)
@@ -370,12 +371,14 @@ class Exchange:
         if resp is not None and resp.chunked_out:
             self.proto.queue(LAST_CHUNK)
         self.conn = None
+        now = time.monotonic()
         if self.request_done and conn.parser.should_keep_alive():
-            conn.pool.release(conn, time.monotonic())
+            conn.pool.release(conn, now)
         else:
             conn.close()
             self.keep_alive = self.keep_alive and not self.body_pending()
-        self._complete(ok=self.status < 500)
+        self._account(self.status < 500, True, now)
+        self.proto.exchange_done(self, now)
 
     def on_upstream_upgraded(self, rest: bytes) -> None:
         """The server answered 101: from now on bytes are spliced both ways."""
@@ -497,8 +500,9 @@ class Exchange:
     # -- the end ------------------------------------------------------------------------------
 
     def _complete(self, ok: bool) -> None:
-        self._account(ok)
-        self.proto.exchange_done(self)
+        now = time.monotonic()
+        self._account(ok, True, now)
+        self.proto.exchange_done(self, now)
 
     def _finish(self) -> None:
         if self.finished:
@@ -506,14 +510,15 @@ class Exchange:
         self._account(ok=True, count_server=False)
         self.proto.exchange_done(self)
 
-    def _account(self, ok: bool, count_server: bool = True) -> None:
+    def _account(self, ok: bool, count_server: bool = True, now: float = 0.0) -> None:
         """Everything measured about one request, exactly once."""
         if self.finished:
             return
         self.finished = True
         self.deadline = 0.0
         bal = self.bal
-        now = time.monotonic()
+        if not now:
+            now = time.monotonic()
         server = self.server
         if server is not None and count_server:
             latency = now - self.t_start

@@ -346,7 +346,7 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- request lifecycle ----------------------------------------------------------------------
 
-    def exchange_done(self, ex: Exchange) -> None:
+    def exchange_done(self, ex: Exchange, now: float = 0.0) -> None:
         """Called by an exchange when its response has been queued completely."""
         if ex is not self.current:
             return
@@ -359,7 +359,8 @@ class ClientProtocol(asyncio.Protocol):
         if not ex.keep_alive or (self.closing and not self.pipeline):
             self.close()
             return
-        now = time.monotonic()
+        if not now:
+            now = time.monotonic()
         while self.current is None and self.pipeline:
             nxt = self.pipeline.popleft()
             if isinstance(nxt, int):
