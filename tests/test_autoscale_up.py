@@ -347,3 +347,45 @@ secret = "${TAXIWAY_AFFINITY_SECRET}"
     assert moved >= 1
     up.proc.send_signal(signal.SIGINT)
     assert up.proc.wait(timeout=60) == 0
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes whose process group is `pgid` (a forking app server's master and workers)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().split(") ", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                out.append(int(entry))
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_forking_app_server_leaves_no_workers_behind(procs: Processes, tmp_path: Path,
+                                                     sig: signal.Signals) -> None:
+    """gunicorn (master + 2 workers per server): every process of every group goes away."""
+    (tmp_path / "wsgi.py").write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Length', '2')])\n"
+        "    return [b'ok']\n")
+    cfg = write_config(tmp_path, min_=2, max_=2)
+    text = cfg.read_text().replace(
+        f'command = "{BACKEND} --delay-ms 20"',
+        'command = "{python} -m gunicorn -w 2 -b 127.0.0.1:{port} --log-level warning wsgi:app"')
+    cfg.write_text(text)
+    up = Up(procs, cfg)
+    up.wait_ready(2)
+    assert httpx.get(up.url + "/", timeout=10).text == "ok"
+    masters = up.child_pids()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and sum(len(group_members(m)) for m in masters) < 6:
+        time.sleep(0.2)
+    members = [p for m in masters for p in group_members(m)]
+    assert len(members) == 6, members            # 2 masters + 4 workers, each server its own group
+    os.kill(up.proc.pid, sig)
+    up.proc.wait(timeout=60)
+    assert wait_dead(members, timeout_s=30) == [], f"left behind:\n{up.output()}"
