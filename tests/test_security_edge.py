@@ -13,7 +13,7 @@ import pytest
 from taxiway.config import parse_config
 from taxiway.proxy.http1 import RequestHead
 from taxiway.security.apikeys import KeyFile
-from taxiway.security.edge import EdgeGuard, Rejection, normalize_path, prefix_matches
+from taxiway.security.edge import EdgeGuard, Rejection, client_bucket, normalize_path, prefix_matches
 from tests.conftest import free_port
 from tests.services import RedisTarget
 
@@ -229,3 +229,21 @@ def test_unreachable_redis_applies_on_store_error_and_logs(tmp_path: Path, caplo
     assert len(warnings) == 1, "logged once per interval, not once per request"
     assert f"on_store_error = {mode}" in warnings[0].getMessage()
     assert g.counters["ratelimit_store_error"] == 3
+
+
+@pytest.mark.parametrize(
+    ("ip", "bucket"),
+    [("10.1.2.3", "10.1.2.3"), ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+     ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"), ("::ffff:10.1.2.3", "10.1.2.3"),
+     ("unknown", "unknown")],
+)
+def test_client_bucket(ip: str, bucket: str) -> None:
+    assert client_bucket(ip) == bucket
+
+
+def test_ipv6_addresses_in_one_64_share_a_limit(tmp_path: Path) -> None:
+    g = guard_for(tmp_path, {"ratelimit": {"rules": [{"name": "per-ip", "rate": "1/h", "burst": 1}]}})
+    assert g.check(head(ip="2001:db8::1")) is None
+    assert g.check(head(ip="2001:db8::2")) is None
+    assert isinstance(g.check(head(ip="2001:db8::ffff:3")), Rejection)   # same /64: limited
+    assert g.check(head(ip="2001:db8:0:1::1")) is None                   # next /64: its own

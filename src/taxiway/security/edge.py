@@ -21,6 +21,8 @@ Keys never appear in logs or in `Rejection.reason`; the key's name does.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import logging
 import time
 from collections import Counter
@@ -83,6 +85,24 @@ def prefix_matches(prefix: str, path: str) -> bool:
         return True
     base = prefix.rstrip("/")
     return path == base or path.startswith(base + "/")
+
+
+@functools.lru_cache(maxsize=65536)
+def client_bucket(ip: str) -> str:
+    """The address a per-client limit counts by: IPv4 as is, IPv6 by its /64 network.
+
+    One IPv6 subscriber usually gets a whole /64 (RFC 6177), so counting single IPv6 addresses
+    would hand an attacker 2**64 fresh allowances.
+    """
+    if ":" not in ip:
+        return ip
+    try:
+        addr = ipaddress.IPv6Address(ip.partition("%")[0])
+    except ValueError:
+        return ip
+    if addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(addr) >> 64 << 64, 64)))
 
 
 class _Route:
@@ -222,9 +242,9 @@ class EdgeGuard:
                 status, rec = self.keyring.authenticate(_presented_key(head))
                 key_rec = rec if status is KeyStatus.VALID else None
             # No valid key: count by address, so random keys cannot buy fresh allowances.
-            ident = f"key:{key_rec.id}" if key_rec is not None else f"ip:{head.client_ip}"
+            ident = f"key:{key_rec.id}" if key_rec is not None else f"ip:{client_bucket(head.client_ip)}"
         else:
-            ident = f"ip:{head.client_ip}"
+            ident = f"ip:{client_bucket(head.client_ip)}"
         return f"{self.key_prefix}{rule.name}:{ident}"
 
     async def _check_async(self, keys: list[str], limits: list[Limit],
