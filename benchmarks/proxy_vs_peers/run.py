@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma list from: direct, taxiway, haproxy, nginx")
     p.add_argument("--strategy", default="round-robin", help="taxiway strategy (peers use round robin)")
     p.add_argument("--no-half-load", action="store_true", help="skip the fixed-rate p99 runs")
+    p.add_argument("--install", action="store_true", help="apt-get install wrk/haproxy/nginx if missing")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     p.add_argument("--proxy-cpus", default="0", help="taskset list for the proxy under test (default 0)")
     p.add_argument("--other-cpus", default=None, help="taskset list for wrk and backends (default: the rest)")
@@ -358,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
 
     missing = [t for t in ("wrk", "haproxy", "nginx") if not shutil.which(t)
                and (t == "wrk" or t in args.targets)]
+    if missing and args.install and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=False)
+        missing = [t for t in missing if not shutil.which(t)]
     if missing:
         print(f"missing: {', '.join(missing)}; install with: apt-get install -y nginx haproxy wrk",
               file=sys.stderr)
