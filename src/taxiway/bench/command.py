@@ -45,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     load.add_argument("-c", "--users", type=int, default=None,
                       help="closed loop: virtual users (default 10); with -R: connections (default 50)")
     load.add_argument("-R", "--rate", type=float, default=None, help="open loop: requests per second")
-    load.add_argument("-d", "--duration", default="10s", help="how long to measure (default 10s)")
+    load.add_argument("-d", "--duration", default=None,
+                      help="how long to measure (default 10s, or until -n requests when -n is given)")
     load.add_argument("-n", "--requests", type=int, default=None, help="stop after this many requests")
     load.add_argument("--warmup", default="0s", help="run this long first without measuring")
     load.add_argument("--stages", default=None,
@@ -118,7 +119,11 @@ def build_specs(args: argparse.Namespace) -> list[LoadSpec]:
     if args.compare and args.find_capacity:
         raise UsageError("--compare and --find-capacity cannot be combined; search one target at a time")
     targets = [parse_target(u) for u in urls]
-    duration = parse_duration(args.duration, "--duration")
+    duration: float | None = None
+    if args.duration is not None:
+        duration = parse_duration(args.duration, "--duration")
+    elif not args.requests:
+        duration = 10.0
     warmup = parse_duration(args.warmup, "--warmup")
     timeout = parse_duration(args.timeout, "--timeout")
     _positive(duration, "--duration")
@@ -139,7 +144,7 @@ def build_specs(args: argparse.Namespace) -> list[LoadSpec]:
             sc = scn.single(args.method.upper(), t.path, t.host_header, headers, body)
         specs.append(LoadSpec(
             target=t, scenario=sc, users=users, rate=args.rate, stages=stages,
-            duration_s=None if (args.requests and args.duration == "10s") else duration,
+            duration_s=duration,
             max_requests=args.requests, warmup_s=warmup, timeout_s=timeout,
             served_by_header=args.served_by_header, insecure=args.insecure, seed=args.seed))
     return specs
@@ -188,11 +193,16 @@ def run(args: argparse.Namespace) -> int:
         if slo is not None:
             return _find_capacity(specs[0], slo, args, progress, out)
         results: list[RunResult] = []
-        for spec in specs:
-            progress.label = spec.target.url if len(specs) > 1 else ""
-            results.append(_run(spec, args, progress))
-            if results[-1].interrupted:
-                break
+        try:
+            for spec in specs:
+                progress.label = spec.target.url if len(specs) > 1 else ""
+                results.append(_run(spec, args, progress))
+                if results[-1].interrupted:
+                    break
+        except KeyboardInterrupt:  # between two --compare runs: keep what finished
+            if not results:
+                raise
+            results[-1].interrupted = True
     for r in results:
         print_summary(out, r)
     if len(specs) > 1:
@@ -217,13 +227,18 @@ def _find_capacity(spec: LoadSpec, slo: Slo, args: argparse.Namespace, progress:
     steps: list[dict[str, Any]] = []
     best: RunResult | None = None
     interrupted = False
+    step = f"{spec.duration_s:g} s steps" if spec.duration_s else f"{spec.max_requests} requests per step"
     out.print(f"searching for the largest {unit} meeting {slo.describe()} "
-              f"({args.duration} steps, {args.repeats} passing steps per level)")
+              f"({step}, {args.repeats} passing steps per level)")
     while (level := search.next_level()) is not None:
         step_spec = dataclasses.replace(spec, rate=float(level) if by_rate else None,
                                         users=spec.users if by_rate else level)
         progress.label = f"{unit}={level}"
-        r = _run(step_spec, args, progress)
+        try:
+            r = _run(step_spec, args, progress)
+        except KeyboardInterrupt:  # between two steps
+            interrupted = True
+            break
         if r.interrupted:
             interrupted = True
             break
