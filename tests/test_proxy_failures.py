@@ -203,3 +203,50 @@ def test_inflight_counts_while_a_request_runs(procs):
         assert result == [200] and srv.inflight == 0 and srv.requests == 1
     finally:
         lb.stop()
+
+
+def test_stale_pooled_connection_is_retried_fresh_for_get_but_not_for_post():
+    def one_per_connection(conn: socket.socket) -> None:
+        # Answers the first request; a second one on the same connection finds it closed, as if
+        # the server's keep-alive timeout had raced the proxy's reuse.
+        if read_request_head(conn):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        if read_request_head(conn):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+    up = RawServer(one_per_connection)
+    lb = InProcess(make_config([up.port]))
+    try:
+        c = Client(lb.port)
+        assert c.get("/").status == 200
+        assert c.get("/").status == 200                  # retried on a fresh connection
+        srv = lb.bal.pool.servers[0]
+        assert lb.bal.counters["stale_connection_retries"] == 1
+        assert srv.failures == 0 and lb.bal.counters["retries"] == 0
+        c.send(b"POST /pay HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc")
+        assert c.read_response().status == 502            # bytes reached the server: no replay
+    finally:
+        lb.stop()
+        up.close()
+
+
+def test_post_does_not_reuse_a_connection_idle_for_long():
+    def handler(conn: socket.socket) -> None:
+        while read_request_head(conn):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    up = RawServer(handler)
+    lb = InProcess(make_config([up.port]))
+    try:
+        c = Client(lb.port)
+        assert c.get("/").status == 200
+        time.sleep(1.3)
+        c.send(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\na")
+        assert c.read_response().status == 200
+        assert up.accepted == 2                            # a fresh connection for the POST
+        c.send(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\na")
+        assert c.read_response().status == 200
+        assert up.accepted == 2                            # reused while recently busy
+    finally:
+        lb.stop()
+        up.close()

@@ -46,6 +46,7 @@ REPLAY_MAX_BYTES = 64 * 1024       # request body kept for a retry; larger bodie
 BUFFER_HIGH_BYTES = 256 * 1024     # body buffered while connecting before the client is paused
 CANDIDATES_TTL_S = 0.25            # cached available-server list (ejections expire by time)
 LAST_CHUNK = b"0\r\n\r\n"
+SAFE_REUSE_S = 1.0                  # non-idempotent requests reuse connections idle less than this
 
 
 class Router:
@@ -132,6 +133,7 @@ class Exchange:
     tunnel = False
     timed_out_connect = False
     sent_continue = False
+    stale_retried = False
 
     def __init__(self, proto: ClientProtocol, head: RequestHead, info: RequestInfo, method: bytes,
                  keep_alive: bool, client_http11: bool) -> None:
@@ -224,7 +226,9 @@ class Exchange:
             self.sent_continue = True
             self.proto.queue(CONTINUE_100)
         upool = bal.upstreams.get(server) or bal.upstream_pool(server)
-        conn = upool.acquire_idle()
+        # A request that must not be replayed only reuses a connection that was busy very recently:
+        # an older one may have been closed by the server's keep-alive timeout (gunicorn: 2 s).
+        conn = upool.acquire_idle() if self.method in IDEMPOTENT else upool.acquire_idle(now - SAFE_REUSE_S)
         if conn is not None:
             self.on_connected(conn)
         else:
@@ -415,6 +419,16 @@ class Exchange:
             self.bal.counters["upstream_aborted"] += 1
             self._account(ok=False)
             self.proto.abort()
+            return
+        if conn.uses > 1 and not conn.got_bytes and not self.stale_retried and self.replay is not None \
+                and self.method in IDEMPOTENT and self.server is not None:
+            # A pooled connection the server had already closed (its keep-alive timeout raced our
+            # reuse): not the server's fault, so no failure, no retry budget, same server, fresh
+            # connection (like Envoy's reset-before-response on a reused connection).
+            self.stale_retried = True
+            self.bal.counters["stale_connection_retries"] += 1
+            self.sent_bytes = 0
+            self.bal.upstream_pool(self.server).connect(self)
             return
         self._fail_before_response("reset" if conn.got_bytes or self.sent_bytes else "closed")
         self.proto.flush()

@@ -45,6 +45,7 @@ class UpstreamConnection(asyncio.Protocol):
         "reading_paused",
         "transport",
         "tunnel",
+        "uses",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -59,6 +60,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reading_paused = False
         self.informational = False
         self.got_bytes = False   # any response byte for the current exchange (no retry after)
+        self.uses = 0            # exchanges bound so far (> 1: a reused keep-alive connection)
 
     # -- asyncio callbacks ------------------------------------------------------------------
 
@@ -153,6 +155,7 @@ class UpstreamConnection(asyncio.Protocol):
     def bind(self, ex: Exchange, client_write_paused: bool) -> None:
         self.exchange = ex
         self.got_bytes = False
+        self.uses += 1
         if client_write_paused:
             self.pause_reading()
 
@@ -195,12 +198,18 @@ class UpstreamPool:
         self.closed = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def acquire_idle(self) -> UpstreamConnection | None:
+    def acquire_idle(self, used_since: float = 0.0) -> UpstreamConnection | None:
+        """The most recently used idle connection; with `used_since`, only one idle since then
+        (older ones are closed: they are the likeliest to have been closed by the server)."""
         idle = self.idle
         while idle:
             conn = idle.pop()
-            if not conn.closed:
-                return conn
+            if conn.closed:
+                continue
+            if conn.idle_since < used_since:
+                conn.close()
+                continue
+            return conn
         return None
 
     def release(self, conn: UpstreamConnection, now: float) -> None:
