@@ -389,3 +389,32 @@ def test_forking_app_server_leaves_no_workers_behind(procs: Processes, tmp_path:
     os.kill(up.proc.pid, sig)
     up.proc.wait(timeout=60)
     assert wait_dead(members, timeout_s=30) == [], f"left behind:\n{up.output()}"
+
+
+def test_sighup_reloads_pool_bounds_and_keeps_serving(procs: Processes, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, min_=1, max_=1)
+    up = Up(procs, cfg)
+    up.wait_ready(1)
+    cfg.write_text(cfg.read_text().replace("min = 1\nmax = 1", "min = 3\nmax = 3"))
+    up.proc.send_signal(signal.SIGHUP)
+    up.wait_ready(3)
+    assert (up.status()["autoscale"]["min"], up.status()["autoscale"]["max"]) == (3, 3)
+    cfg.write_text(cfg.read_text().replace("min = 3\nmax = 3", "min = 1\nmax = 2"))
+    up.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(up.status()["autoscale"]["servers"]) != 1:
+        assert httpx.get(up.url + "/", timeout=10).status_code == 200
+        time.sleep(0.1)
+    assert len(up.status()["autoscale"]["servers"]) == 1
+    # A broken file is reported and changes nothing.
+    good = cfg.read_text()
+    cfg.write_text(good.replace("min = 1\nmax = 2", "min = 5\nmax = 2"))
+    up.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "reload failed" not in up.output():
+        time.sleep(0.1)
+    assert "reload failed" in up.output() and "pool.min/max" in up.output()
+    assert up.status()["autoscale"]["max"] == 2
+    assert httpx.get(up.url + "/", timeout=10).status_code == 200
+    up.proc.send_signal(signal.SIGINT)
+    assert up.proc.wait(timeout=60) == 0

@@ -4,7 +4,8 @@ Both run on one uvloop event loop: the Supervisor adds, readies, drains and remo
 Balancer's pool directly (no IPC), and the admin API's /status shows the supervisor under
 "autoscale". Stopping (Ctrl-C, SIGTERM): the balancer stops accepting and finishes in-flight
 requests, then every app server gets SIGTERM (SIGKILL after pool.stop_grace). A second Ctrl-C
-kills the app servers at once. If taxiway is SIGKILLed, the kernel kills the app servers
+kills the app servers at once. SIGHUP reloads the config file (balancer settings, static servers,
+[pool] and [autoscale]). If taxiway is SIGKILLed, the kernel kills the app servers
 (PR_SET_PDEATHSIG, see supervisor.py).
 """
 
@@ -28,7 +29,7 @@ from taxiway.autoscale.live import RateMeter, run_live, summary_line
 from taxiway.autoscale.policy import PolicyConfig
 from taxiway.autoscale.supervisor import Supervisor
 from taxiway.config import Config, load_config, split_hostport
-from taxiway.errors import TaxiwayError, UsageError
+from taxiway.errors import ConfigError, TaxiwayError, UsageError
 
 HELP = ("Start the load balancer and a pool of app servers that grows and shrinks with the load "
         "([pool] and [autoscale] in the config). Ctrl-C stops everything.")
@@ -89,7 +90,6 @@ def where(cfg: Config, bal: object) -> str:
 
 async def _main(cfg: Config, config_path: str, live: bool) -> int:
     from taxiway.proxy.app import Balancer
-    from taxiway.proxy.command import _reload
 
     assert cfg.pool is not None
     bal = Balancer(cfg, config_path)
@@ -114,7 +114,7 @@ async def _main(cfg: Config, config_path: str, live: bool) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    loop.add_signal_handler(signal.SIGHUP, _reload, bal, config_path, 0)
+    loop.add_signal_handler(signal.SIGHUP, _reload_all, bal, sup, config_path)
     try:
         await bal.start()
     except OSError as exc:
@@ -145,6 +145,25 @@ async def _main(cfg: Config, config_path: str, live: bool) -> int:
         atexit.unregister(sup.kill_all_now)
     print("taxiway up: stopped", flush=True)
     return 0
+
+
+def _reload_all(bal: object, sup: Supervisor, config_path: str) -> None:
+    """SIGHUP: the balancer reloads its part (static servers, settings), then the pool's part.
+
+    A bad file is logged and everything keeps running with the old settings.
+    """
+    from taxiway.proxy.command import _reload
+
+    try:
+        cfg = load_config(config_path)
+        if cfg.pool is None:
+            raise ConfigError("pool", "a [pool] section (taxiway up runs one)", source=config_path)
+        policy = PolicyConfig.from_config(cfg.pool, cfg.autoscale)
+    except ConfigError as exc:
+        log.error("reload failed, keeping the running config: %s", exc)
+        return
+    _reload(bal, config_path, 0)
+    sup.reconfigure(cfg.pool, policy)
 
 
 async def _plain(bal: object, sup: Supervisor) -> None:

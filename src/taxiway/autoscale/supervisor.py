@@ -119,6 +119,26 @@ class Supervisor:
     def live_count(self) -> int:
         return sum(1 for ap in self.procs.values() if ap.is_live())
 
+    def reconfigure(self, pool_cfg: PoolConfig, policy: PolicyConfig) -> None:
+        """SIGHUP: new settings apply from the next decision (min/max clamp, targets, windows).
+
+        Running servers keep the command they were started with; new ones use the new command.
+        Observations are kept unless the metric changed (old values would mean something else).
+        """
+        old = self.history
+        self.pool_cfg = pool_cfg
+        self.policy = policy
+        self.history = History(policy)
+        if policy.metric is old.cfg.metric:
+            for sample in old.samples:
+                self.history.process_sample(sample)
+            self.history.changes = old.changes
+            self.history.panic_until = old.panic_until
+        else:
+            self.meter = LoadMeter(policy.metric)
+        self._event("reconfigured", None, f"pool {policy.min}..{policy.max}, {policy.metric.value} "
+                    f"target {policy.target:g}, command `{pool_cfg.command}`")
+
     def status(self) -> dict[str, Any]:
         """The "autoscale" section of /status (set as `balancer.autoscale_status`)."""
         last = self.decisions[-1] if self.decisions else None
