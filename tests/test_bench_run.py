@@ -7,6 +7,9 @@ stall once, serialise requests, reset connections, alternate X-Served-By, and ru
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -58,6 +61,8 @@ async def handle(reader, writer):
         elif path == "/reset":
             writer.transport.abort()
             return
+        elif path == "/close":
+            extra.append("Connection: close")
         elif path == "/alt":
             state["alt"] += 1
             served = "s%d" % (state["alt"] % 2 + 1)
@@ -84,6 +89,8 @@ async def handle(reader, writer):
                 "X-Served-By: " + served] + extra
         writer.write(("\r\n".join(resp) + "\r\n\r\n").encode() + out)
         await writer.drain()
+        if path == "/close":
+            break
     writer.close()
 
 async def main():
@@ -397,3 +404,36 @@ def test_https_target(server, tmp_path: Path) -> None:  # type: ignore[no-untype
     # Without --insecure the self-signed certificate is refused: connect errors, no requests.
     data = bench_json(tmp_path, f"https://127.0.0.1:{port}/alt", "-c", "2", "-d", "1s")
     assert data["requests"] == 0 and data["errors_breakdown"]["connect"] > 0
+
+
+def test_server_closing_every_connection_is_not_an_error(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = server()
+    data = bench_json(tmp_path, f"http://127.0.0.1:{port}/close", "-c", "3", "-n", "300")
+    assert data["requests"] == 300 and data["errors"] == 0
+
+
+def test_live_progress_line_on_a_terminal(procs: Processes) -> None:
+    port = procs.backend("b1")
+    master, slave = pty.openpty()
+    env = {**taxiway_env(), "TERM": "xterm-256color", "COLUMNS": "160"}
+    run = subprocess.Popen([sys.executable, "-m", "taxiway", "bench", f"http://127.0.0.1:{port}/", "-c", "2",
+                            "-d", "3s"], env=env, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif run.poll() is not None:
+            break
+    os.close(master)
+    assert run.wait(timeout=30) == 0
+    text = seen.decode(errors="replace")
+    assert "req/s" in text and "p99" in text and "errors" in text, text
