@@ -68,3 +68,16 @@ def test_consistent_hash_on_a_header(procs):
             assert len(seen) == 1, (user, seen)
     finally:
         lb.stop()
+
+
+def test_active_health_checks_take_a_failing_server_out(procs):
+    b1 = procs.backend("b1")
+    b2 = procs.backend("b2", None, "--fail-healthz")
+    lb = InProcess(make_config([b1, b2], balancer={"strategy": "round-robin"},
+                               health={"enabled": True, "interval": "200ms", "fall": 1, "rise": 1}))
+    try:
+        bad = next(s for s in lb.bal.pool.servers if s.port == b2)
+        assert wait_until(lambda: not bad.healthy, 10)
+        assert {http_get(lb.port, "/").header("X-Backend") for _ in range(6)} == {"b1"}
+    finally:
+        lb.stop()
