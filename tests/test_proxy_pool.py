@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from taxiway.balancing.model import Server
+from tests.conftest import free_port
 from tests.test_proxy_support import InProcess, http_get, make_config, wait_until
 
 
@@ -79,5 +80,67 @@ def test_active_health_checks_take_a_failing_server_out(procs):
         bad = next(s for s in lb.bal.pool.servers if s.port == b2)
         assert wait_until(lambda: not bad.healthy, 10)
         assert {http_get(lb.port, "/").header("X-Backend") for _ in range(6)} == {"b1"}
+    finally:
+        lb.stop()
+
+
+def test_async_guard_answers_in_order_on_a_keep_alive_connection(procs):
+    """A guard that must await (the Redis store) delays only its own request, and answers in order."""
+    import asyncio
+
+    from taxiway.proxy.http1 import Rejection
+
+    class SlowGuard:
+        def check(self, head):
+            if head.path.startswith("/deny"):
+                return Rejection(403, [(b"X-Why", b"denied")], b"no\n")
+            if head.path.startswith("/slow"):
+                async def later() -> None:
+                    await asyncio.sleep(0.3)
+                    return None
+                return later()
+            return None
+
+    b1 = procs.backend("b1")
+    lb = InProcess(make_config([b1]))
+    try:
+        lb.run(lambda: lb.bal.guards.append(SlowGuard()))
+        from tests.test_proxy_support import Client
+
+        c = Client(lb.port)
+        c.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\nGET /deny HTTP/1.1\r\nHost: t\r\n\r\n"
+               b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
+        r1, r2, r3 = c.read_response(), c.read_response(), c.read_response()
+        assert (r1.status, r2.status, r3.status) == (200, 403, 200)
+        assert r2.header("X-Why") == "denied" and r2.body == b"no\n"
+        assert lb.bal.counters["rejected_403"] == 1
+    finally:
+        lb.stop()
+
+
+def test_redis_rate_limit_through_the_proxy(procs):
+    import socket as _s
+
+    try:
+        _s.create_connection(("127.0.0.1", 6379), timeout=1).close()
+    except OSError:
+        import pytest
+
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    import os
+
+    b1 = procs.backend("b1")
+    prefix = f"taxiway:test:{os.getpid()}:{free_port()}:"
+    text = make_config([b1]) + (
+        f'[ratelimit]\nstore = "redis"\nkey_prefix = "{prefix}"\n'
+        '[[ratelimit.rules]]\nname = "api"\nrate = "1/m"\npath_prefix = "/api"\n')
+    lb = InProcess(text)
+    try:
+        from tests.test_proxy_support import Client
+
+        c = Client(lb.port)
+        statuses = [c.get("/api/x").status for _ in range(3)]
+        assert statuses[0] == 200 and statuses[-1] == 429
+        assert c.get("/free").status == 200
     finally:
         lb.stop()
