@@ -191,3 +191,44 @@ def test_results_merge_and_round_trip() -> None:
     assert a.percentile_ms(75) == pytest.approx(2.0, rel=0.01)
     assert a.max_ms() == pytest.approx(500, rel=0.01)
     assert merge_timelines([], []) == []
+
+
+# -- splitting a run over processes
+
+def test_split_spec_shares_add_up() -> None:
+    from taxiway.bench.load import LoadSpec
+    from taxiway.bench.target import parse_target
+    from taxiway.bench.workers import split_spec
+
+    t = parse_target("http://127.0.0.1:1/")
+    spec = LoadSpec(target=t, scenario=scn.single("GET", "/", t.host_header, {}, b""), users=7,
+                    max_requests=1001, rate=None, seed=5)
+    parts = [split_spec(spec, 3, i) for i in range(3)]
+    assert [p.users for p in parts] == [3, 2, 2]
+    assert sum(p.max_requests or 0 for p in parts) == 1001
+    assert [p.seed for p in parts] == [5, 6, 7] and [p.share for p in parts] == [(0, 3), (1, 3), (2, 3)]
+    for total in range(0, 50):                    # ramped users: the engine's shares add up exactly
+        assert sum((total + 3 - 1 - i) // 3 for i in range(3)) == total
+    rated = split_spec(LoadSpec(target=t, scenario=spec.scenario, rate=1000.0,
+                                stages=parse_stages("1s:300")), 4, 1)
+    assert rated.rate == 250.0 and rated.stages == (Stage(1.0, 75.0),)
+
+
+@pytest.mark.parametrize(("url", "host", "port", "path", "host_header"), [
+    ("http://127.0.0.1:8080/a?b=1", "127.0.0.1", 8080, "/a?b=1", "127.0.0.1:8080"),
+    ("http://example.test", "example.test", 80, "/", "example.test"),
+    ("https://example.test/x", "example.test", 443, "/x", "example.test"),
+])
+def test_parse_target(url: str, host: str, port: int, path: str, host_header: str) -> None:
+    from taxiway.bench.target import parse_target
+
+    t = parse_target(url)
+    assert (t.host, t.port, t.path, t.host_header) == (host, port, path, host_header)
+
+
+@pytest.mark.parametrize("url", ["ftp://x/", "http://", "127.0.0.1:80", "http://h:99999/", "http://h:x/"])
+def test_parse_target_rejects(url: str) -> None:
+    from taxiway.bench.target import parse_target
+
+    with pytest.raises(UsageError, match="bad URL"):
+        parse_target(url)

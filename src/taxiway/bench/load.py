@@ -58,6 +58,7 @@ class LoadSpec:
     served_by_header: str = "X-Served-By"
     insecure: bool = False
     seed: int | None = None
+    share: tuple[int, int] = (0, 1)      # (index, count) of this process under --processes
 
     def is_open_loop(self) -> bool:
         return self.rate is not None
@@ -246,6 +247,11 @@ class Engine:
                 u.close()
         self.users = [u for u in self.users if not u.retiring or (u.conn and u.conn.pending)]
 
+    def _my_share(self, total: int) -> int:
+        """This process's part of `total` users: the parts of all processes add up to `total`."""
+        i, n = self.spec.share
+        return (total + n - 1 - i) // n
+
     def _dispatch(self) -> None:
         """Open loop ticker: move due arrivals into the backlog, feed idle connections.
 
@@ -288,7 +294,7 @@ class Engine:
             if c is not None and c.pending is not None and c.pending.sent < deadline:
                 self.process_failure(c, "timeout")
         if self.spec.stages is not None and not self.spec.is_open_loop():
-            self._set_users(round(target_at(self.spec.stages, now - self.t0)))
+            self._set_users(self._my_share(round(target_at(self.spec.stages, now - self.t0))))
         self.loop.call_later(0.25, self._sweep)
 
     def _start_measuring(self) -> None:

@@ -58,15 +58,15 @@ def run_here(spec: LoadSpec, on_second: OnSecond | None = None,
 def split_spec(spec: LoadSpec, n: int, i: int) -> LoadSpec:
     """Child `i`'s share of `spec` when the load is spread over `n` processes."""
     users = spec.users // n + (1 if i < spec.users % n else 0)
-    stages = None
-    if spec.stages is not None:
+    stages = spec.stages  # closed-loop user ramps are split exactly by the engine (`share`)
+    if spec.stages is not None and spec.is_open_loop():
         stages = tuple(Stage(s.duration_s, s.target / n) for s in spec.stages)
     max_requests = None
     if spec.max_requests is not None:
         max_requests = spec.max_requests // n + (1 if i < spec.max_requests % n else 0)
     return dataclasses.replace(
         spec, users=max(1, users), rate=spec.rate / n if spec.rate is not None else None, stages=stages,
-        max_requests=max_requests, seed=None if spec.seed is None else spec.seed + i)
+        max_requests=max_requests, seed=None if spec.seed is None else spec.seed + i, share=(i, n))
 
 
 def _child_main(spec: LoadSpec, idx: int, out: Any, stop: Any) -> None:
