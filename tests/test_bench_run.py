@@ -327,6 +327,7 @@ def test_report_writes_html_and_plots(procs: Processes, tmp_path: Path) -> None:
     pytest.param(["http://127.0.0.1:1/", "--stages", "10s"], "--stages", id="bad-stages"),
     pytest.param(["http://127.0.0.1:1/", "--find-capacity", "--slo", "fast"], "--slo", id="bad-slo"),
     pytest.param(["http://127.0.0.1:1/", "-s", "/nonexistent.toml"], "cannot read", id="missing-scenario"),
+    pytest.param(["http://127.0.0.1:1/", "-m", "HEAD"], "-m/--method", id="head"),
 ])
 def test_bad_input_is_one_line(args: list[str], message: str) -> None:
     proc = bench(*args, timeout=30)

@@ -139,7 +139,9 @@ class VirtualUser:
                     self.close()
                     await asyncio.sleep(LOGIN_RETRY_S)
                     continue
-                except (ConnectionError, asyncio.CancelledError):
+                except ConnectionError:  # already counted (reset, timeout, connect)
+                    self.close()
+                    await asyncio.sleep(RECONNECT_BACKOFF_S)
                     continue
             eng.user_ready(self)
             return

@@ -133,6 +133,10 @@ def build_specs(args: argparse.Namespace) -> list[LoadSpec]:
         raise UsageError("--warmup cannot be combined with --stages (make the first stage the warm-up)")
     if stages is not None and args.find_capacity:
         raise UsageError("--find-capacity chooses the load itself; drop --stages")
+    method = args.method.upper()
+    if method not in scn.METHODS:
+        allowed = ", ".join(sorted(scn.METHODS))
+        raise UsageError(f"-m/--method: expected one of {allowed} (got {args.method!r})")
     headers = _headers(args.header)
     body = _body(args.body)
     users = args.users if args.users is not None else (50 if args.rate is not None else 10)
@@ -141,7 +145,7 @@ def build_specs(args: argparse.Namespace) -> list[LoadSpec]:
         if args.scenario:
             sc = scn.load_scenario(args.scenario, t.host_header)
         else:
-            sc = scn.single(args.method.upper(), t.path, t.host_header, headers, body)
+            sc = scn.single(method, t.path, t.host_header, headers, body)
         specs.append(LoadSpec(
             target=t, scenario=sc, users=users, rate=args.rate, stages=stages,
             duration_s=duration,
