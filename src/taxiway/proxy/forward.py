@@ -30,7 +30,6 @@ from taxiway.proxy.http1 import (
     Rejection,
     RequestHead,
     RequestInfo,
-    ResponseContext,
     error_response,
     simple_response,
 )
@@ -128,7 +127,17 @@ class Exchange:
     status = 0
     body_in = 0
     body_out = 0
-    resp: ResponseContext | None = None
+    # Response framing: the exchange is the `ResponseContext` the rewriter reads and fills in
+    # (one object less per request).
+    content_length = -1
+    upstream_chunked = False
+    chunked_out = False
+    no_body = False
+    close = False
+    https = False
+    date_line = b""
+    server_name = ""
+    extra: list[bytes] | None = None
     set_cookie = False
     tunnel = False
     timed_out_connect = False
@@ -329,7 +338,9 @@ class Exchange:
         if self.info.chunked:
             self._send_upstream([LAST_CHUNK])
         if self.conn is not None and not self.response_started:
-            self.deadline = time.monotonic() + self.bal.settings.upstream_response_s
+            # A body-less request completes in the read that started it: t_start is "now".
+            now = self.t_start if not self.body_in else time.monotonic()
+            self.deadline = now + self.bal.settings.upstream_response_s
 
     # -- response from the upstream -------------------------------------------------------------
 
@@ -340,20 +351,21 @@ class Exchange:
         self.response_started = True
         proto = self.proto
         no_body = self.method == b"HEAD" or status in (204, 304)
-        close = (not self.keep_alive) or proto.closing or (self.info.upgrade and status != 101)
-        extra: list[bytes] | None = None
-        if self.set_cookie and self.bal.router.affinity is not None and self.server is not None:
-            extra = [b"Set-Cookie: " + self.bal.router.affinity.set_cookie_header(
-                self.server.name, self.head.scheme == "https") + CRLF]
+        if no_body:
+            self.no_body = True
+        if not self.keep_alive or proto.closing or (self.info.upgrade and status != 101):
+            self.close = True
         server = self.server
         assert server is not None
-        ctx = self.resp = ResponseContext(no_body, close, self.client_http11, self.bal.date.line, server.name)
+        if self.set_cookie and self.bal.router.affinity is not None:
+            self.extra = [b"Set-Cookie: " + self.bal.router.affinity.set_cookie_header(
+                server.name, self.head.scheme == "https") + CRLF]
         if proto.https:
-            ctx.https = True
-        if extra is not None:
-            ctx.extra = extra
-        proto.queue(self.bal.settings.response_rewriter.rewrite(status, headers, ctx))
-        if ctx.close:
+            self.https = True
+        self.date_line = self.bal.date.line
+        self.server_name = server.name
+        proto.queue(self.bal.settings.response_rewriter.rewrite(status, headers, self))  # type: ignore[arg-type]
+        if self.close:
             self.keep_alive = False
         if no_body and status != 101 and self.method == b"HEAD":
             # httptools cannot be told a response answers HEAD: finish now, retire the connection.
@@ -364,15 +376,13 @@ class Exchange:
     def on_upstream_body(self, body: bytes) -> None:
         n = len(body)
         self.body_out += n
-        resp = self.resp
-        if resp is not None and resp.chunked_out:
+        if self.chunked_out:
             self.proto.queue_many((b"%x\r\n" % n, body, CRLF))
         else:
             self.proto.queue_body(body)
 
     def on_upstream_complete(self, conn: UpstreamConnection) -> None:
-        resp = self.resp
-        if resp is not None and resp.chunked_out:
+        if self.chunked_out:
             self.proto.queue(LAST_CHUNK)
         self.conn = None
         now = time.monotonic()
@@ -406,11 +416,9 @@ class Exchange:
             self._account(ok=True)
             return
         if self.response_started:
-            resp = self.resp
-            if resp is not None and resp.content_length < 0 and not resp.upstream_chunked \
-                    and not resp.no_body:
+            if self.content_length < 0 and not self.upstream_chunked and not self.no_body:
                 # Body delimited by the close (RFC 9112 §6.3 rule 8): that was its end.
-                if resp.chunked_out:
+                if self.chunked_out:
                     self.proto.queue(LAST_CHUNK)
                 self.keep_alive = self.keep_alive and not self.body_pending()
                 self._complete(ok=True)
