@@ -29,6 +29,8 @@ log = logging.getLogger("taxiway.admin")
 MAX_HEAD_BYTES = 16 * 1024
 HEAD_TIMEOUT_S = 10.0     # whole request head, like the proxy's client_header default
 IDLE_TIMEOUT_S = 30.0     # keep-alive between requests
+LINGER_S = 2.0            # after an error answer, drain client input this long (nginx: lingering_time 30s)
+LINGER_MAX_BYTES = 1 << 20
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             408: "Request Timeout", 413: "Content Too Large", 431: "Request Header Fields Too Large",
@@ -58,6 +60,27 @@ def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
             raise _BadRequest(400, "malformed header line")
         headers[name.lower()] = value.strip()
     return parts[0], parts[1], parts[2], headers
+
+
+async def _lingering_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, then read and drop what the client still sends (briefly) before closing.
+
+    Closing a socket with unread input makes the kernel send RST, and the client may then lose the
+    error response it has not read yet (nginx's `lingering_close` exists for the same reason).
+    """
+    with contextlib.suppress(Exception):
+        if writer.can_write_eof():
+            writer.write_eof()
+        deadline = asyncio.get_running_loop().time() + LINGER_S
+        drained = 0
+        while drained < LINGER_MAX_BYTES:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            data = await asyncio.wait_for(reader.read(65536), remaining)
+            if not data:
+                break
+            drained += len(data)
 
 
 class AdminServer:
@@ -111,6 +134,7 @@ class AdminServer:
                     return  # client closed
                 except asyncio.LimitOverrunError:
                     await self._send(writer, 431, b"request head too large\n", "text/plain", close=True)
+                    await _lingering_close(reader, writer)
                     return
                 except TimeoutError:
                     return
@@ -118,10 +142,12 @@ class AdminServer:
                     method, target, version, headers = _parse_head(head[:-4])
                 except _BadRequest as exc:
                     await self._send(writer, exc.status, f"{exc}\n".encode(), "text/plain", close=True)
+                    await _lingering_close(reader, writer)
                     return
                 if "transfer-encoding" in headers or headers.get("content-length", "0") not in ("", "0"):
                     await self._send(writer, 413, b"the admin API takes no request bodies\n",
                                      "text/plain", close=True)
+                    await _lingering_close(reader, writer)
                     return
                 close = version == "HTTP/1.0" or headers.get("connection", "").lower() == "close"
                 status, body, ctype, extra = self._route(method, target)
