@@ -163,6 +163,7 @@ class Engine:
         self._next_for(user)
 
     def process_failure(self, conn: Connection, kind: str) -> None:
+        """Called by a connection when it broke (`kind`: reset, protocol) or by the sweeper (timeout)."""
         p = conn.pending
         conn.pending = None
         user = conn.user
@@ -173,10 +174,12 @@ class Engine:
             if conn.transport is not None:
                 conn.transport.close()
         if p is None:
-            if kind == "reset" and not self.finished.is_set() and not user.retiring:
-                user.start()  # idle keep-alive connection closed by the server: reconnect quietly
+            # Nothing was asked (e.g. the server closed an idle keep-alive connection): not an
+            # error; take the user off the idle list and reconnect it quietly.
             if user in self.idle:
                 self.idle.remove(user)
+            if not self.stopped and not user.retiring and user.conn is None:
+                user.start()
             return
         self.count_error(kind)
         if p.waiter is not None:
