@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 import tomllib
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from taxiway.errors import UsageError
 DEFAULT_TOKEN_PATTERN = r'name="csrfmiddlewaretoken" value="([^"]+)"'  # Django's hidden form field
 DEFAULT_TOKEN_FIELD = "csrfmiddlewaretoken"
 USER_AGENT = b"taxiway-bench"
+_Fail = Callable[..., UsageError]  # builds the one-line error for a key: fail(key, expected, value)
 # No HEAD: a HEAD answer carries Content-Length without a body, and httptools' response parser
 # cannot be told to skip it (it only skips bodies on upgrades), so the response would never end.
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -171,7 +173,7 @@ def parse_scenario(data: dict[str, object], host: str, source: str = "scenario")
     return Scenario(requests, base_url, think, cookies or login is not None, login, tuple(cum))
 
 
-def _think_time(value: object, fail) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def _think_time(value: object, fail: _Fail) -> tuple[float, float]:
     try:
         if isinstance(value, list) and len(value) == 2:
             lo, hi = (parse_duration(str(v), "think_time") for v in value)
@@ -186,7 +188,7 @@ def _think_time(value: object, fail) -> tuple[float, float]:  # type: ignore[no-
     return (lo, hi)
 
 
-def _request(i: int, raw: object, host: str, fail) -> Request:  # type: ignore[no-untyped-def]
+def _request(i: int, raw: object, host: str, fail: _Fail) -> Request:
     key = f"request[{i}]"
     if not isinstance(raw, dict):
         raise fail(key, "expected a table")
@@ -222,7 +224,7 @@ def _request(i: int, raw: object, host: str, fail) -> Request:  # type: ignore[n
     return build_request(method, path, host, headers, body_value.encode(), name, float(weight))
 
 
-def _login(raw: object, fail) -> Login:  # type: ignore[no-untyped-def]
+def _login(raw: object, fail: _Fail) -> Login:
     if not isinstance(raw, dict):
         raise fail("login", "expected a table")
     allowed = {"page", "post", "form", "token_pattern", "token_field", "token_header"}
