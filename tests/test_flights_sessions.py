@@ -8,7 +8,7 @@ after the 10th, one server is killed with SIGKILL, like a crashed machine.
 |---------------------|----------|-------------------------------------------------------|
 | per-process memory  | none     | logged out (the problem this test shows)              |
 | per-process memory  | cookie   | logged in until their server dies, then logged out    |
-| database (SQLite)   | none     | logged in throughout, even when a server dies         |
+| database (SQLite/PG)| none     | logged in throughout, even when a server dies         |
 | Redis               | none     | logged in throughout                                  |
 | signed cookie       | none     | logged in throughout; a tampered cookie is rejected   |
 """
@@ -27,7 +27,16 @@ import httpx
 import pytest
 
 from tests.conftest import Processes, free_port, taxiway_env, wait_for_port
-from tests.flights_support import DEMO_PASSWORD, AppGroup, AppServer, app_group, csrf_token, login, whoami
+from tests.flights_support import (
+    DEMO_PASSWORD,
+    AppGroup,
+    AppServer,
+    app_group,
+    csrf_token,
+    login,
+    manage,
+    whoami,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -82,8 +91,10 @@ def deploy(procs: Processes, tmp_path: Path, request: pytest.FixtureRequest) -> 
     groups: list[AppGroup] = []
     contexts: list[contextlib.AbstractContextManager[AppGroup]] = []
 
-    def make(sessions: str, affinity: str = "none") -> Deployment:
+    def make(sessions: str, affinity: str = "none", database: str = "sqlite") -> Deployment:
         env = {"TAXIWAY_SESSIONS": sessions, "FLIGHTS_TRUST_FORWARDED": "1"}
+        if database == "postgres":
+            env["DATABASE_URL"] = request.getfixturevalue("postgres_db")
         if sessions == "redis":
             redis = request.getfixturevalue("redis_server")
             env.update(REDIS_URL=redis.url, FLIGHTS_CACHE_PREFIX=redis.prefix.rstrip(":"))
@@ -91,6 +102,10 @@ def deploy(procs: Processes, tmp_path: Path, request: pytest.FixtureRequest) -> 
         group = ctx.__enter__()
         contexts.append(ctx)
         groups.append(group)
+        if database == "postgres":
+            for args in (("prepare",), ("seed", "--flights", "50", "--users", "2", "--bookings", "0")):
+                res = manage(group.env, *args)
+                assert res.returncode == 0, res.stdout + res.stderr
         group.start(3, workers=1)
         port, proc = start_lb(procs, tmp_path, group.servers, affinity)
         return Deployment(group, port, proc)
@@ -153,13 +168,14 @@ def test_memory_sessions_with_cookie_affinity_last_until_the_server_dies(deploy:
     assert set(j.users(after)) == {None}                   # ...where nobody knows their session
 
 
-@pytest.mark.parametrize("sessions", [
-    pytest.param("db", id="database"),
-    pytest.param("redis", id="redis", marks=pytest.mark.redis),
-    pytest.param("signed_cookies", id="signed-cookie"),
+@pytest.mark.parametrize(("sessions", "database"), [
+    pytest.param("db", "sqlite", id="database-sqlite"),
+    pytest.param("db", "postgres", id="database-postgres", marks=pytest.mark.postgres),
+    pytest.param("redis", "sqlite", id="redis", marks=pytest.mark.redis),
+    pytest.param("signed_cookies", "sqlite", id="signed-cookie"),
 ])
-def test_shared_sessions_survive_a_server_dying(deploy: Deploy, sessions: str) -> None:
-    dep = deploy(sessions)
+def test_shared_sessions_survive_a_server_dying(deploy: Deploy, sessions: str, database: str) -> None:
+    dep = deploy(sessions, database=database)
     with httpx.Client(base_url=dep.url, timeout=30) as c:
         j = journey(dep, c)
     assert j.users() == [USER] * REQUESTS                   # logged in on every request

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_safe
 
 from airline import availability
 from airline.forms import SearchForm
@@ -57,7 +57,7 @@ def me(request: HttpRequest) -> JsonResponse:
     return resp
 
 
-@require_GET
+@require_safe  # GET or HEAD: some checkers probe with HEAD
 def healthz(request: HttpRequest) -> HttpResponse:
     """Readiness: cheap, but proves the database answers (a server without its DB is not ready)."""
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 from django.conf import settings
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.utils._os import safe_join
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 SHORT = "public, max-age=60"
@@ -30,7 +30,7 @@ def _hashed_names() -> frozenset[str]:
         return frozenset()
 
 
-@require_GET
+@require_safe
 def serve(request: HttpRequest, path: str) -> HttpResponse:
     try:
         full = Path(safe_join(settings.STATIC_ROOT, path))  # refuses ../ escapes
