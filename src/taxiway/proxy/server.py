@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -35,6 +34,14 @@ if TYPE_CHECKING:
 class ClientProtocol(asyncio.Protocol):
     """One client connection. Created by the listener for every accepted socket."""
 
+    # Slots: thousands of idle keep-alive connections each hold one of these.
+    __slots__ = (
+        "_header_bytes", "_headers", "_refuse_status", "_url", "bal", "body_deadline", "client_ip",
+        "closed", "closing", "counted_client", "ctx", "current", "dead", "header_deadline", "https",
+        "idle_deadline", "parser", "parsing", "paused", "pipeline", "redirect_https", "scheme",
+        "transport", "tunnel_ex", "wbuf", "wbuf_big", "write_paused",
+    )
+
     def __init__(self, bal: Balancer, scheme: str,
                  redirect_https: Callable[[RequestHead], bytes] | None = None) -> None:
         # Shared
@@ -48,7 +55,7 @@ class ClientProtocol(asyncio.Protocol):
         self.ctx: ConnContext | None = None
         self.client_ip = ""
         self.current: Exchange | None = None          # the request whose response is being sent
-        self.pipeline: deque[Exchange | int] = deque()  # later requests (int: a refusal status)
+        self.pipeline: list[Exchange | int] = []  # later requests (int: a refusal status); short
         self.parsing: Exchange | None = None          # the request whose body is being read
         self.tunnel_ex: Exchange | None = None
         self.paused = 0
@@ -362,7 +369,7 @@ class ClientProtocol(asyncio.Protocol):
         if not now:
             now = time.monotonic()
         while self.current is None and self.pipeline:
-            nxt = self.pipeline.popleft()
+            nxt = self.pipeline.pop(0)
             if isinstance(nxt, int):
                 self.pipeline.clear()
                 self._refuse_now(nxt)
