@@ -202,3 +202,15 @@ def test_counters_and_server_stats():
     finally:
         lb.stop()
         up.close()
+
+
+def test_absolute_form_target_becomes_origin_form(procs, tmp_path):
+    b1 = procs.backend("b1")
+    port, _, _ = start_lb(procs, tmp_path, [b1])
+    c = Client(port)
+    c.send(b"GET http://shop.example:8443/headers?x=1 HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+    r = c.read_response()
+    h = {k.lower(): v for k, v in json.loads(r.body)}
+    assert h["host"] == "shop.example:8443"         # the URI's authority wins over Host
+    c.send(b"GET ftp://x/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert c.read_response().status == 400

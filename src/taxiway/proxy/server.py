@@ -197,6 +197,8 @@ class ClientProtocol(asyncio.Protocol):
         http11 = version == "1.1"
         assert self.ctx is not None
         bal = self.bal
+        if self._url[:1] != b"/" and self._url != b"*":
+            self._to_origin_form()
         try:
             info = bal.settings.request_rewriter.rewrite(method, self._url, self._headers, http11, self.ctx)
         except RequestRefused as exc:
@@ -215,6 +217,24 @@ class ClientProtocol(asyncio.Protocol):
         else:
             self.pipeline.append(ex)
             self.pause_reading(PAUSE_PIPELINE)
+
+    def _to_origin_form(self) -> None:
+        """An absolute-form target (`GET http://host/path`): forward origin-form and make Host the
+        URI's authority (RFC 9112 §3.2.2), so no two readers disagree about the host."""
+        try:
+            url = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError:
+            self._refuse_status = 400
+            raise RequestRefused(400, "bad request target") from None
+        if not url.host or url.schema not in (b"http", b"https"):
+            self._refuse_status = 400
+            raise RequestRefused(400, "bad request target")
+        target = url.path or b"/"
+        if url.query:
+            target += b"?" + url.query
+        self._url = target
+        authority = url.host + (b":%d" % url.port if url.port else b"")
+        self._headers = [(n, v) for n, v in self._headers if n.lower() != b"host"] + [(b"Host", authority)]
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
