@@ -171,6 +171,8 @@ def test_api_calls_without_wrong_revoked_and_unscoped_keys(procs: Processes, tmp
     out = proc.communicate(timeout=30)[0].decode(errors="replace")
     for key in (reader, writer, wrong):
         assert key not in out, "an API key reached the balancer's log"
+    assert "refused at the edge: apikey missing" in out          # the first refusal, at once
+    assert "apikey 'reader' revoked" in out                        # in the summary, by name
 
 
 # -- two balancers sharing Redis ------------------------------------------------------------------

@@ -247,3 +247,14 @@ def test_ipv6_addresses_in_one_64_share_a_limit(tmp_path: Path) -> None:
     assert g.check(head(ip="2001:db8::2")) is None
     assert isinstance(g.check(head(ip="2001:db8::ffff:3")), Rejection)   # same /64: limited
     assert g.check(head(ip="2001:db8:0:1::1")) is None                   # next /64: its own
+
+
+def test_refusals_are_logged_by_name_and_summarised(keyed: tuple[EdgeGuard, dict[str, str]],
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    g, k = keyed
+    with caplog.at_level(logging.INFO, logger="taxiway.security"):
+        for _ in range(50):
+            g.check(head("/api/flights", x_api_key=k["old"]))
+    lines = [r.getMessage() for r in caplog.records if "refused at the edge" in r.getMessage()]
+    assert lines == ["refused at the edge: apikey 'old' revoked x1"]   # the rest wait for the summary
+    assert all(k["old"] not in r.getMessage() for r in caplog.records)

@@ -39,6 +39,7 @@ from taxiway.security.ratestore import MemoryStore, RateStoreError, RedisStore
 log = logging.getLogger("taxiway.security")
 
 STORE_ERROR_LOG_EVERY_S = 10.0   # one warning per interval while the shared store is down
+REJECT_LOG_EVERY_S = 10.0        # refusals are logged as a summary at most this often
 
 
 class Head(Protocol):
@@ -165,6 +166,8 @@ class EdgeGuard:
         self.is_async = isinstance(store, RedisStore)
         self.counters: Counter[str] = Counter()
         self._store_errors_unlogged = 0
+        self._unlogged: Counter[str] = Counter()
+        self._next_reject_log = 0.0
         self._next_store_log = 0.0
 
     @classmethod
@@ -196,6 +199,7 @@ class EdgeGuard:
             if route.matches(method, path):
                 rej, key_rec = self._authorize(head, route)
                 if rej is not None:
+                    self._note(rej)
                     return rej
                 break
         if not self.rules or self.store is None:
@@ -208,7 +212,7 @@ class EdgeGuard:
         if self.is_async:
             return self._check_async(keys, limits, rules)
         denied, verdicts = self.store.check(keys, limits)  # type: ignore[misc]
-        return self._decide(denied, verdicts, rules)
+        return self._note(self._decide(denied, verdicts, rules))
 
     def _authorize(self, head: Head, route: _Route) -> tuple[Rejection | None, ApiKey | None]:
         assert self.keyring is not None
@@ -253,8 +257,8 @@ class EdgeGuard:
         try:
             denied, verdicts = await self.store.check(keys, limits)
         except RateStoreError as exc:
-            return self._store_failed(exc)
-        return self._decide(denied, verdicts, rules)
+            return self._note(self._store_failed(exc))
+        return self._note(self._decide(denied, verdicts, rules))
 
     def _decide(self, denied: int, verdicts: list[Verdict], rules: list[_Rule]) -> Rejection | None:
         if denied < 0:
@@ -290,10 +294,28 @@ class EdgeGuard:
         return Rejection(503, [(b"Retry-After", b"1"), *_TEXT],
                          b"service unavailable: rate-limit store unreachable\n", "ratelimit store error")
 
+    def _note(self, rej: Rejection | None) -> Rejection | None:
+        """Log refusals by reason (key *names*, never keys): the first at once, then a summary at
+        most every REJECT_LOG_EVERY_S, so a flood cannot flood the log too."""
+        if rej is None:
+            return None
+        self._unlogged[rej.reason] += 1
+        now = time.monotonic()
+        if now >= self._next_reject_log:
+            self._next_reject_log = now + REJECT_LOG_EVERY_S
+            summary = ", ".join(f"{reason} x{n}" for reason, n in self._unlogged.most_common(8))
+            log.info("refused at the edge: %s", summary)
+            self._unlogged.clear()
+        return rej
+
     def stats(self) -> dict[str, Any]:
         """Counters for the admin API: rejections by reason (names, never keys)."""
         return dict(self.counters)
 
     async def close(self) -> None:
+        if self._unlogged:
+            summary = ", ".join(f"{reason} x{n}" for reason, n in self._unlogged.most_common(8))
+            log.info("refused at the edge: %s", summary)
+            self._unlogged.clear()
         if self.store is not None:
             await self.store.close()
