@@ -384,3 +384,40 @@ def test_https_tls12_plus_hsts_forwarded_proto_and_redirect(procs: Processes, tm
     assert r.status == 308
     assert r.getheader("Location") == f"https://localhost:{https_port}/x?y=1"
     plain.close()
+
+
+@pytest.mark.slow
+def test_slow_request_bodies_are_cut_off_while_normal_clients_are_served(procs: Processes,
+                                                                         tmp_path: Path) -> None:
+    b = procs.backend("b1")
+    port = free_port()
+    cfg = write_config(tmp_path / "lb.toml", [b], {
+        "listen": {"http": f"127.0.0.1:{port}"}, "timeouts": {"client_body": "1s"}})
+    start_lb(procs, cfg, port)
+    slow: list[socket.socket] = []
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(ATTACKER, 0))
+        s.sendall(b"POST /sink HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"a" * 10)
+        slow.append(s)
+    c = Conn(port, USER)
+    assert c.get("/")[0] == 200   # served while the slow bodies stall
+    c.close()
+    # Each slow upload then stops sending for longer than client_body: the balancer cuts it off.
+    closed = 0
+    for s in slow:
+        s.settimeout(10)
+        try:
+            data = s.recv(65536)
+            while data:
+                data = s.recv(65536)
+            closed += 1
+        except (ConnectionResetError, BrokenPipeError):
+            closed += 1
+        except TimeoutError:
+            pass
+        finally:
+            s.close()
+    assert closed == len(slow)
+    c = Conn(port, USER)
+    assert c.get("/")[0] == 200
+    c.close()
