@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taxiway.security.ratelimit import Limit, Verdict
 from taxiway.security.ratestore import MemoryStore, RateStoreError, RedisStore
@@ -159,3 +161,19 @@ def test_unreachable_redis_raises_store_error_quickly() -> None:
         assert time.monotonic() - t0 < 0.1  # no connect attempt while marked down
     finally:
         r.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(gaps_ms=st.lists(st.integers(0, 300), min_size=1, max_size=80), burst=st.integers(0, 5),
+       per_s=st.integers(1, 50))
+def test_memory_fast_path_matches_the_general_path(gaps_ms: list[int], burst: int, per_s: int) -> None:
+    """One rule takes a shortcut; two identical rules take check_all. Same answers either way."""
+    now = [1000.0]
+    one, two = MemoryStore(clock=lambda: now[0]), MemoryStore(clock=lambda: now[0])
+    lim = Limit.from_rate(per_s, 1, burst)
+    for gap in gaps_ms:
+        now[0] += gap / 1000
+        d1, v1 = one.check(["k"], [lim])
+        d2, v2 = two.check(["k", "k2"], [lim, lim])
+        assert (d1 < 0) == (d2 < 0)
+        assert v1[0] == v2[0]
