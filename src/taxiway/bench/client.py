@@ -143,6 +143,8 @@ class VirtualUser:
                     self.close()
                     await asyncio.sleep(RECONNECT_BACKOFF_S)
                     continue
+            if self.conn is None or self.conn.transport is None:
+                continue  # the login's last answer closed the connection (Connection: close)
             eng.user_ready(self)
             return
 
@@ -214,6 +216,9 @@ class VirtualUser:
         eng = self.engine
         if self.retiring or eng.stopped:
             self.close()
+            return
+        if self.conn is None or self.conn.transport is None:
+            self.start()  # reconnect first; the request is issued once connected (counts stay exact)
             return
         if eng.max_requests is not None:
             if eng.issued >= eng.max_requests:
