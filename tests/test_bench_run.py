@@ -438,3 +438,20 @@ def test_live_progress_line_on_a_terminal(procs: Processes) -> None:
     assert run.wait(timeout=30) == 0
     text = seen.decode(errors="replace")
     assert "req/s" in text and "p99" in text and "errors" in text, text
+
+
+def test_request_count_ends_even_when_the_target_dies(procs: Processes, tmp_path: Path) -> None:
+    """-n counts refused connects as attempts: a target that dies cannot make the run hang."""
+    port = free_port()
+    backend = procs.taxiway("backend", "--port", str(port), "--name", "b1", "--delay-ms", "50")
+    wait_for_port(port, proc=backend)
+    out = tmp_path / "out.json"
+    run = subprocess.Popen([sys.executable, "-m", "taxiway", "bench", f"http://127.0.0.1:{port}/", "-c", "20",
+                            "-n", "3000", "--json", str(out)], env=taxiway_env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1.5)
+    backend.kill()
+    assert run.wait(timeout=90) == 0
+    data = json.loads(out.read_text())
+    assert data["attempts"] == 3000
+    assert data["requests"] > 0 and data["errors_breakdown"].get("connect", 0) > 0

@@ -157,7 +157,7 @@ class VirtualUser:
                                            server_hostname=t.host if eng.ssl_ctx else None),
                 timeout=eng.spec.timeout_s)
         except (OSError, TimeoutError, ssl.SSLError):
-            eng.count_error("connect")
+            eng.process_connect_failure()
             return False
         self.conn = proto  # type: ignore[assignment]
         return True
@@ -202,6 +202,8 @@ class VirtualUser:
         conn = self.conn
         eng = self.engine
         if conn is None or conn.transport is None:
+            if eng.schedule is not None:
+                eng.backlog.appendleft(intended)  # not lost: the next free connection takes it
             self.start()
             return
         data = eng.fixed_request

@@ -193,6 +193,15 @@ class Engine:
             return
         user.start(RECONNECT_BACKOFF_S)
 
+    def process_connect_failure(self) -> None:
+        """A connect failed. With -n it counts as an attempt, so a dead target cannot hang the run."""
+        self.count_error("connect")
+        if self.max_requests is not None and not self.stopped:
+            self.done += 1
+            self.issued += 1
+            if self.done >= self.max_requests:
+                self.finish()
+
     def count_error(self, kind: str) -> None:
         if self.measuring:
             self.result.errors[kind] += 1
