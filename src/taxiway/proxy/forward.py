@@ -94,7 +94,9 @@ class Router:
     def pick(self, head: RequestHead, tried: Sequence[Server], now: float) -> tuple[Server | None, bool]:
         """Returns (server, set_cookie): set_cookie when affinity is on and the client's cookie
         did not name the chosen server."""
-        cands: Sequence[Server] = self.candidates(now)
+        cands: Sequence[Server] = self._cands
+        if self.pool.version != self._version or now >= self._valid_until:
+            cands = self.candidates(now)
         if tried:
             cands = [s for s in cands if s not in tried]
         if not cands:
@@ -364,7 +366,7 @@ class Exchange:
             self.https = True
         self.date_line = self.bal.date.line
         self.server_name = server.name
-        proto.queue(self.bal.settings.response_rewriter.rewrite(status, headers, self))  # type: ignore[arg-type]
+        proto.wbuf.append(self.bal.settings.response_rewriter.rewrite(status, headers, self))  # type: ignore[arg-type]
         if self.close:
             self.keep_alive = False
         if no_body and status != 101 and self.method == b"HEAD":
@@ -379,7 +381,10 @@ class Exchange:
         if self.chunked_out:
             self.proto.queue_many((b"%x\r\n" % n, body, CRLF))
         else:
-            self.proto.queue_body(body)
+            proto = self.proto
+            proto.wbuf.append(body)
+            if n > 4096:
+                proto.wbuf_big = True
 
     def on_upstream_complete(self, conn: UpstreamConnection) -> None:
         if self.chunked_out:

@@ -253,8 +253,13 @@ class RequestRewriter:
         info.host = host
         if odd is None:
             # The common request: nothing to merge, the per-connection tail is cached per Host.
-            parts.append(conn_ctx.tail_for(host, self.via))
-            info.request_id = rid = self.new_request_id()
+            tail_key = conn_ctx._tail_host
+            if tail_key is not None and tail_key[0] == host and tail_key[1] == self.via:
+                parts.append(conn_ctx._tail)
+            else:
+                parts.append(conn_ctx.tail_for(host, self.via))
+            self._rid_counter += 1
+            info.request_id = rid = self._rid_base + b"%x" % self._rid_counter
             extend((self.rid_prefix, rid, b"\r\n\r\n"))
             info.head_bytes = b"".join(parts)
             return info
@@ -406,7 +411,7 @@ class ResponseRewriter:
     def rewrite(self, status: int, headers: list[tuple[bytes, bytes]], ctx: ResponseContext) -> bytes:
         """Build the response head for the client and fill in `ctx` (framing found upstream)."""
         special = self.special
-        parts: list[bytes] = [status_line(status)]
+        parts: list[bytes] = [STATUS_LINES.get(status) or status_line(status)]
         extend = parts.extend
         seen_sec: list[bytes] | None = None
         has_date = False

@@ -396,7 +396,7 @@ class ClientProtocol(asyncio.Protocol):
                 return
             self.current = nxt
             nxt.start(now)
-        if not self.pipeline:
+        if not self.pipeline and self.paused & PAUSE_PIPELINE:
             self.resume_reading(PAUSE_PIPELINE)
         if self.current is None and self.parsing is None:
             if self.closing:

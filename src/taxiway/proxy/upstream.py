@@ -220,7 +220,8 @@ class UpstreamPool:
         if self.closed or len(self.idle) >= self.max_idle or self.server.draining:
             conn.close()
             return
-        conn.resume_reading()
+        if conn.reading_paused:
+            conn.resume_reading()
         conn.idle_since = now
         self.idle.append(conn)
 
