@@ -89,15 +89,19 @@ class AccessLog:
         self.stream: IO[bytes] = sys.stderr.buffer if path == "-" else open(path, "ab")  # noqa: SIM115
         self.buf: list[bytes] = []
         self.encoder = msgspec.json.Encoder()
+        self._names: dict[str | None, bytes] = {}   # server name -> its JSON (names are few)
 
     def record(self, ex: Exchange, server: str | None, now: float) -> None:
         """Called once per finished request. Formatting is one bytes %-format: client-controlled
         strings (path, request id) go through the JSON encoder, the rest cannot need escaping."""
         head = ex.head
         enc = self.encoder.encode
+        server_json = self._names.get(server)
+        if server_json is None:
+            server_json = self._names[server] = enc(server)
         self.buf.append(_LINE % (
-            time.time(), head.client_ip.encode(), head.method.encode(), enc(head.target), ex.status,
-            enc(server), ex.body_out, ex.body_in, (now - ex.t_start) * 1000,
+            time.time(), ex.proto.ctx.ip_bytes, ex.method, enc(head.target), ex.status,
+            server_json, ex.body_out, ex.body_in, (now - ex.t_start) * 1000,
             enc(ex.info.request_id.decode("latin-1"))))
         if len(self.buf) >= 256:
             self.flush()
