@@ -203,7 +203,7 @@ class Engine:
                 self.finish()
 
     def count_error(self, kind: str) -> None:
-        if self.measuring:
+        if self.measuring and not self.stopped:  # a connect still failing after the end is not measured
             self.result.errors[kind] += 1
             self._sec_errors += 1
 
