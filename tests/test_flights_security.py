@@ -260,6 +260,24 @@ def test_app_refuses_to_start_insecurely(extra: dict[str, str], drop_key: bool, 
     assert res.stderr.strip().splitlines() == [refusal]
 
 
+@pytest.mark.parametrize(("extra", "why"), [
+    pytest.param({"TAXIWAY_SESSIONS": "redis"}, "TAXIWAY_SESSIONS=redis needs REDIS_URL", id="redis-no-url"),
+    pytest.param({"TAXIWAY_SESSIONS": "files"}, "TAXIWAY_SESSIONS must be db, cache, redis or signed_cookies",
+                 id="unknown-sessions"),
+    pytest.param({"FLIGHTS_CACHES": "view,everything"}, "FLIGHTS_CACHES must be all, none or a list",
+                 id="unknown-cache"),
+    pytest.param({"FLIGHTS_LOGIN_LIMIT": "lots"}, "FLIGHTS_LOGIN_LIMIT must be a whole number",
+                 id="bad-limit"),
+    pytest.param({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL must start with postgres:// or sqlite:///",
+                 id="unknown-database"),
+])
+def test_bad_settings_get_one_line(extra: dict[str, str], why: str) -> None:
+    res = manage(base_env(prepared_dir(), **extra), "check")
+    assert res.returncode == 4
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()]  # one line, no traceback
+    assert res.stderr.startswith(f"flights: refusing to start: {why}")
+
+
 def test_production_mode_with_a_key_starts() -> None:
     with app_group(TAXIWAY_ENV="production", FLIGHTS_ALLOW_HTTP="1") as g:
         (s,) = g.start(1, workers=1)

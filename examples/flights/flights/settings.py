@@ -15,7 +15,8 @@ Environment (all optional except the secret key outside DEBUG):
     FLIGHTS_CACHE_PREFIX  key prefix in the shared cache (several deployments on one Redis).
     FLIGHTS_STATIC_ROOT   where collectstatic writes hashed files (default ./staticfiles).
     FLIGHTS_TRUST_FORWARDED=1  behind taxiway: the client address for the login limit is the last
-                          X-Forwarded-For hop (the one the balancer appended), not the socket peer.
+                          X-Forwarded-For hop (the one the balancer appended), not the socket peer,
+                          and X-Forwarded-Proto: https marks the request secure.
     FLIGHTS_LOGIN_LIMIT   failed logins allowed per username+address per 15 minutes (default 5).
     FLIGHTS_SERVER_NAME   what X-Served-By-App says (default: TAXIWAY_SERVER_NAME set by `taxiway up`,
                           else the listening host:port).
@@ -190,8 +191,11 @@ SESSION_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_AGE = 8 * 3600
 CSRF_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SAMESITE = "Lax"
-# Behind taxiway with TLS the balancer alone sets X-Forwarded-Proto (issue 6).
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+TRUST_FORWARDED = _flag("FLIGHTS_TRUST_FORWARDED")
+if TRUST_FORWARDED:
+    # Behind taxiway the balancer alone sets X-Forwarded-Proto (issue 6). Without the flag the header
+    # is ignored: a client talking to the app directly could otherwise claim "https".
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PRODUCTION and not _flag("FLIGHTS_ALLOW_HTTP")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "strict-origin-when-cross-origin"
@@ -222,9 +226,11 @@ if not FLIGHTS_CACHES.issubset({"view", "fragment", "data"}):
 FLIGHT_LIST_CACHE_S = 30
 ROUTE_FRAGMENT_CACHE_S = 300
 SEATS_CACHE_S = 300
-LOGIN_LIMIT = int(os.environ.get("FLIGHTS_LOGIN_LIMIT", "5"))
+_limit = os.environ.get("FLIGHTS_LOGIN_LIMIT", "5").strip()
+if not _limit.isdigit() or int(_limit) < 1:
+    _refuse(f"FLIGHTS_LOGIN_LIMIT must be a whole number >= 1, got {_limit!r}")
+LOGIN_LIMIT = int(_limit)
 LOGIN_LIMIT_WINDOW_S = 15 * 60
-TRUST_FORWARDED = _flag("FLIGHTS_TRUST_FORWARDED")
 # `taxiway up` names each app process it starts (TAXIWAY_SERVER_NAME=app-<port>).
 SERVER_NAME_OVERRIDE = os.environ.get("FLIGHTS_SERVER_NAME") or os.environ.get("TAXIWAY_SERVER_NAME", "")
 
