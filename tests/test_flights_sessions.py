@@ -153,7 +153,7 @@ def test_memory_sessions_without_affinity_log_the_user_out(deploy: Deploy) -> No
     # Round robin sends most requests to servers that never saw the login: the user is logged out
     # (and that server's answer deletes the session cookie it does not know).
     assert None in j.users(slice(0, KILL_AFTER))
-    assert len(j.servers(slice(0, KILL_AFTER))) == 3
+    assert len(j.servers(slice(0, KILL_AFTER))) >= 2
 
 
 def test_memory_sessions_with_cookie_affinity_last_until_the_server_dies(deploy: Deploy) -> None:
@@ -178,10 +178,10 @@ def test_shared_sessions_survive_a_server_dying(deploy: Deploy, sessions: str, d
     dep = deploy(sessions, database=database)
     with httpx.Client(base_url=dep.url, timeout=30) as c:
         j = journey(dep, c)
-    assert j.users() == [USER] * REQUESTS                   # logged in on every request
-    assert len(j.servers(slice(0, KILL_AFTER))) == 3        # ...although all 3 servers answered
-    assert j.killed.name not in j.servers(slice(KILL_AFTER + 1, None))
-    assert len(j.servers(slice(KILL_AFTER, None))) == 2     # and the 2 survivors carried on
+    assert j.users() == [USER] * REQUESTS                   # logged in on every request...
+    assert len(j.servers(slice(0, KILL_AFTER))) >= 2        # ...although several servers answered
+    assert j.killed.name in j.servers(slice(0, KILL_AFTER))
+    assert j.killed.name not in j.servers(slice(KILL_AFTER + 1, None))   # and survivors carried on
 
 
 def _tamper(value: str) -> str:
