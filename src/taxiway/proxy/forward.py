@@ -145,6 +145,10 @@ class Exchange:
     timed_out_connect = False
     sent_continue = False
     stale_retried = False
+    # Lists created only when needed (most requests have no body and no retry).
+    tried: tuple[Server, ...] = ()          # servers attempted, in order
+    pending: list[bytes] | None = None      # framed body bytes not yet written upstream
+    replay: list[bytes] | tuple[()] | None = ()  # body bytes written so far (None: too big to replay)
 
     def __init__(self, proto: ClientProtocol, head: RequestHead, info: RequestInfo, method: bytes,
                  keep_alive: bool, client_http11: bool) -> None:
@@ -155,9 +159,6 @@ class Exchange:
         self.method = method
         self.keep_alive = keep_alive
         self.client_http11 = client_http11
-        self.tried: list[Server] = []
-        self.pending: list[bytes] = []      # framed body bytes not yet written upstream
-        self.replay: list[bytes] | None = []  # framed body bytes written so far (for a retry)
 
     # -- start: guards, then dispatch ----------------------------------------------------------
 
@@ -229,7 +230,7 @@ class Exchange:
             return
         self.set_cookie = set_cookie
         self.server = server
-        self.tried.append(server)
+        self.tried = (*self.tried, server)
         server.inflight += 1
         server.requests += 1
         info = self.info
@@ -257,7 +258,7 @@ class Exchange:
         assert transport is not None
         if self.replay:
             # Retry: what the failed server had already received goes first.
-            chunks = [self.info.head_bytes, *self.replay, *self.pending]
+            chunks = [self.info.head_bytes, *self.replay, *(self.pending or ())]
         elif self.pending:
             chunks = [self.info.head_bytes, *self.pending]
         else:
@@ -268,10 +269,10 @@ class Exchange:
         else:
             transport.writelines(chunks)
             self.sent_bytes = sum(map(len, chunks))
-            if self.replay is not None:
+            if self.replay is not None and self.pending:
                 for c in self.pending:
                     self._keep_for_replay(c)
-            self.pending = []
+            self.pending = None
             if self.pending_bytes:
                 self.pending_bytes = 0
                 self.proto.resume_reading(PAUSE_BUFFER)
@@ -315,7 +316,10 @@ class Exchange:
         if self.finished:
             return
         for c in framed:
-            self.pending.append(c)
+            if self.pending is None:
+                self.pending = [c]
+            else:
+                self.pending.append(c)
             self.pending_bytes += len(c)
         if self.pending_bytes > BUFFER_HIGH_BYTES:
             self.proto.pause_reading(PAUSE_BUFFER)
@@ -329,8 +333,10 @@ class Exchange:
         self.replay_bytes += len(chunk)
         if self.replay_bytes > REPLAY_MAX_BYTES:
             self.replay = None
+        elif not self.replay:
+            self.replay = [chunk]
         else:
-            self.replay.append(chunk)
+            self.replay.append(chunk)  # type: ignore[union-attr]
 
     def on_request_complete(self) -> None:
         """Called by the client protocol when the request body ended."""
