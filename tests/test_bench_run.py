@@ -282,16 +282,20 @@ def test_compare_prints_one_table(procs: Processes, tmp_path: Path) -> None:
 
 
 def test_find_capacity_on_a_server_that_serialises(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Requests take 20 ms one at a time, so p99 ~ 20 ms x users: p99=110ms allows about 5 users."""
+    """Requests take 20 ms one at a time, so latency ~ 20 ms x users: p50=110ms allows about 5 users.
+
+    p50 rather than p99: a step has only ~100 requests, so its p99 is nearly its max, and one
+    scheduling hiccup on a busy machine would decide the test.
+    """
     port = server()
     out = tmp_path / "cap.json"
-    proc = bench(f"http://127.0.0.1:{port}/serial", "--find-capacity", "--slo", "p99=110ms", "--start", "1",
+    proc = bench(f"http://127.0.0.1:{port}/serial", "--find-capacity", "--slo", "p50=110ms", "--start", "1",
                  "--repeats", "1", "--precision", "0", "-d", "1500ms", "--json", str(out),
                  "--report", str(tmp_path / "rep"))
     assert proc.returncode == 0, proc.stderr
     data = json.loads(out.read_text())
     assert 3 <= data["capacity"] <= 6, data["steps"]
-    assert "capacity: the largest users meeting p99 <= 110 ms" in proc.stdout
+    assert "capacity: the largest users meeting p50 <= 110 ms" in proc.stdout
     assert any(not s["meets_slo"] for s in data["steps"])
     assert (tmp_path / "rep" / "capacity.png").exists()
 
