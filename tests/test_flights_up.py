@@ -1,4 +1,4 @@
-"""`taxiway up` with examples/flights/taxiway.toml: the flights app on an autoscaled gunicorn pool.
+"""`taxiway up` with the repository's taxiway.toml (the demo): the flights app on an autoscaled gunicorn pool.
 
 Issue 5's "done when": the balancer serves the app on several servers, sticky sessions off and
 database sessions on, so a logged-in user stays logged in whichever server answers. The example
@@ -25,10 +25,10 @@ pytestmark = pytest.mark.slow
 
 
 def example_config(tmp: Path, port: int, admin_port: int) -> Path:
-    text = (FLIGHTS_DIR / "taxiway.toml").read_text()
+    text = (FLIGHTS_DIR.parent.parent / "taxiway.toml").read_text()
     text = text.replace('http = "127.0.0.1:8080"', f'http = "127.0.0.1:{port}"')
     text = text.replace('listen = "127.0.0.1:9901"', f'listen = "127.0.0.1:{admin_port}"')
-    text = text.replace("[pool]\n", f'[pool]\ncwd = "{FLIGHTS_DIR}"\n')
+    text = text.replace('cwd = "examples/flights"', f'cwd = "{FLIGHTS_DIR}"')
     assert str(port) in text and str(admin_port) in text
     path = tmp / "taxiway.toml"
     path.write_text(text)

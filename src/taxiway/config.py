@@ -242,6 +242,11 @@ class ServerConfig(_Section):
 
 class PoolConfig(_Section):
     command: str
+    # Commands run once, in order (in cwd, with env), before the first server starts: migrations,
+    # seed data. Like Kubernetes init containers: a non-zero exit stops `taxiway up` before
+    # anything listens.
+    setup: list[str] = msgspec.field(default_factory=list)
+    setup_timeout: Duration = Duration(600)
     cwd: str | None = None
     env: dict[str, str] = msgspec.field(default_factory=dict)
     min: int = 1

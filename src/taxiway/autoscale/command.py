@@ -17,9 +17,11 @@ import atexit
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import msgspec
@@ -27,8 +29,9 @@ import uvloop
 
 from taxiway.autoscale.live import RateMeter, run_live, summary_line
 from taxiway.autoscale.policy import PolicyConfig
+from taxiway.autoscale.process import die_with_parent
 from taxiway.autoscale.supervisor import Supervisor
-from taxiway.config import Config, load_config, split_hostport
+from taxiway.config import Config, PoolConfig, load_config, split_hostport
 from taxiway.errors import ConfigError, TaxiwayError, UsageError
 
 HELP = ("Start the load balancer and a pool of app servers that grows and shrinks with the load "
@@ -88,10 +91,49 @@ def where(cfg: Config, bal: object) -> str:
     return f"http://{host}:{port}"
 
 
+async def run_setup(pool: PoolConfig, cwd: str) -> None:
+    """pool.setup, once, before anything listens; output streams through, prefixed."""
+    for command in pool.setup:
+        await _run_setup_command(pool, command, cwd)
+
+
+async def _run_setup_command(pool: PoolConfig, command: str, cwd: str) -> None:
+    print(f"taxiway up: setup: {command}", flush=True)
+    argv = shlex.split(command.replace("{python}", shlex.quote(sys.executable)))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env={**os.environ, **pool.env}, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True, preexec_fn=die_with_parent(os.getpid()))
+    except OSError as exc:
+        raise TaxiwayError(f"pool.setup: cannot run {command!r}: {exc.strerror or exc}") from None
+    assert proc.stdout is not None
+    tail: deque[str] = deque(maxlen=5)
+
+    async def relay() -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            tail.append(line)
+            print(f"  setup | {line}", flush=True)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(relay(), proc.wait()), float(pool.setup_timeout))
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise TaxiwayError(f"pool.setup: {command!r} did not finish within {pool.setup_timeout:g}s") from None
+    if proc.returncode != 0:
+        last = f": {tail[-1]}" if tail else ""
+        raise TaxiwayError(f"pool.setup: {command!r} exited with status {proc.returncode}{last}")
+
+
 async def _main(cfg: Config, config_path: str, live: bool) -> int:
     from taxiway.proxy.app import Balancer
 
     assert cfg.pool is not None
+    if cfg.pool.setup:
+        await run_setup(cfg.pool, pool_cwd(cfg, config_path))
     bal = Balancer(cfg, config_path)
     sup = Supervisor(cfg.pool, PolicyConfig.from_config(cfg.pool, cfg.autoscale), bal,
                      cwd=pool_cwd(cfg, config_path), slow_start_s=float(cfg.balancer.slow_start))
