@@ -109,8 +109,12 @@ def render(status: dict[str, Any]) -> Group:
             when = time.strftime("%H:%M:%S", time.localtime(at)) if isinstance(at, int | float) else "?"
             server = f" {ev['server']}" if ev.get("server") else ""
             parts.append(Text(f"  {when} {ev.get('kind')}{server}: {ev.get('detail', '')}"))
-    if status.get("autoscale"):
-        parts.append(Text("autoscale: " + json.dumps(status["autoscale"], default=str), style="dim"))
+    auto = status.get("autoscale")
+    if auto:
+        parts.append(Text("autoscale: " + str(auto.get("summary", "")), style="bold"))
+        for d in list(auto.get("decisions", []))[-3:]:
+            at = time.strftime("%H:%M:%S", time.localtime(d["at"])) if d.get("at") else "?"
+            parts.append(Text(f"  {at} {d.get('reason', '')}", style="dim"))
     return Group(*parts)
 
 
