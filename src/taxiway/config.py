@@ -307,12 +307,6 @@ class ApiKeysConfig(_Section):
     routes: list[ApiKeyRoute] = msgspec.field(default_factory=list)
 
 
-class CacheConfig(_Section):
-    enabled: bool = False
-    max_bytes: Size = Size(64 << 20)
-    max_object_bytes: Size = Size(1 << 20)
-
-
 class AccessLogConfig(_Section):
     enabled: bool = True
     path: str = "-"   # "-" = stderr
@@ -333,7 +327,6 @@ class Config(_Section):
     affinity: AffinityConfig = msgspec.field(default_factory=AffinityConfig)
     ratelimit: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
     apikeys: ApiKeysConfig = msgspec.field(default_factory=ApiKeysConfig)
-    cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     access_log: AccessLogConfig = msgspec.field(default_factory=AccessLogConfig)
 
 
