@@ -117,3 +117,25 @@ def test_load_config_syntax_error(tmp_path) -> None:  # type: ignore[no-untyped-
     f.write_text("[listen\n")
     with pytest.raises(ConfigError, match="valid TOML"):
         load_config(f)
+
+
+def test_plain_text_secret_is_warned_about_by_every_command(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from .conftest import free_port, wait_for_port
+
+    port = free_port()
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(f'[listen]\nhttp = "127.0.0.1:{port}"\n[admin]\nlisten = ""\n'
+                   '[affinity]\nmode = "cookie"\nsecret = "hunter2-hunter2-hunter2-hunter2"\n')
+    check = subprocess.run([sys.executable, "-m", "taxiway", "check", "--config", str(cfg)],
+                           capture_output=True, text=True, env=taxiway_env())
+    assert check.returncode == 0
+    assert "affinity.secret holds a secret in plain text" in check.stderr
+    lb = subprocess.Popen([sys.executable, "-m", "taxiway", "lb", "--config", str(cfg)], env=taxiway_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(port, proc=lb)
+    finally:
+        lb.terminate()
+        out = lb.communicate(timeout=20)[0].decode()
+    assert "affinity.secret holds a secret in plain text" in out
+    assert "hunter2" not in out

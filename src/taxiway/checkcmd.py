@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import tomllib
-from pathlib import Path
 
-from taxiway.config import load_config, secret_warnings
+from taxiway.config import load_config
 
 HELP = "Validate a configuration file and print a summary; exit 2 with one line naming the bad key."
 
@@ -18,9 +15,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    raw = tomllib.loads(Path(args.config).read_text())
-    for warning in secret_warnings(raw):
-        print(f"taxiway: warning: {warning}", file=sys.stderr)
     pool = f", pool {cfg.pool.min}..{cfg.pool.max} x '{cfg.pool.command}'" if cfg.pool else ""
     print(f"{args.config}: ok: listen {cfg.listen.http or cfg.listen.https}, strategy "
           f"{cfg.balancer.strategy}, {len(cfg.servers)} static server(s){pool}")

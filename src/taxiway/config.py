@@ -14,6 +14,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
@@ -24,6 +25,8 @@ import msgspec
 import msgspec.inspect
 
 from taxiway.errors import ConfigError
+
+log = logging.getLogger("taxiway.config")
 
 # --------------------------------------------------------------------------------------------
 # Value types with their own syntax
@@ -435,7 +438,12 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("(syntax)", f"valid TOML: {exc}", source=str(p)) from None
-    return parse_config(raw, source=str(p), env=env, base=p.parent)
+    cfg = parse_config(raw, source=str(p), env=env, base=p.parent)
+    # Every command that loads the file warns, not only `taxiway check`: a secret committed with a
+    # config file is the leak the notes warn about.
+    for warning in secret_warnings(raw):
+        log.warning("taxiway: warning: %s: %s", p, warning)
+    return cfg
 
 
 def split_hostport(value: str, key: str, default_port: int | None = None) -> tuple[str, int]:
