@@ -352,8 +352,9 @@ class Exchange:
 
     # -- response from the upstream -------------------------------------------------------------
 
-    def on_upstream_head(self, conn: UpstreamConnection, status: int, headers: list[tuple[bytes, bytes]],
-                         upstream_keep_alive: bool) -> None:
+    def on_upstream_head(self, conn: UpstreamConnection, status: int, head: bytes) -> None:
+        """Called by the upstream connection with the raw response head (status line + header
+        lines, each ending in CRLF; validated by llhttp)."""
         self.deadline = 0.0
         self.status = status
         self.response_started = True
@@ -372,7 +373,7 @@ class Exchange:
             self.https = True
         self.date_line = self.bal.date.line
         self.server_name = server.name
-        proto.wbuf.append(self.bal.settings.response_rewriter.rewrite(status, headers, self))  # type: ignore[arg-type]
+        proto.wbuf.append(self.bal.settings.response_rewriter.rewrite_raw(status, head, self))  # type: ignore[arg-type]
         if self.close:
             self.keep_alive = False
         if no_body and status != 101 and self.method == b"HEAD":

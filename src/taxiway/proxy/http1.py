@@ -18,6 +18,7 @@ from __future__ import annotations
 import email.utils
 import http
 import os
+import re
 from dataclasses import dataclass
 
 CRLF = b"\r\n"
@@ -401,12 +402,54 @@ class ResponseRewriter:
             if hsts_max_age_s > 0 else b""
         if self.hsts_line:
             self.special[b"strict-transport-security"] = _S_SEC
+        # Every header name that needs more than copying, found in a lower-cased raw head in one
+        # regex pass (at a line start, followed by the colon: whole names only).
+        names = sorted(self.special, key=len, reverse=True)
+        self._special_re = re.compile(b"\r\n(" + b"|".join(re.escape(n) for n in names) + b"):")
 
     def served_by_line(self, server_name: str) -> bytes:
         line = self._served_by_lines.get(server_name)
         if line is None:
             line = self._served_by_lines[server_name] = self.served_by + b": " + server_name.encode() + CRLF
         return line
+
+    def rewrite_raw(self, status: int, head: bytes, ctx: ResponseContext) -> bytes:
+        """Like `rewrite`, from the raw head (status line and header lines, each ending in CRLF,
+        as validated by llhttp). The usual response (no hop-by-hop, framing or security header)
+        keeps its header lines as received and gets taxiway's additions appended: no per-header work.
+        """
+        has_date = False
+        for name in self._special_re.findall(head.lower()):
+            if name == b"content-length":
+                ctx.content_length = 0   # present (its value only matters to httptools' framing)
+            elif name == b"date":
+                has_date = True
+            else:
+                return self.rewrite(status, split_head(head), ctx)
+        if status == 101:
+            return self.rewrite(status, split_head(head), ctx)
+        parts = [STATUS_LINES.get(status) or status_line(status), head[head.index(b"\n") + 1:],
+                 self.security_block]
+        append = parts.append
+        if ctx.https and self.hsts_line:
+            append(self.hsts_line)
+        if not has_date:
+            append(ctx.date_line)
+        if self.served_by:
+            line = self._served_by_lines.get(ctx.server_name)
+            append(line if line is not None else self.served_by_line(ctx.server_name))
+        if ctx.extra:
+            parts.extend(ctx.extra)
+        if ctx.no_body:
+            pass
+        elif ctx.content_length < 0:
+            if ctx.client_http11:
+                ctx.chunked_out = True
+                append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                ctx.close = True
+        append(b"Connection: close\r\n\r\n" if ctx.close else CRLF)
+        return b"".join(parts)
 
     def rewrite(self, status: int, headers: list[tuple[bytes, bytes]], ctx: ResponseContext) -> bytes:
         """Build the response head for the client and fill in `ctx` (framing found upstream)."""
@@ -466,6 +509,16 @@ class ResponseRewriter:
         else:
             append(CRLF)
         return b"".join(parts)
+
+
+def split_head(head: bytes) -> list[tuple[bytes, bytes]]:
+    """(name, value) pairs of a raw head validated by llhttp, as httptools' on_header gives them
+    (leading whitespace of the value removed)."""
+    headers = []
+    for line in head.split(b"\r\n")[1:-1]:
+        name, _, value = line.partition(b":")
+        headers.append((name, value.lstrip(b" \t")))
+    return headers
 
 
 class ResponseContext:

@@ -37,7 +37,8 @@ class UpstreamConnection(asyncio.Protocol):
         "closed",
         "exchange",
         "got_bytes",
-        "headers",
+        "head_buf",
+        "head_done",
         "idle_since",
         "informational",
         "parser",
@@ -53,7 +54,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
+        # The raw response head is collected from the bytes fed to the parser (llhttp validates it:
+        # CRLF only, no bare CR, no obs-fold), so the head is forwarded without one Python callback
+        # per header. Usually it is one `data` object (no copy); a split head becomes a bytearray.
+        self.head_buf: bytes | bytearray = b""
+        self.head_done = False
         self.closed = False
         self.idle_since = 0.0
         self.tunnel = False
@@ -93,6 +98,14 @@ class UpstreamConnection(asyncio.Protocol):
             ex.on_tunnel_upstream_data(data)
             return
         self.got_bytes = True
+        if not self.head_done:
+            buf = self.head_buf
+            if not buf:
+                self.head_buf = data
+            elif type(buf) is bytes:
+                self.head_buf = bytearray(buf) + data
+            else:
+                buf += data   # type: ignore[operator]
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -120,20 +133,21 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.headers = []
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
+        buf = self.head_buf
+        # The head starts at buf[0] and llhttp accepted it, so its first empty line ends it.
+        end = buf.find(b"\r\n\r\n")
         if 100 <= status < 200 and status != 101:
             self.informational = True   # 100 Continue etc.: taxiway answered 100 itself
+            self.head_buf = buf[end + 4:]
             return
+        self.head_buf = b""
+        self.head_done = True
         ex = self.exchange
         if ex is not None:
-            ex.on_upstream_head(self, status, self.headers, self.parser.should_keep_alive())
+            head = buf[:end + 2]
+            ex.on_upstream_head(self, status, head if type(head) is bytes else bytes(head))
 
     def on_body(self, body: bytes) -> None:
         ex = self.exchange
@@ -155,6 +169,8 @@ class UpstreamConnection(asyncio.Protocol):
     def bind(self, ex: Exchange, client_write_paused: bool) -> None:
         self.exchange = ex
         self.got_bytes = False
+        self.head_buf = b""
+        self.head_done = False
         self.uses += 1
         if client_write_paused:
             self.pause_reading()
