@@ -231,6 +231,12 @@ class RetryBudget:
         self._advance(now)
         self._requests += 1.0
 
+    def process_requests(self, count: int, now: float) -> None:
+        """`count` original requests at once: the proxy deposits the requests counted since its
+        last call (every tick and before each retry decision), not one call per request."""
+        self._advance(now)
+        self._requests += count
+
     def allow_retry(self, now: float) -> bool:
         """May one more retry go out now? Consumes it when True.
 

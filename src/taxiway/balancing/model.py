@@ -121,8 +121,8 @@ class Server:
         if latency_s > self.ewma_s:
             self.ewma_s = latency_s
         else:
-            elapsed = max(0.0, now - self.ewma_at)
-            w = math.exp(-elapsed / self.ewma_decay_s)
+            elapsed = now - self.ewma_at
+            w = math.exp(-elapsed / self.ewma_decay_s) if elapsed > 0.0 else 1.0
             self.ewma_s = self.ewma_s * w + latency_s * (1.0 - w)
         self.ewma_at = now
         self.recent.append((now, latency_s))

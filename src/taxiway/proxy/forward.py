@@ -167,8 +167,7 @@ class Exchange:
         self.started = True
         self.t_start = now
         bal = self.bal
-        bal.counters["requests"] += 1
-        bal.retry_budget.process_request(now)
+        bal.counters["requests"] += 1   # also the retry budget's deposit (Balancer.deposit_requests)
         proto = self.proto
         if proto.redirect_https is not None:
             self.reject_with(Rejection(308, [(b"Location", proto.redirect_https(self.head))],
@@ -485,7 +484,9 @@ class Exchange:
         self._release_server(ok=False)
         replayable = self.replay is not None and (self.method in IDEMPOTENT or self.sent_bytes == 0)
         if replayable and len(self.tried) <= bal.settings.retries:
-            if bal.retry_budget.allow_retry(time.monotonic()):
+            now = time.monotonic()
+            bal.deposit_requests(now)
+            if bal.retry_budget.allow_retry(now):
                 bal.counters["retries"] += 1
                 self.sent_bytes = 0
                 self.dispatch()
@@ -554,14 +555,17 @@ class Exchange:
         if not now:
             now = time.monotonic()
         server = self.server
-        if server is not None and count_server:
-            latency = now - self.t_start
-            server.process_latency(latency, now)
-            server.bytes_out += self.body_in
-            server.bytes_in += self.body_out
-            self._release_server(ok)
-        elif server is not None:
-            self._release_server(ok)
+        if server is not None:
+            if count_server:
+                server.process_latency(now - self.t_start, now)
+                server.bytes_out += self.body_in
+                server.bytes_in += self.body_out
+            if ok and not server.consecutive_failures and not server.ejections:
+                # `_release_server`'s common case inlined (hot path): nothing for the outlier detector.
+                self.server = None
+                server.inflight -= 1
+            else:
+                self._release_server(ok)
         status = self.status
         bal.counters[_CLASS_KEYS[status // 100] if 0 < status < 600 else "responses_other"] += 1
         if bal.access_log is not None:
