@@ -77,9 +77,9 @@ def test_defaults_and_env_and_file_refs(tmp_path) -> None:  # type: ignore[no-un
         {"affinity": {"mode": "cookie", "secret": "${SECRET}"},
          "servers": [{"url": "http://127.0.0.1:9001", "weight": 3}],
          "apikeys": {"file": f"file:{secret_file}"}},
-        env={"SECRET": "k3y"},
+        env={"SECRET": "k3y-k3y-k3y-k3y-k3y"},
     )
-    assert cfg.affinity.secret == "k3y"
+    assert cfg.affinity.secret == "k3y-k3y-k3y-k3y-k3y"
     assert cfg.apikeys.file == "from-file"
     assert cfg.balancer.strategy == "least-connections"
     assert cfg.health.interval == 2.0
@@ -139,3 +139,58 @@ def test_plain_text_secret_is_warned_about_by_every_command(tmp_path) -> None:  
         out = lb.communicate(timeout=20)[0].decode()
     assert "affinity.secret holds a secret in plain text" in out
     assert "hunter2" not in out
+
+
+@pytest.mark.parametrize(("raw", "key", "fragment"), [
+    pytest.param({"ratelimit": {"rules": [{"name": "a", "rate": "1/s"}, {"name": "a", "rate": "9/s"}]}},
+                 "ratelimit.rules[1].name", "no other rule", id="duplicate-rule-name"),
+    pytest.param({"pool": {"command": "app {port} 'unbalanced"}}, "pool.command", "parses", id="bad-quote"),
+    pytest.param({"headers": {"trusted_proxies": ["not-an-ip"]}}, "headers.trusted_proxies[0]", "network",
+                 id="bad-trusted-proxy"),
+    pytest.param({"access_log": {"path": "/nonexistent-dir/x.log"}}, "access_log.path", "existing directory",
+                 id="unwritable-log"),
+    pytest.param({"ratelimit": {"store": "redis", "redis_url": "notaurl"}}, "ratelimit.redis_url", "redis://",
+                 id="bad-redis-url"),
+    pytest.param({"listen": {"https": "127.0.0.1:8443", "tls": {"cert": "no.pem", "key": "no.key"}}},
+                 "listen.tls.cert", "PEM file", id="missing-cert"),
+    pytest.param({"listen": {"redirect_to_https": True}}, "listen.redirect_to_https", "https",
+                 id="redirect-no-https"),
+    pytest.param({"affinity": {"mode": "cookie", "secret": "short"}}, "affinity.secret", "16 bytes",
+                 id="short-secret"),
+    pytest.param({"autoscale": {"panic_threshold": 1.0}}, "autoscale.panic_threshold", "> 1", id="panic"),
+    pytest.param({"autoscale": {"period": "0s"}}, "autoscale.period", "positive", id="zero-period"),
+    pytest.param({"health": {"timeout": "0s"}}, "health.timeout", "positive", id="zero-health-timeout"),
+    pytest.param({"timeouts": {"connect": 0}}, "timeouts.connect", "positive", id="zero-connect"),
+    pytest.param({"limits": {"max_connections": -1}}, "limits.max_connections", ">= 1", id="neg-conns"),
+    pytest.param({"outlier": {"consecutive_failures": 0}}, "outlier.consecutive_failures", ">= 1",
+                 id="zero-failures"),
+    pytest.param({"health": {"expected_status": [999]}}, "health.expected_status", "599", id="bad-status"),
+    pytest.param({"servers": [{"url": "http://a:1"}, {"url": "http://a:1/"}]}, "servers[1]", "unique",
+                 id="same-server-trailing-slash"),
+    pytest.param({"pool": {"command": "app {port}", "host": "not a host"}}, "pool.host", "IP address",
+                 id="bad-pool-host"),
+])
+def test_check_refuses_what_start_up_would_refuse(raw: dict[str, object], key: str, fragment: str,
+                                                  tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, env={}, base=tmp_path)
+    assert info.value.key == key
+    assert fragment in str(info.value)
+
+
+def test_errors_quote_the_value_and_name_the_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "x.toml"
+    f.write_text('[balancer]\nworkers = "four"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(f)
+    assert str(info.value) == f"{f}: balancer.workers: expected int (got 'four')"
+    f.write_text('[[servers]]\nurl = "ftp://x:1"\n')
+    with pytest.raises(ConfigError, match=r"x\.toml: servers\[0\]\.url: expected an http:// URL"):
+        load_config(f)
+
+
+def test_relative_paths_are_next_to_the_config_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "logs").mkdir()
+    f = tmp_path / "x.toml"
+    f.write_text('[access_log]\npath = "logs/access.log"\n')
+    assert load_config(f).access_log.path == str(tmp_path / "logs" / "access.log")

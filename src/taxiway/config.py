@@ -14,15 +14,18 @@ Rules of this module:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
+import shlex
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 import msgspec.inspect
+import msgspec.structs
 
 from taxiway.errors import ConfigError
 
@@ -336,6 +339,7 @@ class Config(_Section):
 # --------------------------------------------------------------------------------------------
 # Loading
 
+_TOKEN = re.compile(r"^[A-Za-z0-9-]+$")
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _SECRET_KEYS = ("secret", "password", "token", "api_key", "private")
 
@@ -350,7 +354,8 @@ def _resolve_refs(node: Any, path: str, env: dict[str, str], base: Path) -> Any:
         m = _ENV_REF.match(node)
         if m:
             if m.group(1) not in env:
-                raise ConfigError(path, f"environment variable {m.group(1)} to be set")
+                raise ConfigError(path, f"the environment variable {m.group(1)} to be set (the value "
+                                  f"is {node})")
             return env[m.group(1)]
         if node.startswith("file:"):
             p = Path(node[5:])
@@ -375,7 +380,21 @@ def secret_warnings(raw: dict[str, Any], path: str = "") -> list[str]:
     return out
 
 
-def _translate(err: msgspec.ValidationError, source: str | None) -> ConfigError:
+def _raw_value(raw: Any, key: str) -> Any:
+    """The value the file gave at `key` ("a.b[2].c"), or None: error messages quote it."""
+    node = raw
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", key):
+        if part.startswith("[") and isinstance(node, list):
+            i = int(part[1:-1])
+            node = node[i] if i < len(node) else None
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
+            return None
+    return None if isinstance(node, dict | list) else node
+
+
+def _translate(err: msgspec.ValidationError, source: str | None, raw: Any = None) -> ConfigError:
     msg = str(err)
     key = "(top level)"
     m = re.search(r" - at `\$\.?(.*)`$", msg)
@@ -394,6 +413,10 @@ def _translate(err: msgspec.ValidationError, source: str | None) -> ConfigError:
             return ConfigError(key, "one of " + " | ".join(choices), value, source=source)
     if msg.startswith("Expected"):
         msg = "expected" + msg[len("Expected"):]
+        value = _raw_value(raw, key)
+        if value is not None and "got" in msg:
+            msg = msg.rsplit(", got", 1)[0]     # the value itself says more than its type
+        return ConfigError(key, msg.replace("`", ""), value, source=source)
     return ConfigError(key, msg.replace("`", ""), source=source)
 
 
@@ -416,12 +439,18 @@ def parse_config(raw: dict[str, Any], source: str | None = None,
                  env: dict[str, str] | None = None, base: Path | None = None) -> Config:
     """Validate a decoded TOML document. Raises ConfigError (one line) on any problem."""
     env = dict(os.environ) if env is None else env
-    resolved = _resolve_refs(raw, "", env, base or Path.cwd())
     try:
-        cfg = msgspec.convert(resolved, Config, dec_hook=_dec_hook)
-    except msgspec.ValidationError as err:
-        raise _translate(err, source) from None
-    _check(cfg, source)
+        resolved = _resolve_refs(raw, "", env, base or Path.cwd())
+        try:
+            cfg = msgspec.convert(resolved, Config, dec_hook=_dec_hook)
+        except msgspec.ValidationError as err:
+            raise _translate(err, source, resolved) from None
+        cfg = _anchor_paths(cfg, base or Path.cwd())
+        _check(cfg, source, base or Path.cwd())
+    except ConfigError as err:
+        if err.source is None and source is not None:   # raised by a helper that knows no file
+            raise ConfigError(err.key, err.expected, err.value, source=source) from None
+        raise
     return cfg
 
 
@@ -469,10 +498,30 @@ def parse_server_url(url: str, key: str) -> tuple[str, int]:
     return split_hostport(rest, key, default_port=80)
 
 
-def _check(cfg: Config, source: str | None) -> None:
+def _anchor_paths(cfg: Config, base: Path) -> Config:
+    """Relative file paths in the file mean "next to this config file", whatever the cwd."""
+    replace = msgspec.structs.replace
+    if cfg.listen.tls is not None:
+        tls = cfg.listen.tls
+        tls = replace(tls, cert=str(base / tls.cert), key=str(base / tls.key))
+        cfg = replace(cfg, listen=replace(cfg.listen, tls=tls))
+    if cfg.access_log.path != "-":
+        cfg = replace(cfg, access_log=replace(cfg.access_log, path=str(base / cfg.access_log.path)))
+    return cfg
+
+
+def _check(cfg: Config, source: str | None, base: Path) -> None:
+    """Cross-field and range rules. Every command loads through here, so `taxiway check` refuses
+    exactly what `lb` and `up` would refuse at start-up."""
+
     def fail(key: str, expected: str, value: object = None) -> None:
         raise ConfigError(key, expected, value, source=source)
 
+    def positive(key: str, value: float) -> None:
+        if value <= 0:
+            fail(key, "a positive duration", value)
+
+    # 1. Listeners and TLS files.
     if cfg.listen.http is None and cfg.listen.https is None:
         fail("listen", "at least one of http or https")
     for name in ("http", "https"):
@@ -481,8 +530,19 @@ def _check(cfg: Config, source: str | None) -> None:
             split_hostport(addr, f"listen.{name}")
     if cfg.listen.https is not None and cfg.listen.tls is None:
         fail("listen.tls", "a [listen.tls] table with cert and key when listen.https is set")
+    if cfg.listen.https is None and cfg.listen.redirect_to_https:
+        fail("listen.redirect_to_https", "listen.https to be set (where would it redirect?)", True)
+    if cfg.listen.tls is not None:
+        if cfg.listen.https is None:
+            fail("listen.https", "an HTTPS address when [listen.tls] is given", None)
+        for which in ("cert", "key"):
+            path = Path(getattr(cfg.listen.tls, which))
+            path = path if path.is_absolute() else base / path
+            if not path.is_file():
+                fail(f"listen.tls.{which}", "a readable PEM file (`taxiway cert dev` makes one)", str(path))
     if cfg.admin.listen:
         split_hostport(cfg.admin.listen, "admin.listen")
+    # 2. Balancer.
     b = cfg.balancer
     if b.retries < 0:
         fail("balancer.retries", "a number >= 0", b.retries)
@@ -494,37 +554,116 @@ def _check(cfg: Config, source: str | None) -> None:
         fail("balancer.hash_key", "client_ip, path, header:NAME or cookie:NAME", b.hash_key)
     if b.workers < 1:
         fail("balancer.workers", "a number >= 1", b.workers)
+    if b.served_by_header and not _TOKEN.match(b.served_by_header):
+        fail("balancer.served_by_header", "a header name (letters, digits, '-')", b.served_by_header)
+    # 3. Health, outlier detection, timeouts, limits.
     h = cfg.health
     if h.rise < 1 or h.fall < 1:
         fail("health.rise/fall", "numbers >= 1", (h.rise, h.fall))
-    if h.interval <= 0:
-        fail("health.interval", "a positive duration", h.interval)
+    positive("health.interval", h.interval)
+    positive("health.timeout", h.timeout)
     if not h.path.startswith("/"):
         fail("health.path", "a path starting with /", h.path)
-    if not 0 <= cfg.outlier.max_ejected_percent <= 100:
-        fail("outlier.max_ejected_percent", "a percentage 0..100", cfg.outlier.max_ejected_percent)
+    if not h.expected_status or any(not 100 <= c <= 599 for c in h.expected_status):
+        fail("health.expected_status", "HTTP status codes between 100 and 599", h.expected_status)
+    o = cfg.outlier
+    if not 0 <= o.max_ejected_percent <= 100:
+        fail("outlier.max_ejected_percent", "a percentage 0..100", o.max_ejected_percent)
+    if o.consecutive_failures < 1:
+        fail("outlier.consecutive_failures", "a number >= 1", o.consecutive_failures)
+    positive("outlier.base_ejection", o.base_ejection)
+    if o.max_ejection < o.base_ejection:
+        fail("outlier.max_ejection", "a duration >= outlier.base_ejection", o.max_ejection)
+    for name in ("connect", "client_header", "client_body", "client_idle", "upstream_response",
+                 "upstream_idle"):
+        positive(f"timeouts.{name}", getattr(cfg.timeouts, name))
+    lim = cfg.limits
+    if lim.max_header_bytes < 1024:
+        fail("limits.max_header_bytes", "at least 1k", lim.max_header_bytes)
+    for name in ("max_headers", "max_connections"):
+        if getattr(lim, name) < 1:
+            fail(f"limits.{name}", "a number >= 1", getattr(lim, name))
+    for name in ("max_connections_per_client", "upstream_pool_size"):
+        if getattr(lim, name) < 0:
+            fail(f"limits.{name}", "a number >= 0 (0 = none)", getattr(lim, name))
+    for i, net in enumerate(cfg.headers.trusted_proxies):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            fail(f"headers.trusted_proxies[{i}]", "an IP address or network like 10.0.0.0/8", net)
+    for name in cfg.headers.security:
+        if not _TOKEN.match(name):
+            fail(f"headers.security.{name}", "a header name (letters, digits, '-')")
+    if cfg.headers.request_id and not _TOKEN.match(cfg.headers.request_id):
+        fail("headers.request_id", "a header name (letters, digits, '-')", cfg.headers.request_id)
+    if cfg.access_log.enabled and cfg.access_log.path != "-":
+        log_path = Path(cfg.access_log.path)
+        log_path = log_path if log_path.is_absolute() else base / log_path
+        if log_path.is_dir() or not log_path.parent.is_dir():
+            fail("access_log.path", "a file in an existing directory, or \"-\" for stderr", str(log_path))
+    # 4. Static servers.
     names: set[str] = set()
     for i, s in enumerate(cfg.servers):
-        parse_server_url(s.url, f"servers[{i}].url")
+        host, port = parse_server_url(s.url, f"servers[{i}].url")
         if s.weight < 0:
             fail(f"servers[{i}].weight", "a weight >= 0", s.weight)
-        name = s.name or s.url
+        name = s.name or f"{host}:{port}"
         if name in names:
             fail(f"servers[{i}]", "a unique url or name", name)
         names.add(name)
+    # 5. Pool and autoscaling.
     if cfg.pool is not None:
         p = cfg.pool
         if "{port}" not in p.command:
             fail("pool.command", "a command containing {port}", p.command)
+        for key, command in [("pool.command", p.command)] + \
+                [(f"pool.setup[{i}]", c) for i, c in enumerate(p.setup)]:
+            try:
+                if not shlex.split(command):
+                    fail(key, "a command line", command)
+            except ValueError as exc:
+                fail(key, f"a command line that parses like a shell's ({exc})", command)
         if p.min < 0 or p.max < 1 or p.min > p.max:
             fail("pool.min/max", "0 <= min <= max and max >= 1", (p.min, p.max))
+        if not p.ready_path.startswith("/"):
+            fail("pool.ready_path", "a path starting with /", p.ready_path)
+        try:
+            ipaddress.ip_address(p.host)
+        except ValueError:
+            if p.host != "localhost":
+                fail("pool.host", "an IP address the pool's servers bind (e.g. 127.0.0.1)", p.host)
+        positive("pool.ready_timeout", p.ready_timeout)
     a = cfg.autoscale
     if a.target <= 0:
         fail("autoscale.target", "a positive number", a.target)
-    if cfg.affinity.mode == "cookie" and not cfg.affinity.secret:
-        fail("affinity.secret", "a signing key (\"${TAXIWAY_AFFINITY_SECRET}\") when mode = \"cookie\"")
-    for i, r in enumerate(cfg.ratelimit.rules):
+    if not 0 <= a.tolerance < 1:
+        fail("autoscale.tolerance", "a share between 0 and 1 (0.1 = 10 %)", a.tolerance)
+    positive("autoscale.period", a.period)
+    if a.max_scale_up < 1 or a.max_scale_down < 1:
+        fail("autoscale.max_scale_up/down", "numbers >= 1", (a.max_scale_up, a.max_scale_down))
+    if a.panic_threshold <= 1:
+        fail("autoscale.panic_threshold", "a factor > 1 (2.0 = 200 %)", a.panic_threshold)
+    # 6. Affinity, rate limits.
+    af = cfg.affinity
+    if af.mode == "cookie":
+        if not af.secret:
+            fail("affinity.secret", "a signing key (\"${TAXIWAY_AFFINITY_SECRET}\") when mode = \"cookie\"")
+        elif len(af.secret.encode()) < 16:
+            fail("affinity.secret", "a signing key of at least 16 bytes (the value is not shown)")
+    if not af.cookie_name.isascii() or not _TOKEN.match(af.cookie_name.replace("_", "-")):
+        fail("affinity.cookie_name", "letters, digits, '_' or '-'", af.cookie_name)
+    rl = cfg.ratelimit
+    if rl.store == "redis" and not rl.redis_url.startswith(("redis://", "unix://")):
+        fail("ratelimit.redis_url", "a redis:// or unix:// URL", rl.redis_url)
+    rule_names: set[str] = set()
+    for i, r in enumerate(rl.rules):
+        if r.name in rule_names:
+            fail(f"ratelimit.rules[{i}].name", "a name no other rule has (the name keys the counter)", r.name)
+        rule_names.add(r.name)
         if not r.path_prefix.startswith("/"):
             fail(f"ratelimit.rules[{i}].path_prefix", "a path starting with /", r.path_prefix)
         if r.burst < 0:
             fail(f"ratelimit.rules[{i}].burst", "a number >= 0", r.burst)
+    for i, route in enumerate(cfg.apikeys.routes):
+        if not route.path_prefix.startswith("/"):
+            fail(f"apikeys.routes[{i}].path_prefix", "a path starting with /", route.path_prefix)

@@ -24,7 +24,9 @@ class ConfigError(TaxiwayError):
         self.source = source
         where = f"{source}: " if source else ""
         got = f" (got {value!r})" if value is not None else ""
-        super().__init__(f"{where}{key}: {expected}{got}")
+        # "expected ..." reads the same for every rule; messages that already say it keep theirs.
+        wording = expected if expected.startswith(("expected", "is ")) else f"expected {expected}"
+        super().__init__(f"{where}{key}: {wording}{got}")
 
 
 class UsageError(TaxiwayError):

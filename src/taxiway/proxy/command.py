@@ -44,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
     return serve(cfg, args.config)
 
 
+_CONTROL_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
 def serve(cfg: Config, config_path: str | None, worker: int = 0) -> int:
     """Run one balancer on a uvloop loop until SIGTERM/SIGINT. Returns the exit status."""
     return uvloop.run(_main(cfg, config_path, worker))
@@ -63,6 +66,9 @@ async def _main(cfg: Config, config_path: str | None, worker: int) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     if config_path is not None:
         loop.add_signal_handler(signal.SIGHUP, _reload, bal, config_path, worker)
+    # A worker is forked with these signals blocked (see _run_workers): one that arrived while it
+    # was starting is delivered now, to the handlers above, instead of killing it half-started.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _CONTROL_SIGNALS)
     where = []
     if cfg.listen.http is not None:
         where.append(f"http://{split_hostport(cfg.listen.http, 'listen.http')[0]}:{bal.bound_http_port}")
@@ -90,6 +96,9 @@ def _reload(bal: object, config_path: str, worker: int) -> None:
     except ConfigError as exc:
         log.error("reload failed, keeping the running config: %s", exc)
         bal.event("reload_failed", None, str(exc))
+    except Exception as exc:  # a reload must never take the running balancer down
+        log.exception("reload failed, keeping the running config")
+        bal.event("reload_failed", None, f"{type(exc).__name__}: {exc}")
 
 
 def _reserve_port(addr: str, key: str) -> tuple[str, socket.socket | None]:
@@ -116,6 +125,10 @@ def _run_workers(cfg: Config, config_path: str) -> int:
                 held.append(sock)
     cfg = msgspec.structs.replace(cfg, listen=listen)
     pids: list[int] = []
+    # Block control signals while forking: children inherit the mask and unblock once their
+    # handlers are installed, and the parent once it can forward them. Without this a SIGTERM
+    # during start-up kills a worker outright (exit by signal, not a drain).
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _CONTROL_SIGNALS)
     for i in range(cfg.balancer.workers):
         wcfg = cfg if i == 0 else msgspec.structs.replace(
             cfg, admin=msgspec.structs.replace(cfg.admin, listen=None))
@@ -141,8 +154,9 @@ def _run_workers(cfg: Config, config_path: str) -> int:
             except ProcessLookupError:
                 pass
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in _CONTROL_SIGNALS:
         signal.signal(signum, forward)
+    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     status = 0
     for pid in pids:
         while True:
