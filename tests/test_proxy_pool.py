@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 from taxiway.balancing.model import Server
-from tests.conftest import free_port
 from tests.test_proxy_support import InProcess, http_get, make_config, wait_until
 
 
@@ -118,21 +117,12 @@ def test_async_guard_answers_in_order_on_a_keep_alive_connection(procs):
         lb.stop()
 
 
-def test_redis_rate_limit_through_the_proxy(procs):
-    import socket as _s
-
-    try:
-        _s.create_connection(("127.0.0.1", 6379), timeout=1).close()
-    except OSError:
-        import pytest
-
-        pytest.skip("no Redis on 127.0.0.1:6379")
-    import os
-
+def test_redis_rate_limit_through_the_proxy(procs, redis_server):
+    # redis_server (tests/services.py): the running Redis, or a private one, with a unique prefix
     b1 = procs.backend("b1")
-    prefix = f"taxiway:test:{os.getpid()}:{free_port()}:"
     text = make_config([b1]) + (
-        f'[ratelimit]\nstore = "redis"\nkey_prefix = "{prefix}"\n'
+        f'[ratelimit]\nstore = "redis"\nredis_url = "{redis_server.url}"\n'
+        f'key_prefix = "{redis_server.prefix}"\n'
         '[[ratelimit.rules]]\nname = "api"\nrate = "1/m"\npath_prefix = "/api"\n')
     lb = InProcess(text)
     try:

@@ -8,8 +8,9 @@ Rules of this module:
    (count, period_s).
 3. Values may be `${ENV_VAR}` or `file:/path` (secrets stay out of the file); a secret-looking key
    with a literal value produces a warning from `secret_warnings`.
-4. Cross-field rules (min <= max, at least one server or a pool) live in `_check`, raising
-   `ConfigError(key, expected, value)`.
+4. Range and cross-field rules (min <= max, files that must exist, unique names) live in
+   `_check`, raising `ConfigError(key, expected, value)`: `taxiway check` refuses exactly what
+   `lb` and `up` would refuse at start-up.
 """
 
 from __future__ import annotations
