@@ -90,6 +90,8 @@ class AccessLog:
         self.buf: list[bytes] = []
         self.encoder = msgspec.json.Encoder()
         self._names: dict[str | None, bytes] = {}   # server name -> its JSON (names are few)
+        # Wall clock = monotonic `now` + offset, re-read at every flush (tick): no clock call per line.
+        self.wall_offset = time.time() - time.monotonic()
 
     def record(self, ex: Exchange, server: str | None, now: float) -> None:
         """Called once per finished request. Formatting is one bytes %-format: client-controlled
@@ -100,13 +102,15 @@ class AccessLog:
         if server_json is None:
             server_json = self._names[server] = enc(server)
         self.buf.append(_LINE % (
-            time.time(), ex.proto.ctx.ip_bytes, ex.method, enc(head.target), ex.status,
+            now + self.wall_offset, ex.proto.ctx.ip_bytes, ex.method, enc(head.raw_target.decode("latin-1")),
+            ex.status,
             server_json, ex.body_out, ex.body_in, (now - ex.t_start) * 1000,
             enc(ex.info.request_id.decode("latin-1"))))
         if len(self.buf) >= 256:
             self.flush()
 
     def flush(self) -> None:
+        self.wall_offset = time.time() - time.monotonic()
         if self.buf:
             self.buf.append(b"")
             try:

@@ -178,11 +178,11 @@ class ClientProtocol(asyncio.Protocol):
             raise RequestRefused(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        h = self._headers
-        h.append((name, value))
-        self._header_bytes += len(name) + len(value) + 4
-        s = self.bal.settings
-        if self._header_bytes > s.max_header_bytes or len(h) > s.max_headers:
+        self._headers.append((name, value))
+        n = self._header_bytes = self._header_bytes + len(name) + len(value) + 4
+        # The byte limit bounds memory while the head streams in; the count is checked once, at
+        # the end of the head (the answer is the same 431).
+        if n > self.bal.settings.max_header_bytes:
             self._refuse_status = 431
             raise RequestRefused(431, "request head too large")
 
@@ -190,13 +190,16 @@ class ClientProtocol(asyncio.Protocol):
         self.header_deadline = 0.0
         parser = self.parser
         method = parser.get_method()
+        bal = self.bal
+        if len(self._headers) > bal.settings.max_headers:
+            self._refuse_status = 431
+            raise RequestRefused(431, "too many header fields")
         if method == b"CONNECT":
             self._refuse_status = 405
             raise RequestRefused(405, "CONNECT is not proxied")
         version = parser.get_http_version()
         http11 = version == "1.1"
         assert self.ctx is not None
-        bal = self.bal
         if self._url[:1] != b"/" and self._url != b"*":
             self._to_origin_form()
         try:
