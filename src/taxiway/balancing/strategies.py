@@ -164,6 +164,29 @@ class LeastConnections(Strategy):
     name = "least-connections"
 
     def pick(self, candidates: Sequence[Server], key: str | None, now: float) -> Server | None:
+        # Hot path: one tight pass over positive weights; the RNG is drawn only on a tie, exactly
+        # as in `_pick_general` (which also handles zero weights, all tied at infinity).
+        best: Server | None = None
+        best_load = 0.0
+        ties = 0
+        for s in candidates:
+            w = s.weight
+            if s.slow_start_s > 0.0:
+                w = s.effective_weight(now)
+            if w <= 0:
+                if best is None:
+                    return self._pick_general(candidates, now)
+                continue
+            load = (s.inflight + 1) / w
+            if best is None or load < best_load:
+                best, best_load, ties = s, load, 1
+            elif load == best_load:
+                ties += 1
+                if self.rng.random() * ties < 1.0:
+                    best = s
+        return best
+
+    def _pick_general(self, candidates: Sequence[Server], now: float) -> Server | None:
         if not candidates:
             return None
         best = candidates[0]
