@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def fetch_status(host: str, port: int, timeout_s: float = 3.0) -> dict[str, Any]:
     """GET /status. Raises UsageError (one line) when nothing answers or the answer is not ours."""
+    if not timeout_s > 0:
+        raise UsageError(f"--timeout: expected a positive number of seconds (got {timeout_s})")
     where = f"{host}:{port}"
     conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
     try:

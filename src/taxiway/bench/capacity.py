@@ -100,7 +100,8 @@ class CapacitySearch:
         if self.start < 1 or self.maximum < self.start:
             raise UsageError(f"--find-capacity: need 1 <= start <= max (got {self.start}, {self.maximum})")
         if self.repeats < 1 or self.growth <= 1 or not 0 <= self.precision < 1:
-            raise ValueError("repeats >= 1, growth > 1, 0 <= precision < 1")
+            raise UsageError("--find-capacity: need --repeats >= 1 and 0 <= --precision < 1 "
+                             f"(got {self.repeats}, {self.precision})")
         self.level = self.start
 
     @property

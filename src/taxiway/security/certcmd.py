@@ -130,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
     print("\nuse them in your config:\n")
     print('[listen]\nhttps = "127.0.0.1:8443"\n\n[listen.tls]')
     print(f'cert = "{paths["cert"].resolve()}"\nkey = "{paths["key"].resolve()}"')
-    print(f"\nthen: curl --cacert {paths['ca']} https://localhost:8443/")
+    first = args.hosts.split(",")[0].strip()
+    first = "www" + first[1:] if first.startswith("*.") else first   # a name the wildcard covers
+    first = f"[{first}]" if ":" in first else first
+    print(f"\nthen: curl --cacert {paths['ca']} https://{first}:8443/")
     print("development only: never trust this CA outside your machine, never commit ca-key.pem")
     return 0

@@ -62,9 +62,12 @@ def run(args: argparse.Namespace) -> int:
                 expires_s = parse_duration(args.expires)
             except ValueError as exc:
                 raise UsageError(f"--expires: {exc}") from None
-            if expires_s <= 0:
-                raise UsageError("--expires: expected a positive duration like 30d")
-        key, rec = kf.create(args.name, args.scopes, expires_s, now)
+            if expires_s <= 0 or expires_s > 100 * 365 * 86400:
+                raise UsageError("--expires: expected a positive duration up to 100 years, like 30d")
+        try:
+            key, rec = kf.create(args.name, args.scopes, expires_s, now)
+        except OSError as exc:
+            raise UsageError(f"cannot write the keys file {kf.path}: {exc.strerror or exc}") from None
         print(key)
         scopes = ", ".join(rec.scopes) or "none"
         expiry = f", expires {iso_utc(rec.expires)}" if rec.expires else ""

@@ -23,9 +23,12 @@ import asyncio
 import json
 import os
 import signal
+import sys
 from email.utils import formatdate
 
 import httptools
+
+from taxiway.errors import UsageError
 
 HELP = "Run a small built-in HTTP/1.1 test server (for demos, tests and benchmarks)."
 
@@ -234,6 +237,8 @@ async def serve(host: str, port: int, name: str, delay_s: float = 0.0, fail_heal
     loop = asyncio.get_running_loop()
     app = _App(name, delay_s, fail_healthz)
     server = await loop.create_server(lambda: _Conn(app), host, port, backlog=4096)
+    bound = server.sockets[0].getsockname()[1]
+    print(f"taxiway backend {name}: listening on http://{host}:{bound}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -246,13 +251,17 @@ def run(args: argparse.Namespace) -> int:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep the backend usable anyway
         uvloop = None
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port: expected 0..65535 (got {args.port})")
+    if args.delay_ms < 0:
+        raise UsageError(f"--delay-ms: expected a delay >= 0 (got {args.delay_ms:g})")
     name = args.name or f"{args.host}:{args.port}"
     runner = uvloop.run if uvloop else asyncio.run
     try:
         runner(serve(args.host, args.port, name, args.delay_ms / 1000, args.fail_healthz))
     except OSError as exc:
-        print(f"taxiway backend: cannot listen on {args.host}:{args.port}: {exc.strerror}", flush=True)
-        return 1
+        why = exc.strerror or exc
+        raise UsageError(f"backend: cannot listen on {args.host}:{args.port}: {why}") from None
     return 0
 
 
@@ -260,4 +269,8 @@ if __name__ == "__main__":  # `python -m taxiway.testing.backend --port 9001`
     parser = argparse.ArgumentParser(description=HELP)
     add_arguments(parser)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    raise SystemExit(run(parser.parse_args()))
+    try:
+        raise SystemExit(run(parser.parse_args()))
+    except UsageError as exc:
+        print(f"taxiway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
