@@ -194,3 +194,15 @@ def test_relative_paths_are_next_to_the_config_file(tmp_path) -> None:  # type: 
     f = tmp_path / "x.toml"
     f.write_text('[access_log]\npath = "logs/access.log"\n')
     assert load_config(f).access_log.path == str(tmp_path / "logs" / "access.log")
+
+
+def test_readme_reference_is_the_schema() -> None:
+    from taxiway.checkcmd import reference_markdown
+
+    from .conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("<!-- config-reference:start -->\n", 1)[1]
+    table = table.split("\n<!-- config-reference:end -->")[0]
+    assert table == reference_markdown(), "README's table is stale: paste `taxiway check --reference`"
+    assert "| `servers[].name` | str | (unset) |" in table

@@ -1,21 +1,98 @@
-"""`taxiway check --config FILE`: validate without starting anything."""
+"""`taxiway check --config FILE`: validate without starting anything.
+
+`taxiway check --reference` prints every setting of the schema (key, type, default) as a Markdown
+table, generated from `config.Config` itself, so the README's reference cannot drift from the code
+(a test compares them).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
 
-from taxiway.config import load_config
+import msgspec
+import msgspec.inspect as mi
 
-HELP = "Validate a configuration file and print a summary; exit 2 with one line naming the bad key."
+from taxiway.config import Config, Duration, Size, load_config
+
+HELP = ("Validate a configuration file and print a summary; exit 2 with one line naming the bad key. "
+        "--reference prints every setting with its type and default.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", default="taxiway.toml", help="TOML file (default ./taxiway.toml)")
+    p.add_argument("--reference", action="store_true",
+                   help="print the table of every setting (Markdown) instead of checking a file")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.reference:
+        print(reference_markdown())
+        return 0
     cfg = load_config(args.config)
     pool = f", pool {cfg.pool.min}..{cfg.pool.max} x '{cfg.pool.command}'" if cfg.pool else ""
     print(f"{args.config}: ok: listen {cfg.listen.http or cfg.listen.https}, strategy "
           f"{cfg.balancer.strategy}, {len(cfg.servers)} static server(s){pool}")
     return 0
+
+
+def _type_name(t: Any) -> str:
+    if isinstance(t, mi.LiteralType):
+        return " \\| ".join(f'`"{v}"`' for v in t.values)
+    if isinstance(t, mi.UnionType):
+        return " or ".join(_type_name(x) for x in t.types if not isinstance(x, mi.NoneType))
+    if isinstance(t, mi.ListType):
+        return f"list of {_type_name(t.item_type)}"
+    if isinstance(t, mi.DictType):
+        return "table of strings"
+    if isinstance(t, mi.CustomType):
+        return {"Duration": "duration", "Size": "size", "Rate": "rate"}.get(t.cls.__name__, t.cls.__name__)
+    if isinstance(t, mi.StructType):
+        return "table"
+    return type(t).__name__.removesuffix("Type").lower()
+
+
+def _default(f: Any) -> str:
+    if f.default is not msgspec.NODEFAULT:
+        value = f.default
+    elif f.default_factory is not msgspec.NODEFAULT:
+        value = f.default_factory()
+        if isinstance(value, msgspec.Struct):
+            return ""
+    else:
+        return "(required)"
+    if value is None:
+        return "(unset)"
+    if isinstance(value, Duration):
+        return f'`"{_duration_text(float(value))}"`'
+    if isinstance(value, Size):
+        return f"`{int(value)}`"
+    return f"`{json.dumps(value)}`"
+
+
+def _duration_text(v: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if v >= size and v % size == 0:
+            return f"{v / size:g}{unit}"
+    return f"{v * 1000:g}ms" if 0 < v < 1 else f"{v:g}s"
+
+
+def _rows(info: Any, prefix: str) -> list[str]:
+    rows = []
+    for f in info.fields:
+        t = f.type
+        inner = next((x for x in getattr(t, "types", ()) if isinstance(x, mi.StructType)), None)
+        if isinstance(t, mi.StructType) or inner is not None:
+            rows += _rows(inner or t, f"{prefix}{f.name}.")
+        elif isinstance(t, mi.ListType) and isinstance(t.item_type, mi.StructType):
+            rows += _rows(t.item_type, f"{prefix}{f.name}[].")
+        else:
+            rows.append(f"| `{prefix}{f.name}` | {_type_name(t)} | {_default(f)} |")
+    return rows
+
+
+def reference_markdown() -> str:
+    """Every setting as `| key | type | default |` rows, in schema order."""
+    head = ["| key | type | default |", "|---|---|---|"]
+    return "\n".join(head + _rows(mi.type_info(Config), ""))
