@@ -55,3 +55,14 @@ command = "{{python}} -m taxiway backend --port {{port}}"
     assert "exited with status 3: database is locked" in r.stderr
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0    # never listened
+
+
+def test_each_command_refuses_settings_it_would_ignore(tmp_path: Path) -> None:
+    cfg = tmp_path / "taxiway.toml"
+    cfg.write_text('[balancer]\nworkers = 2\n[pool]\ncommand = "{python} -m taxiway backend --port {port}"\n')
+    up = subprocess.run([sys.executable, "-m", "taxiway", "up", "--config", str(cfg)], capture_output=True,
+                        text=True, env=taxiway_env(), timeout=60)
+    assert up.returncode == 2 and "balancer.workers" in up.stderr and "Traceback" not in up.stderr
+    lb = subprocess.run([sys.executable, "-m", "taxiway", "lb", "--config", str(cfg)], capture_output=True,
+                        text=True, env=taxiway_env(), timeout=60)
+    assert lb.returncode == 2 and "pool" in lb.stderr and "taxiway up" in lb.stderr

@@ -54,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     if cfg.pool is None:
         raise UsageError(f"{args.config}: `taxiway up` needs a [pool] section (a command with {{port}}); "
                          "for static [[servers]] only use `taxiway lb`")
+    if cfg.balancer.workers > 1:
+        raise ConfigError("balancer.workers", "1 under `taxiway up` (one process runs the balancer and "
+                          "the pool); use `taxiway lb` for SO_REUSEPORT workers", cfg.balancer.workers,
+                          source=args.config)
     live = sys.stdout.isatty() and not args.plain
     if live and cfg.access_log.enabled and cfg.access_log.path == "-":
         # One JSON line per request would scroll the live view away; a file path keeps it.

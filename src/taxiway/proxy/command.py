@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
+    if cfg.pool is not None:
+        raise ConfigError("pool", "no [pool] section: `taxiway lb` runs static [[servers]] only; "
+                          "`taxiway up` runs a pool", source=args.config)
+    if not cfg.servers:
+        log.warning("%s: no [[servers]]: every request will get 503 until a reload adds one", args.config)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if cfg.balancer.workers > 1:
