@@ -29,6 +29,7 @@ import msgspec
 from taxiway.balancing.health import OutlierDetector, RetryBudget
 from taxiway.balancing.model import Pool, PoolEvent, Server
 from taxiway.config import Config, parse_server_url, split_hostport
+from taxiway.errors import ConfigError
 from taxiway.proxy.forward import Exchange, Router
 from taxiway.proxy.http1 import DateCache, RequestHead, RequestRewriter, ResponseRewriter
 from taxiway.proxy.server import ClientProtocol
@@ -181,8 +182,10 @@ class Balancer:
             from taxiway.security.edge import EdgeGuard
         except ModuleNotFoundError:
             return
+        self._swap_edge_guard(EdgeGuard.from_config(cfg))
+
+    def _swap_edge_guard(self, new: Any) -> None:
         old = self.edge_guard
-        new = EdgeGuard.from_config(cfg)
         if old is not None:
             self.guards.remove(old)
             if self._loop is not None:
@@ -373,21 +376,40 @@ class Balancer:
         old = self.cfg
         if (cfg.listen, cfg.admin) != (old.listen, old.admin):
             log.warning("reload: listen/admin addresses change only on restart; kept the old ones")
+        # Build everything that can fail first, then swap: a reload either applies whole or not
+        # at all (a half-applied config is worse than either).
+        settings = Settings(cfg, self.settings.request_rewriter)
+        router = Router(cfg, self.pool, self.rng) \
+            if (cfg.balancer, cfg.affinity) != (old.balancer, old.affinity) else self.router
+        guard_changed = (cfg.ratelimit, cfg.apikeys) != (old.ratelimit, old.apikeys)
+        new_guard = None
+        if guard_changed:
+            from taxiway.security.edge import EdgeGuard
+
+            new_guard = EdgeGuard.from_config(cfg)
+        log_changed = cfg.access_log != old.access_log
+        try:
+            access_log = AccessLog(cfg.access_log.path) \
+                if log_changed and cfg.access_log.enabled else None
+        except OSError as exc:
+            if new_guard is not None:
+                self.spawn(new_guard.close())
+            raise ConfigError("access_log.path", f"a writable file ({exc.strerror})",
+                              cfg.access_log.path) from None
         self.cfg = cfg
-        self.settings = Settings(cfg, self.settings.request_rewriter)
-        if (cfg.balancer, cfg.affinity) != (old.balancer, old.affinity):
-            self.router = Router(cfg, self.pool, self.rng)
+        self.settings = settings
+        self.router = router
         if cfg.outlier != old.outlier:
             self.outlier = OutlierDetector(cfg.outlier)
         if cfg.balancer.retry_budget != old.balancer.retry_budget:
             self.retry_budget = RetryBudget(cfg.balancer.retry_budget)
             self._budget_counted = self.counters["requests"]
-        if (cfg.ratelimit, cfg.apikeys) != (old.ratelimit, old.apikeys):
-            self._install_edge_guard(cfg)
-        if cfg.access_log != old.access_log:
+        if guard_changed:
+            self._swap_edge_guard(new_guard)
+        if log_changed:
             if self.access_log is not None:
                 self.access_log.close()
-            self.access_log = AccessLog(cfg.access_log.path) if cfg.access_log.enabled else None
+            self.access_log = access_log
         for up in self.upstreams.values():
             up.max_idle = self.settings.upstream_pool_size
             up.connect_timeout_s = self.settings.connect_s
