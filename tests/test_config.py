@@ -90,6 +90,11 @@ def test_secret_warnings() -> None:
     raw = {"affinity": {"secret": "hunter2"}, "ratelimit": {"redis_password": "${P}"}}
     warnings = secret_warnings(raw)
     assert len(warnings) == 1 and "affinity.secret" in warnings[0]
+    raw = {"ratelimit": {"redis_url": "redis://:pw@db:6379/0"},
+           "pool": {"env": {"DATABASE_URL": "postgres://u:pw@h/db", "OK_URL": "postgres://u@h/db"}}}
+    warnings = secret_warnings(raw)
+    assert len(warnings) == 2 and "pw" not in " ".join(warnings)
+    assert any("pool.env.DATABASE_URL" in w for w in warnings)
 
 
 def test_check_command(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -342,6 +342,7 @@ class Config(_Section):
 
 _TOKEN = re.compile(r"^[A-Za-z0-9-]+$")
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]+@", re.IGNORECASE)
 _SECRET_KEYS = ("secret", "password", "token", "api_key", "private")
 
 
@@ -375,9 +376,11 @@ def secret_warnings(raw: dict[str, Any], path: str = "") -> list[str]:
         key = f"{path}.{k}" if path else k
         if isinstance(v, dict):
             out += secret_warnings(v, key)
-        elif isinstance(v, str) and any(s in k.lower() for s in _SECRET_KEYS) \
-                and not (_ENV_REF.match(v) or v.startswith("file:")):
-            out.append(f"{key} holds a secret in plain text; use \"${{ENV_VAR}}\" or \"file:/path\"")
+        elif isinstance(v, str) and not (_ENV_REF.match(v) or v.startswith("file:")):
+            if any(s in k.lower() for s in _SECRET_KEYS):
+                out.append(f"{key} holds a secret in plain text; use \"${{ENV_VAR}}\" or \"file:/path\"")
+            elif _URL_PASSWORD.search(v):
+                out.append(f"{key} holds a URL with a password in plain text; use \"${{ENV_VAR}}\"")
     return out
 
 
