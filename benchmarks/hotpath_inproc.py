@@ -1,0 +1,155 @@
+"""The proxy's per-request Python cost, measured in one process without sockets (low noise).
+
+    /work/venv/bin/python benchmarks/hotpath_inproc.py            # µs/request, best of 5
+    /work/venv/bin/python benchmarks/hotpath_inproc.py --ops      # bytecodes + Python calls/request
+    /work/venv/bin/python benchmarks/hotpath_inproc.py --ops --hist   # ... per function
+    options: --log (access log on), --strategy NAME, --src DIR (compare another checkout's src/)
+
+Why: wrk against a pinned proxy on a shared 2-core machine swings by +-20 % between runs, which
+hides any single hot-path change. This drives the real `ClientProtocol` and `UpstreamConnection`
+(httptools parsers, Exchange, strategy, rewriters, accounting) with do-nothing transports: one
+`GET / HTTP/1.1` with one Host header (what wrk sends) and the 4-header answer of `taxiway
+backend`. Syscalls and uvloop are left out, so the numbers are the Python part only; `--ops`
+counts executed bytecodes, which is deterministic (use it to compare two versions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+RESPONSE = (b"HTTP/1.1 200 OK\r\nx-backend: b1\r\ndate: Thu, 26 Nov 2026 08:55:26 GMT\r\n"
+            b"content-type: text/plain\r\ncontent-length: 14\r\n\r\nhello from b1\n")
+
+
+class NullTransport:
+    """Accepts writes and does nothing (a close would mean the request went wrong: stop)."""
+
+    def __init__(self, peer: tuple[str, int] | None = None) -> None:
+        self.peer = peer
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def writelines(self, data: Any) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        raise SystemExit("the proxy closed a connection: the request failed")
+
+    abort = close
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, key: str, default: Any = None) -> Any:
+        return self.peer if key == "peername" else default
+
+
+def build(log: bool, strategy: str) -> Callable[[], None]:
+    """A balancer with two servers and idle upstream connections; returns one request's driver."""
+    from taxiway.config import load_config
+    from taxiway.proxy.app import Balancer
+    from taxiway.proxy.server import ClientProtocol
+    from taxiway.proxy.upstream import UpstreamConnection
+
+    d = tempfile.mkdtemp(prefix="hotpath-")
+    path = os.path.join(d, "taxiway.toml")
+    with open(path, "w") as f:
+        f.write(f'[listen]\nhttp = "127.0.0.1:1"\n[balancer]\nstrategy = "{strategy}"\n'
+                f'[access_log]\nenabled = {"true" if log else "false"}\npath = "{d}/access.log"\n'
+                '[[servers]]\nurl = "http://127.0.0.1:9001"\nname = "b1"\n'
+                '[[servers]]\nurl = "http://127.0.0.1:9002"\nname = "b2"\n')
+    bal = Balancer(load_config(path))
+    bal._loop = asyncio.new_event_loop()
+    for server in bal.pool.servers:
+        up = bal.upstream_pool(server)
+        for _ in range(2):
+            conn = UpstreamConnection(up)
+            conn.connection_made(NullTransport())  # type: ignore[arg-type]
+            up.idle.append(conn)
+    client = ClientProtocol(bal, "http")
+    client.connection_made(NullTransport(("127.0.0.1", 5555)))  # type: ignore[arg-type]
+
+    def one() -> None:
+        client.data_received(REQUEST)
+        ex = client.current
+        assert ex is not None and ex.conn is not None
+        ex.conn.data_received(RESPONSE)
+
+    def flush() -> None:
+        if bal.access_log is not None:
+            bal.access_log.flush()
+
+    one.flush = flush  # type: ignore[attr-defined]
+    return one
+
+
+def count_ops(one: Callable[[], None], n: int, hist: bool) -> None:
+    ops = calls = 0
+    per: dict[tuple[str, str], int] = {}
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal ops, calls
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            ops += 1
+            if hist:
+                key = (os.path.basename(frame.f_code.co_filename), frame.f_code.co_name)
+                per[key] = per.get(key, 0) + 1
+        elif event == "call":
+            calls += 1
+        return tracer
+
+    sys.settrace(tracer)
+    for _ in range(n):
+        one()
+    sys.settrace(None)
+    for (fname, func), v in sorted(per.items(), key=lambda kv: -kv[1])[:30]:
+        print(f"  {v / n:7.1f}  {fname}:{func}")
+    print(f"{ops / n:.0f} bytecodes/request, {calls / n:.1f} Python calls/request "
+          "(including ~15 bytecodes and 1 call of the driver)")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--src", default=os.path.join(os.path.dirname(__file__), "..", "src"))
+    p.add_argument("--log", action="store_true", help="access log on (to a file)")
+    p.add_argument("--strategy", default="least-connections")
+    p.add_argument("--ops", action="store_true", help="count bytecodes instead of timing")
+    p.add_argument("--hist", action="store_true", help="with --ops: per function")
+    p.add_argument("-n", type=int, default=100_000, help="requests per timed round")
+    a = p.parse_args()
+    sys.path.insert(0, os.path.abspath(a.src))
+    one = build(a.log, a.strategy)
+    for _ in range(2000):   # warm up: caches, pooled connections
+        one()
+    if a.ops:
+        count_ops(one, 2000, a.hist)
+        return 0
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.process_time()
+        for _ in range(a.n):
+            one()
+        best = min(best, (time.process_time() - t0) / a.n * 1e6)
+        one.flush()  # type: ignore[attr-defined]
+    print(f"{best:.2f} µs/request of CPU (best of 5; Python + httptools, no syscalls)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
