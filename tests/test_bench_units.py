@@ -232,3 +232,17 @@ def test_parse_target_rejects(url: str) -> None:
 
     with pytest.raises(UsageError, match="bad URL"):
         parse_target(url)
+
+
+def test_unwritable_outputs_are_refused_before_the_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    from .conftest import taxiway_env
+
+    # Port 1 refuses connections: if the output check came after the run, the error would differ.
+    for flag, path in (("--json", "/nonexistent-dir/x.json"), ("--report", str(tmp_path / "f"))):
+        (tmp_path / "f").write_text("a file, not a directory")
+        r = subprocess.run([sys.executable, "-m", "taxiway", "bench", "http://127.0.0.1:1/", "-n", "1",
+                            flag, path], capture_output=True, text=True, env=taxiway_env(), timeout=60)
+        assert r.returncode == 2 and flag in r.stderr and "Traceback" not in r.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -187,8 +188,22 @@ def _run(spec: LoadSpec, args: argparse.Namespace, progress: _Progress) -> RunRe
     return run_spec(spec, args.processes, progress.on_second)
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Fail before the run, not after it: a result that cannot be written is a run lost."""
+    if args.json:
+        parent = Path(args.json).resolve().parent
+        if Path(args.json).is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise UsageError(f"--json {args.json}: expected a writable file path in an existing directory")
+    if args.report:
+        report = Path(args.report).resolve()
+        probe = report if report.exists() else report.parent
+        if (report.exists() and not report.is_dir()) or not probe.is_dir() or not os.access(probe, os.W_OK):
+            raise UsageError(f"--report {args.report}: expected a writable directory (or one to create)")
+
+
 def run(args: argparse.Namespace) -> int:
     specs = build_specs(args)
+    _check_outputs(args)
     slo = parse_slo(args.slo, args.max_errors) if args.find_capacity else None
     for spec in specs:
         check_reachable(spec.target, timeout_s=min(spec.timeout_s, 5.0))
