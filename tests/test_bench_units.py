@@ -246,3 +246,18 @@ def test_unwritable_outputs_are_refused_before_the_run(tmp_path) -> None:  # typ
         r = subprocess.run([sys.executable, "-m", "taxiway", "bench", "http://127.0.0.1:1/", "-n", "1",
                             flag, path], capture_output=True, text=True, env=taxiway_env(), timeout=60)
         assert r.returncode == 2 and flag in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param(["http://127.0.0.1:1/a b"], id="space-in-url"),
+    pytest.param(["http://127.0.0.1:1/", "-H", "Bad Name: x"], id="space-in-header-name"),
+])
+def test_requests_that_would_be_malformed_are_refused(args: list[str]) -> None:
+    import subprocess
+    import sys
+
+    from .conftest import taxiway_env
+
+    r = subprocess.run([sys.executable, "-m", "taxiway", "bench", *args, "-n", "1"], capture_output=True,
+                       text=True, env=taxiway_env(), timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1

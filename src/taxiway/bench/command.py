@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,12 +85,18 @@ def _positive(value: int | float | None, name: str) -> None:
         raise UsageError(f"{name} must be > 0 (got {value})")
 
 
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")   # RFC 9110 token: a valid field name
+
+
 def _headers(items: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
         name, sep, value = item.partition(":")
         if not sep or not name.strip():
             raise UsageError(f"-H: expected 'Name: value' (got {item!r})")
+        if not _TOKEN.match(name.strip()) or any(c in value for c in "\r\n\0"):
+            raise UsageError(f"-H: expected a header name of letters, digits and -!#$%&'*+.^_`|~ "
+                             f"and a value on one line (got {item!r})")
         out[name.strip()] = value.strip()
     return out
 

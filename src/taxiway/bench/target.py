@@ -40,6 +40,8 @@ def parse_target(url: str) -> Target:
         raise UsageError(f"bad URL {url!r}: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"bad URL {url!r}: expected http://host[:port]/path or https://...")
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        raise UsageError(f"bad URL {url!r}: spaces and control characters must be percent-encoded (%20)")
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
