@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     sub.required = True
     c = sub.add_parser("create", parents=[where], help="make a key; it is printed once")
-    c.add_argument("name", help="a unique name; logs show it instead of the key")
+    c.add_argument("name", help="a name no active key has (a revoked key's name may be reused, "
+                   "for rotation); logs show it instead of the key")
     c.add_argument("--scope", action="append", default=[], dest="scopes",
                    help="grant a scope (repeat for several)")
     c.add_argument("--expires", help="lifetime like 30d, 12h (default: never)")
