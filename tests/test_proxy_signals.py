@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import ssl
@@ -96,6 +97,33 @@ def test_workers_share_the_port_with_so_reuseport(procs, tmp_path):
     assert len(out) == 2
     statuses = [http_get(port, "/").status for _ in range(20)]
     assert statuses == [200] * 20
+
+    # Both workers accept: hold 24 keep-alive connections open and count each worker's sockets.
+    # (The kernel spreads SO_REUSEPORT connections by a hash of the 4-tuple; all 24 on one worker
+    # has a chance of 2 in 2^24.)
+    def sockets(pid: str) -> int:
+        n = 0
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+            except FileNotFoundError:   # closed while we looked
+                pass
+        return n
+
+    before = {pid: sockets(pid) for pid in out}
+    clients: list[Client] = []
+    gained: dict[str, int] = {}
+    deadline = time.monotonic() + 15          # a worker still starting has not bound the port yet
+    while time.monotonic() < deadline:
+        batch = [Client(port) for _ in range(24)]
+        assert all(c.get("/").status == 200 for c in batch)
+        clients += batch
+        gained = {pid: sockets(pid) - before[pid] for pid in out}
+        if all(g >= 1 for g in gained.values()):
+            break
+    assert all(g >= 1 for g in gained.values()), gained
+    for c in clients:
+        c.close()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
 
