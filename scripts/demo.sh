@@ -6,16 +6,7 @@
 # examples/flights/.taxiway/secret_key (gitignored, mode 600) so sessions survive restarts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if ! $PY -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
-  echo "taxiway needs Python 3.11+ (found: $($PY --version 2>&1))" >&2; exit 2
-fi
-if ! $PY -c 'import venv, ensurepip' 2>/dev/null; then
-  apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
-fi
-[ -x .venv/bin/python ] || $PY -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[app,report]'
+source scripts/venv.sh 'app,report'
 if [ -z "${DJANGO_SECRET_KEY:-}" ]; then
   keyfile=examples/flights/.taxiway/secret_key
   if [ ! -s "$keyfile" ]; then
