@@ -54,6 +54,13 @@ def test_cookie_affinity_sticks_and_rewrites(procs, monkeypatch):
             assert r.header("Set-Cookie") is None
         r = http_get(lb.port, "/", {"Cookie": "taxiway_srv=forged.value"})
         assert r.header("Set-Cookie")        # a forged cookie is ignored and replaced
+        # /status counts sticky clients per server: 2 cookies handed out so far, then 4 more
+        # new clients (round robin: 2 each); a returning client adds nothing.
+        for _ in range(4):
+            http_get(lb.port, "/")
+        http_get(lb.port, "/", {"Cookie": value})
+        counts = {s.name: s.sticky_clients for s in lb.bal.pool}
+        assert sum(counts.values()) == 6 and all(c >= 2 for c in counts.values()), counts
     finally:
         lb.stop()
 

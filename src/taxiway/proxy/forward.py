@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from taxiway.balancing.affinity import CookieAffinity, ip_affinity, sticky_server
+from taxiway.balancing.affinity import CookieAffinity, ip_affinity, record_sticky, sticky_server
 from taxiway.balancing.model import Pool, PoolEvent, Server
 from taxiway.balancing.strategies import Strategy, make_strategy
 from taxiway.proxy.http1 import (
@@ -106,7 +106,10 @@ class Router:
             s = sticky_server(named, cands)
             if s is not None:
                 return s, False
-            return self.strategy.pick(cands, self.key_for(head), now), True
+            chosen = self.strategy.pick(cands, self.key_for(head), now)
+            if chosen is not None:   # the cookie will name it: count it for /status
+                record_sticky(self.pool.get(named) if named else None, chosen)
+            return chosen, True
         return self.strategy.pick(cands, self.key_for(head) if self.key_kind else None, now), False
 
 
