@@ -42,7 +42,7 @@ CONFIG_SUFFIXES = {".toml", ".ini", ".cfg", ".conf", ".yaml", ".yml", ".env", ".
 CONFIG_SECRET = re.compile(
     r"""^\s*["']?(?P<key>[A-Za-z0-9_.-]*(?:password|passwd|secret|token|api_key|apikey|private_key)"""
     r"""[A-Za-z0-9_.-]*)["']?\s*[=:]\s*"""
-    r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s#,]+))""", re.I)
+    r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s#,\[{][^\s#,]*))""", re.I)   # [ { open a structure
 CODE_SECRET = re.compile(
     r"""\b(?:SECRET_KEY|PASSWORD|API_KEY|AUTH_TOKEN)\s*=\s*["'](?P<value>[^"']{8,})["']""")
 SAFE_VALUE = re.compile(
@@ -133,6 +133,8 @@ def test_scanner_finds_planted_secrets(rel: str, text: str, kind: str) -> None:
         pytest.param("lb.toml", 'secret = "${TAXIWAY_AFFINITY_SECRET}"', id="env-ref"),
         pytest.param("lb.toml", 'password = "file:/run/secrets/db"', id="file-ref"),
         pytest.param("lb.toml", 'secret_header = ""', id="empty"),
+        pytest.param("result.json", '    "apikey": [', id="json-key-naming-a-list"),
+        pytest.param("result.json", '  "api_key": {', id="json-key-naming-an-object"),
         pytest.param("settings.py", 'SECRET_KEY = os.environ["SECRET_KEY"]', id="from-env"),
         pytest.param("settings.py", '    SECRET_KEY = "dev-only-insecure-key"', id="self-labelled-dev-only"),
         pytest.param("tests/test_x.py", 'PASSWORD = "a-test-password"', id="tests-may-use-fake-passwords"),
