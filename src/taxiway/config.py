@@ -226,6 +226,9 @@ class LimitsConfig(_Section):
     max_connections_per_client: int = 0        # 0 = unlimited
     max_connections: int = 10000
     upstream_pool_size: int = 64               # idle keep-alive connections kept per server
+    # Requests (so connections) in flight per server at most; a full server takes no new request
+    # and when every server is full the answer is 503 (nginx's max_conns). 0 = no cap.
+    upstream_max_connections: int = 0
 
 
 class HeadersConfig(_Section):
@@ -587,7 +590,7 @@ def _check(cfg: Config, source: str | None, base: Path) -> None:
     for name in ("max_headers", "max_connections"):
         if getattr(lim, name) < 1:
             fail(f"limits.{name}", "a number >= 1", getattr(lim, name))
-    for name in ("max_connections_per_client", "upstream_pool_size"):
+    for name in ("max_connections_per_client", "upstream_pool_size", "upstream_max_connections"):
         if getattr(lim, name) < 0:
             fail(f"limits.{name}", "a number >= 0 (0 = none)", getattr(lim, name))
     for i, net in enumerate(cfg.headers.trusted_proxies):

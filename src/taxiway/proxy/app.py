@@ -380,7 +380,8 @@ class Balancer:
         # at all (a half-applied config is worse than either).
         settings = Settings(cfg, self.settings.request_rewriter)
         router = Router(cfg, self.pool, self.rng) \
-            if (cfg.balancer, cfg.affinity) != (old.balancer, old.affinity) else self.router
+            if (cfg.balancer, cfg.affinity, cfg.limits.upstream_max_connections) \
+            != (old.balancer, old.affinity, old.limits.upstream_max_connections) else self.router
         guard_changed = (cfg.ratelimit, cfg.apikeys) != (old.ratelimit, old.apikeys)
         new_guard = None
         if guard_changed:

@@ -62,6 +62,8 @@ class Router:
         if cfg.affinity.mode == "cookie" and cfg.affinity.secret:
             self.affinity = CookieAffinity(cfg.affinity.secret.encode(), cfg.affinity.cookie_name)
         self.key_kind = self.strategy.key_kind
+        # nginx's max_conns: a server with this many requests in flight takes no new one (0 = no cap)
+        self.max_conns = cfg.limits.upstream_max_connections
         self._cands: list[Server] = []
         self._version = -1
         self._valid_until = 0.0
@@ -99,6 +101,9 @@ class Router:
             cands = self.candidates(now)
         if tried:
             cands = [s for s in cands if s not in tried]
+        if self.max_conns:
+            cap = self.max_conns
+            cands = [s for s in cands if s.inflight < cap]
         if not cands:
             return None, False
         if self.affinity is not None:
