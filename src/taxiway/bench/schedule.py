@@ -22,22 +22,26 @@ import math
 import re
 from dataclasses import dataclass
 
+from taxiway.config import parse_duration as config_parse_duration
 from taxiway.errors import UsageError
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
 
 
 def parse_duration(text: str, what: str = "duration") -> float:
-    """`"30s"`, `"500ms"`, `"2m"`, `"1h"` or a bare number of seconds -> seconds.
+    """`"30s"`, `"500ms"`, `"2m"`, `"1m30s"` or a bare number of seconds -> seconds.
+
+    The grammar is the config file's (`taxiway.config.parse_duration`); the command line also
+    takes a bare number ("30") and a space before the unit ("30 s").
 
     Raises:
         UsageError: the text is not a duration; the caller should show it and stop.
     """
-    m = _DURATION.match(str(text))
-    if not m:
-        raise UsageError(f"{what}: expected a duration like 30s, 500ms or 2m (got {text!r})")
-    return float(m.group(1)) * _UNIT_S[m.group(2)]
+    compact = str(text).replace(" ", "")
+    try:
+        return float(compact) if _NUMBER.match(compact) else config_parse_duration(compact)
+    except ValueError:
+        raise UsageError(f"{what}: expected a duration like 30s, 500ms or 2m (got {text!r})") from None
 
 
 @dataclass(frozen=True)
