@@ -1,4 +1,4 @@
-"""The `taxiway` command. Each verb lives in its component's package and is imported lazily.
+"""The `taxiway` command. Each verb lives in its component's package, named in `VERBS`.
 
 A verb module exposes `HELP: str`, `add_arguments(parser)` and `run(args) -> int`. This is the only
 module that calls `sys.exit`; `TaxiwayError`s become one line on stderr and a non-zero status.
@@ -34,12 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"taxiway {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, (module_name, help_text) in VERBS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("taxiway"):
-                continue  # verb not built yet in this checkout
-            raise
+        module = importlib.import_module(module_name)
         p = sub.add_parser(verb, help=help_text, description=getattr(module, "HELP", help_text))
         module.add_arguments(p)
         p.set_defaults(_run=module.run)

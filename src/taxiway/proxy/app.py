@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import inspect
 import ipaddress
 import logging
 import math
@@ -26,14 +25,17 @@ from typing import IO, Any
 
 import msgspec
 
+from taxiway.admin.api import AdminServer
 from taxiway.balancing.health import OutlierDetector, RetryBudget
 from taxiway.balancing.model import Pool, PoolEvent, Server
 from taxiway.config import Config, parse_server_url, split_hostport
 from taxiway.errors import ConfigError
 from taxiway.proxy.forward import Exchange, Router
+from taxiway.proxy.healthcheck import HealthChecker
 from taxiway.proxy.http1 import DateCache, RequestHead, RequestRewriter, ResponseRewriter
 from taxiway.proxy.server import ClientProtocol
 from taxiway.proxy.upstream import UpstreamPool
+from taxiway.security.edge import EdgeGuard
 
 log = logging.getLogger("taxiway.proxy")
 
@@ -160,15 +162,15 @@ class Balancer:
         self.upstreams: dict[Server, UpstreamPool] = {}
         self.bound_http_port: int | None = None
         self.bound_https_port: int | None = None
-        self.admin: Any = None
+        self.admin: AdminServer | None = None
         self.admin_port: int | None = None
-        self.health: Any = None
+        self.health: HealthChecker | None = None
         self._listeners: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tick_handle: asyncio.TimerHandle | None = None
         self._to_remove: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.edge_guard: Any = None
+        self.edge_guard: EdgeGuard | None = None
         self._install_edge_guard(cfg)
         self.pool.subscribe(self._on_pool_event)
         now = time.monotonic()
@@ -178,13 +180,9 @@ class Balancer:
 
     def _install_edge_guard(self, cfg: Config) -> None:
         """API keys and rate limits from security/ (EdgeGuard), when the config asks for them."""
-        try:
-            from taxiway.security.edge import EdgeGuard
-        except ModuleNotFoundError:
-            return
         self._swap_edge_guard(EdgeGuard.from_config(cfg))
 
-    def _swap_edge_guard(self, new: Any) -> None:
+    def _swap_edge_guard(self, new: EdgeGuard | None) -> None:
         old = self.edge_guard
         if old is not None:
             self.guards.remove(old)
@@ -268,22 +266,12 @@ class Balancer:
             self.bound_http_port = srv.sockets[0].getsockname()[1]
         self._tick_handle = loop.call_later(TICK_S, self._tick)
         if cfg.admin.listen:
-            try:
-                from taxiway.admin.api import AdminServer
-            except ModuleNotFoundError as exc:
-                log.warning("admin API not available (%s)", exc)
-            else:
-                self.admin = AdminServer(self)
-                host, port = split_hostport(cfg.admin.listen, "admin.listen")
-                self.admin_port = await self.admin.start(host, port)
+            self.admin = AdminServer(self)
+            host, port = split_hostport(cfg.admin.listen, "admin.listen")
+            self.admin_port = await self.admin.start(host, port)
         if cfg.health.enabled:
-            try:
-                from taxiway.proxy.healthcheck import HealthChecker
-            except ModuleNotFoundError as exc:
-                log.warning("active health checks not available (%s)", exc)
-            else:
-                self.health = HealthChecker(self)
-                await _maybe_await(self.health.start())
+            self.health = HealthChecker(self)
+            self.health.start()
         self.event("started", None, f"http={self.bound_http_port} https={self.bound_https_port}")
 
     def _redirect_location(self, head: RequestHead) -> bytes:
@@ -310,12 +298,12 @@ class Balancer:
             await asyncio.sleep(0.05)
         for p in list(self.protocols):
             p.abort()
-        for comp, meth in ((self.health, "stop"), (self.admin, "close")):
-            if comp is not None:
+        for closing in (self.health.stop if self.health else None, self.admin.close if self.admin else None):
+            if closing is not None:
                 try:
-                    await _maybe_await(getattr(comp, meth)())
+                    await closing()
                 except Exception:
-                    log.exception("stopping %r", comp)
+                    log.exception("stopping %r", closing)
         if self.edge_guard is not None:
             try:
                 await self.edge_guard.close()
@@ -385,8 +373,6 @@ class Balancer:
         guard_changed = (cfg.ratelimit, cfg.apikeys) != (old.ratelimit, old.apikeys)
         new_guard = None
         if guard_changed:
-            from taxiway.security.edge import EdgeGuard
-
             new_guard = EdgeGuard.from_config(cfg)
         log_changed = cfg.access_log != old.access_log
         try:
@@ -450,9 +436,3 @@ class Balancer:
         self.router.invalidate()
         self.event("reload", None, f"{len(wanted)} static server(s)")
         log.info("config reloaded: %d static server(s)", len(wanted))
-
-
-async def _maybe_await(value: Any) -> Any:
-    if inspect.isawaitable(value):
-        return await value
-    return value
