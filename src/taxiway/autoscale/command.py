@@ -17,7 +17,6 @@ import atexit
 import contextlib
 import logging
 import os
-import shlex
 import signal
 import sys
 import time
@@ -29,7 +28,7 @@ import uvloop
 
 from taxiway.autoscale.live import RateMeter, run_live, summary_line
 from taxiway.autoscale.policy import PolicyConfig
-from taxiway.autoscale.process import die_with_parent
+from taxiway.autoscale.process import command_argv, die_with_parent
 from taxiway.autoscale.supervisor import Supervisor
 from taxiway.config import Config, PoolConfig, load_config, split_hostport
 from taxiway.errors import ConfigError, TaxiwayError, UsageError
@@ -103,7 +102,7 @@ async def run_setup(pool: PoolConfig, cwd: str) -> None:
 
 async def _run_setup_command(pool: PoolConfig, command: str, cwd: str) -> None:
     print(f"taxiway up: setup: {command}", flush=True)
-    argv = shlex.split(command.replace("{python}", shlex.quote(sys.executable)))
+    argv = command_argv(command)
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, cwd=cwd, env={**os.environ, **pool.env}, stdin=asyncio.subprocess.DEVNULL,

@@ -12,8 +12,10 @@ import asyncio
 import ctypes
 import enum
 import os
+import shlex
 import signal
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -101,3 +103,11 @@ def pick_free_port(host: str, taken: set[int]) -> int:
         if port not in taken:
             return port
     raise OSError("no free port found")
+
+
+def command_argv(command: str, **values: str) -> list[str]:
+    """A [pool] command line as argv: `{key}` placeholders filled from `values`, `{python}` = the
+    interpreter taxiway runs on, split like a shell would (no shell runs it)."""
+    for key, value in {**values, "python": shlex.quote(sys.executable)}.items():
+        command = command.replace("{" + key + "}", value)
+    return shlex.split(command)

@@ -21,9 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import shlex
 import signal
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +33,7 @@ from taxiway.autoscale.process import (
     AppProcess,
     ProcState,
     Rotation,
+    command_argv,
     die_with_parent,
     pick_free_port,
 )
@@ -228,13 +227,7 @@ class Supervisor:
         task.add_done_callback(self._tasks.discard)
 
     def _argv(self, ap: AppProcess) -> list[str]:
-        """The command line: {port}, {host}, {name} filled in; {python} = this interpreter."""
-        values = {"{port}": str(ap.port), "{host}": self.pool_cfg.host, "{name}": ap.name,
-                  "{python}": shlex.quote(sys.executable)}
-        cmd = self.pool_cfg.command
-        for key, value in values.items():
-            cmd = cmd.replace(key, value)
-        return shlex.split(cmd)
+        return command_argv(self.pool_cfg.command, port=str(ap.port), host=self.pool_cfg.host, name=ap.name)
 
     async def _lifecycle(self, ap: AppProcess) -> None:
         env = {**os.environ, **self.pool_cfg.env, "PORT": str(ap.port), "TAXIWAY_SERVER_NAME": ap.name}
