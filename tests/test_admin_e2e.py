@@ -85,6 +85,8 @@ def test_status_and_metrics_reflect_traffic(procs: Processes, tmp_path: Path) ->
     before = status(admin)
     assert {s["name"]: s["state"] for s in before["servers"]} == {"b1": "up", "b2": "up"}
     assert before["strategy"] == "round-robin" and before["uptime_s"] is not None
+    # Which proxy build answers, so an operator can tell a compiled install from a fallback.
+    assert before["hot_path"].startswith(("compiled (mypyc)", "python ("))
 
     seen = served_by(lb, 20)
     assert set(seen) == {"b1", "b2"}

@@ -15,6 +15,11 @@ What it does:
 4. prints a table with taxiway's ratio to each peer and writes `result.json` and `chart.png` into
    the results directory.
 
+CPU quota (`--proxy-cpu-quota 0.5`): the proxy's process tree also goes into a cgroup allowed that
+share of one core (cgroup v1 `cpu.cfs_quota_us` or v2 `cpu.max`). Then the proxy, not wrk or the
+backends, is the bottleneck, so requests/s compares the proxies' own CPU efficiency directly
+(use it with `--no-half-load`: throttling periods distort latency).
+
 Pinning: the proxy under test gets core 0; wrk and the backends share the other cores. On a 2-core
 machine that means wrk and both backends compete for one core, so absolute numbers are lower than on
 a bigger box; ratios between proxies are what to read.
@@ -193,6 +198,44 @@ def cpu_seconds(pid: int) -> float:
     return total / tick
 
 
+@contextlib.contextmanager
+def cpu_quota(pid: int, share: float | None) -> Iterator[None]:
+    """Cap a process tree at `share` of one core with a cgroup (v2 `cpu.max` or v1 CFS quota)."""
+    if share is None:
+        yield
+        return
+    period = 100_000
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    root = Path("/sys/fs/cgroup") if v2 else Path("/sys/fs/cgroup/cpu")
+    group = root / f"taxiway-bench-{pid}"
+    try:
+        group.mkdir(exist_ok=True)
+        if v2:
+            (group / "cpu.max").write_text(f"{int(period * share)} {period}\n")
+        else:
+            (group / "cpu.cfs_period_us").write_text(f"{period}\n")
+            (group / "cpu.cfs_quota_us").write_text(f"{int(period * share)}\n")
+        for p in _tree(pid):
+            (group / "cgroup.procs").write_text(f"{p}\n")
+    except OSError as exc:
+        raise SystemExit(f"--proxy-cpu-quota needs a writable cpu cgroup under {root} (root): {exc}") from exc
+    try:
+        yield
+    finally:
+        for p in _tree(pid):
+            with contextlib.suppress(OSError):
+                (root / "cgroup.procs").write_text(f"{p}\n")
+        with contextlib.suppress(OSError):
+            group.rmdir()
+
+
+def hot_path_build() -> str:
+    """Which build of taxiway's proxy the benchmark runs (compiled by mypyc, or its sources)."""
+    out = subprocess.run([sys.executable, "-c", "import taxiway.proxy as p; print(p.BUILD)"],
+                         env=taxiway_env(), capture_output=True, text=True, check=False)
+    return out.stdout.strip() or out.stderr.strip()[-200:]
+
+
 def run_wrk(url: str, args: argparse.Namespace, duration_s: float, cpus: str | None,
             script: Path | None = None) -> dict[str, float]:
     cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{max(1, round(duration_s))}s",
@@ -353,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     p.add_argument("--proxy-cpus", default="0", help="taskset list for the proxy under test (default 0)")
     p.add_argument("--other-cpus", default=None, help="taskset list for wrk and backends (default: the rest)")
+    p.add_argument("--proxy-cpu-quota", type=float, default=None, metavar="SHARE",
+                   help="also cap each proxy at this share of one core (cgroup), e.g. 0.5")
     p.add_argument("--results", default=None,
                    help="results dir (default benchmarks/proxy_vs_peers/results/DATE)")
     args = p.parse_args(argv)
@@ -384,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(), "pinning": {"proxy": proxy_cpus, "wrk_and_backends": other_cpus},
         "wrk": {"threads": args.threads, "connections": args.connections, "duration_s": args.duration,
                 "path": args.path},
-        "taxiway_strategy": args.strategy, "peak": {}, "half_load": {},
+        "taxiway_strategy": args.strategy, "taxiway_hot_path": hot_path_build(),
+        "proxy_cpu_quota": args.proxy_cpu_quota, "peak": {}, "half_load": {},
     }
     peak: dict[str, dict[str, float]] = result["peak"]  # type: ignore[assignment]
     half: dict[str, dict[str, float]] = result["half_load"]  # type: ignore[assignment]
@@ -402,10 +448,11 @@ def main(argv: list[str] | None = None) -> int:
                 proc, port = start_target(name, procs, rundir, (b1, b2), args, proxy_cpus)
                 running[name], ports[name] = proc, port
                 url = f"http://127.0.0.1:{port}{args.path}"
-                run_wrk(url, args, args.warmup, other_cpus)
-                cpu0 = cpu_seconds(proc.pid)
-                peak[name] = run_wrk(url, args, args.duration, other_cpus)
-                cpu = cpu_seconds(proc.pid) - cpu0
+                with cpu_quota(proc.pid, args.proxy_cpu_quota):
+                    run_wrk(url, args, args.warmup, other_cpus)
+                    cpu0 = cpu_seconds(proc.pid)
+                    peak[name] = run_wrk(url, args, args.duration, other_cpus)
+                    cpu = cpu_seconds(proc.pid) - cpu0
                 # Requests per CPU-second of the proxy: its ceiling on one core, meaningful even when
                 # the load generator or the backends (not the proxy) limit the measured req/s.
                 peak[name]["proxy_cpu_s"] = round(cpu, 2)
@@ -463,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{result['rate_method']}):")
         for name, r in half.items():
             print(f"{name:<12} {r['rps']:>10.0f} {r.get('p50_ms', 0):>8.2f} {r.get('p99_ms', 0):>8.2f}")
-    print(f"\nratios: {json.dumps(ratios)}\nresults: {results_dir}")
+    print(f"\ntaxiway hot path: {result['taxiway_hot_path']}; proxy CPU quota: "
+          f"{args.proxy_cpu_quota or 'none'}\nratios: {json.dumps(ratios)}\nresults: {results_dir}")
     shutil.rmtree(rundir, ignore_errors=True)
     return 0
 

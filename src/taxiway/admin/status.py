@@ -22,6 +22,7 @@ from typing import Any
 
 from taxiway import __version__
 from taxiway.balancing.model import Server, ServerState
+from taxiway.proxy import BUILD
 
 # Samples older than this do not count in p50/p95 (one minute, like `uptime`'s shortest load average).
 RECENT_WINDOW_S = 60.0
@@ -114,8 +115,9 @@ def build_status(balancer: Any, now_monotonic: float, now_wall: float | None = N
         now_monotonic: `time.monotonic()` at the moment of the snapshot.
         now_wall: `time.time()` at the same moment; without it `uptime_s` is None.
     Returns:
-        A dict of JSON types only: `version`, `started_at` (Unix time), `uptime_s`, `strategy`,
-        `connections`, `servers`
+        A dict of JSON types only: `version`, `hot_path` (the proxy build running: compiled or
+        python, with the reason), `started_at` (Unix time), `uptime_s`, `strategy`, `connections`,
+        `servers`
         (one row per server, see `server_status`), `totals`, `counters` (the proxy's named counters,
         sorted), `events` (newest last, at most MAX_EVENTS) and `autoscale` (None without autoscaler).
     """
@@ -129,6 +131,7 @@ def build_status(balancer: Any, now_monotonic: float, now_wall: float | None = N
     uptime = None if now_wall is None or not started_at else round(max(0.0, now_wall - started_at), 3)
     return {
         "version": __version__,
+        "hot_path": BUILD,
         "started_at": started_at,
         "uptime_s": uptime,
         "strategy": balancer.cfg.balancer.strategy,

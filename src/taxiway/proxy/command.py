@@ -23,6 +23,7 @@ import uvloop
 
 from taxiway.config import Config, load_config, split_hostport
 from taxiway.errors import ConfigError, TaxiwayError
+from taxiway.proxy import BUILD
 
 HELP = ("Run the load balancer: HTTP/1.1 reverse proxy with keep-alive pools, retries, health "
         "checks. SIGTERM drains and exits; SIGHUP reloads the config file.")
@@ -81,7 +82,8 @@ async def _main(cfg: Config, config_path: str | None, worker: int) -> int:
         host = split_hostport(cfg.listen.https, "listen.https")[0]
         where.append(f"https://{host}:{bal.bound_https_port}")
     print(f"taxiway lb{f' worker {worker}' if worker else ''}: listening on {' '.join(where)} "
-          f"({cfg.balancer.strategy}, {len(bal.pool)} server(s))", file=sys.stderr, flush=True)
+          f"({cfg.balancer.strategy}, {len(bal.pool)} server(s); hot path {BUILD})",
+          file=sys.stderr, flush=True)
     await stop.wait()
     log.info("stopping: finishing in-flight requests (up to %.0fs)", float(cfg.timeouts.shutdown))
     await bal.stop(float(cfg.timeouts.shutdown))

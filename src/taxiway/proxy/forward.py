@@ -30,6 +30,7 @@ from taxiway.proxy.http1 import (
     Rejection,
     RequestHead,
     RequestInfo,
+    ResponseContext,
     error_response,
     simple_response,
 )
@@ -118,7 +119,7 @@ class Router:
         return self.strategy.pick(cands, self.key_for(head) if self.key_kind else None, now), False
 
 
-class Exchange:
+class Exchange(ResponseContext):
     """One request/response through the proxy (see module docstring)."""
 
     # Per-request defaults live on the class: a request sets only what changes (cheaper than
@@ -137,17 +138,7 @@ class Exchange:
     status = 0
     body_in = 0
     body_out = 0
-    # Response framing: the exchange is the `ResponseContext` the rewriter reads and fills in
-    # (one object less per request).
-    content_length = -1
-    upstream_chunked = False
-    chunked_out = False
-    no_body = False
-    close = False
-    https = False
-    date_line = b""
-    server_name = ""
-    extra: list[bytes] | None = None
+    # Response framing fields (content_length, chunked_out, close, ...) come from ResponseContext.
     set_cookie = False
     tunnel = False
     timed_out_connect = False

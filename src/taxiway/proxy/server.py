@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -79,7 +79,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Called by the listener for every accepted connection."""
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
+        tr = self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         bal = self.bal
         s = bal.settings
         bal.connections += 1
@@ -90,7 +90,7 @@ class ClientProtocol(asyncio.Protocol):
         if bal.connections > s.max_connections:
             bal.counters["connections_refused"] += 1
             self.closed = True
-            transport.abort()
+            tr.abort()
             return
         if s.max_connections_per_client:
             n = bal.per_client.get(ip, 0) + 1
@@ -99,7 +99,7 @@ class ClientProtocol(asyncio.Protocol):
             if n > s.max_connections_per_client:
                 bal.counters["connections_refused"] += 1
                 self.closed = True
-                transport.abort()
+                tr.abort()
                 return
         self.ctx = ConnContext(ip, self.scheme, s.is_trusted(ip))
         self.header_deadline = time.monotonic() + s.client_header_s
