@@ -167,6 +167,8 @@ def test_plain_text_secret_is_warned_about_by_every_command(tmp_path) -> None:  
     pytest.param({"health": {"timeout": "0s"}}, "health.timeout", "positive", id="zero-health-timeout"),
     pytest.param({"timeouts": {"connect": 0}}, "timeouts.connect", "positive", id="zero-connect"),
     pytest.param({"limits": {"max_connections": -1}}, "limits.max_connections", ">= 1", id="neg-conns"),
+    pytest.param({"limits": {"upstream_queue": -1}}, "limits.upstream_queue", ">= 0", id="neg-queue"),
+    pytest.param({"timeouts": {"queue": "0s"}}, "timeouts.queue", "positive", id="zero-queue-timeout"),
     pytest.param({"outlier": {"consecutive_failures": 0}}, "outlier.consecutive_failures", ">= 1",
                  id="zero-failures"),
     pytest.param({"health": {"expected_status": [999]}}, "health.expected_status", "599", id="bad-status"),

@@ -1,32 +1,42 @@
-"""limits.upstream_max_connections: a full server takes no new request (nginx's max_conns)."""
+"""limits.upstream_max_connections: a full server takes no new request (nginx's max_conns), and
+when every server is full requests wait in a bounded FIFO queue (HAProxy's maxconn + queue)."""
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 
 from .conftest import Processes
 from .test_proxy_support import InProcess, http_get, make_config
 
 
-def _concurrently(port: int, paths: list[str]) -> list[tuple[int, str | None]]:
+def _concurrently(port: int, paths: list[str], stagger_s: float = 0.0,
+                  timings: list[float] | None = None) -> list[tuple[int, str | None]]:
     out: list[tuple[int, str | None]] = [(0, None)] * len(paths)
+    took = [0.0] * len(paths)
 
     def one(i: int, path: str) -> None:
+        t0 = time.monotonic()
         r = http_get(port, path)
-        out[i] = (r.status, r.header("X-Backend"))
+        took[i] = time.monotonic() - t0
+        out[i] = (r.status, r.header("X-Backend") or r.header("Retry-After"))
 
     threads = [threading.Thread(target=one, args=(i, p)) for i, p in enumerate(paths)]
     for t in threads:
         t.start()
+        time.sleep(stagger_s)
     for t in threads:
         t.join(30)
+    if timings is not None:
+        timings[:] = took
     return out
 
 
 def test_a_full_server_is_skipped_and_503_when_all_are_full(procs: Processes) -> None:
     b1, b2 = procs.backend("b1"), procs.backend("b2")
     lb = InProcess(make_config([b1, b2], balancer={"strategy": "round-robin"},
-                               limits={"upstream_max_connections": 1}))
+                               limits={"upstream_max_connections": 1, "upstream_queue": 0}))
     try:
         # Two slow requests fill both servers (one each, whatever round robin would say) ...
         results = _concurrently(lb.port, ["/delay/1500"] * 3)
@@ -48,5 +58,75 @@ def test_no_cap_by_default(procs: Processes) -> None:
     try:
         results = _concurrently(lb.port, ["/delay/500"] * 5)
         assert [s for s, _ in results] == [200] * 5
+    finally:
+        lb.stop()
+
+
+def test_requests_wait_for_a_slot_instead_of_503(procs: Processes) -> None:
+    b1, b2 = procs.backend("b1"), procs.backend("b2")
+    lb = InProcess(make_config([b1, b2], limits={"upstream_max_connections": 1}))
+    try:
+        seen: list[int] = []
+        watcher = threading.Thread(target=lambda: [
+            (seen.append(lb.run(lambda: len(lb.bal.waiting.entries))), time.sleep(0.1)) for _ in range(8)])
+        watcher.start()
+        took: list[float] = []
+        # Four slow requests, two servers with one slot each: two are served at once, two wait.
+        results = _concurrently(lb.port, ["/delay/800"] * 4, stagger_s=0.05, timings=took)
+        watcher.join()
+        assert [s for s, _ in results] == [200] * 4, results
+        assert lb.bal.counters["queued"] == 2 and lb.bal.counters["error_503"] == 0
+        assert max(seen) == 2   # /status "waiting" shows them while they wait
+        assert sorted(took)[-1] >= 1.5   # the last ones waited for a whole earlier request
+        assert lb.run(lambda: len(lb.bal.waiting.entries)) == 0
+    finally:
+        lb.stop()
+
+
+def test_a_request_waits_at_most_the_queue_timeout(procs: Processes) -> None:
+    b1 = procs.backend("b1")
+    lb = InProcess(make_config([b1], limits={"upstream_max_connections": 1},
+                               timeouts={"queue": "300ms"}))
+    try:
+        took: list[float] = []
+        results = _concurrently(lb.port, ["/delay/2000", "/"], stagger_s=0.1, timings=took)
+        assert results[0] == (200, "b1")
+        status, retry_after = results[1]
+        assert status == 503 and retry_after is not None   # with Retry-After, like "all servers down"
+        assert 0.25 <= took[1] < 1.5   # answered after the queue timeout, not after the slow request
+        assert lb.bal.counters["queue_timeout"] == 1
+    finally:
+        lb.stop()
+
+
+def test_a_full_queue_answers_503_at_once(procs: Processes) -> None:
+    b1 = procs.backend("b1")
+    lb = InProcess(make_config([b1], limits={"upstream_max_connections": 1, "upstream_queue": 1}))
+    try:
+        took: list[float] = []
+        results = _concurrently(lb.port, ["/delay/1000"] * 3, stagger_s=0.1, timings=took)
+        assert [s for s, _ in results] == [200, 200, 503], results
+        assert took[2] < 0.5   # refused immediately: the one queue place was taken
+    finally:
+        lb.stop()
+
+
+def test_a_client_that_leaves_while_waiting_is_never_sent_upstream(procs: Processes) -> None:
+    b1 = procs.backend("b1")
+    lb = InProcess(make_config([b1], limits={"upstream_max_connections": 1}))
+    try:
+        holder = threading.Thread(target=http_get, args=(lb.port, "/delay/800"))
+        holder.start()
+        time.sleep(0.2)
+        s = socket.create_connection(("127.0.0.1", lb.port))
+        s.sendall(b"GET /delay/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)
+        assert lb.run(lambda: len(lb.bal.waiting.entries)) == 1
+        s.close()
+        holder.join(10)
+        assert http_get(lb.port, "/").status == 200
+        server = lb.bal.pool.servers[0]
+        assert server.requests == 2   # the held request and the last one; not the abandoned one
+        assert lb.run(lambda: len(lb.bal.waiting.entries)) == 0
     finally:
         lb.stop()

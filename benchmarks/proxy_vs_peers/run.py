@@ -185,17 +185,18 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process tree (from /proc/PID/stat, in clock ticks)."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU time of a process tree (from /proc/PID/stat, in clock ticks)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    user = system = 0
     for p in _tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / tick
+        user += int(fields[11])     # utime, stime: fields 14 and 15 of stat
+        system += int(fields[12])
+    return user / tick, system / tick
 
 
 @contextlib.contextmanager
@@ -450,17 +451,24 @@ def main(argv: list[str] | None = None) -> int:
                 url = f"http://127.0.0.1:{port}{args.path}"
                 with cpu_quota(proc.pid, args.proxy_cpu_quota):
                     run_wrk(url, args, args.warmup, other_cpus)
-                    cpu0 = cpu_seconds(proc.pid)
+                    user0, sys0 = cpu_seconds(proc.pid)
                     peak[name] = run_wrk(url, args, args.duration, other_cpus)
-                    cpu = cpu_seconds(proc.pid) - cpu0
+                    user1, sys1 = cpu_seconds(proc.pid)
+                cpu = (user1 - user0) + (sys1 - sys0)
                 # Requests per CPU-second of the proxy: its ceiling on one core, meaningful even when
                 # the load generator or the backends (not the proxy) limit the measured req/s.
                 peak[name]["proxy_cpu_s"] = round(cpu, 2)
+                n = peak[name]["requests"]
+                if n:   # where a request's CPU goes: the proxy's own code vs the kernel (sockets)
+                    peak[name]["user_us_per_req"] = round((user1 - user0) / n * 1e6, 1)
+                    peak[name]["sys_us_per_req"] = round((sys1 - sys0) / n * 1e6, 1)
                 peak[name]["rps_per_cpu_s"] = round(peak[name]["requests"] / cpu) if cpu > 0 else 0.0
                 r = peak[name]
                 print(f"{name}: {r['rps']:.0f} req/s, p50 {r.get('p50_ms', 0):.2f} ms, "
                       f"p99 {r.get('p99_ms', 0):.2f} ms, errors {r['errors']:.0f}, "
-                      f"{r['rps_per_cpu_s']:.0f} req per proxy CPU-second", flush=True)
+                      f"{r['rps_per_cpu_s']:.0f} req per proxy CPU-second (user "
+                      f"{r.get('user_us_per_req', 0):.1f} + kernel {r.get('sys_us_per_req', 0):.1f} "
+                      "µs per request)", flush=True)
                 if args.no_half_load:
                     procs.stop(proc)
                     running.pop(name)

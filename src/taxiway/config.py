@@ -217,6 +217,7 @@ class TimeoutsConfig(_Section):
     upstream_response: Duration = Duration(60)  # first response byte after the request was sent
     upstream_idle: Duration = Duration(30)  # pooled upstream connection unused this long is closed
     shutdown: Duration = Duration(30)       # SIGTERM: in-flight requests get this long to finish
+    queue: Duration = Duration(5)           # a request waits this long for a server slot, then 503
 
 
 class LimitsConfig(_Section):
@@ -227,8 +228,11 @@ class LimitsConfig(_Section):
     max_connections: int = 10000
     upstream_pool_size: int = 64               # idle keep-alive connections kept per server
     # Requests (so connections) in flight per server at most; a full server takes no new request
-    # and when every server is full the answer is 503 (nginx's max_conns). 0 = no cap.
+    # (nginx's max_conns, HAProxy's maxconn). 0 = no cap.
     upstream_max_connections: int = 0
+    # When every server is full, up to this many requests wait (first in, first out) for a slot,
+    # each at most timeouts.queue (HAProxy's queue); more, or a longer wait, get 503. 0 = no queue.
+    upstream_queue: int = 1024
 
 
 class HeadersConfig(_Section):
@@ -582,7 +586,7 @@ def _check(cfg: Config, source: str | None, base: Path) -> None:
     if o.max_ejection < o.base_ejection:
         fail("outlier.max_ejection", "a duration >= outlier.base_ejection", o.max_ejection)
     for name in ("connect", "client_header", "client_body", "client_idle", "upstream_response",
-                 "upstream_idle"):
+                 "upstream_idle", "queue"):
         positive(f"timeouts.{name}", getattr(cfg.timeouts, name))
     lim = cfg.limits
     if lim.max_header_bytes < 1024:
@@ -590,7 +594,8 @@ def _check(cfg: Config, source: str | None, base: Path) -> None:
     for name in ("max_headers", "max_connections"):
         if getattr(lim, name) < 1:
             fail(f"limits.{name}", "a number >= 1", getattr(lim, name))
-    for name in ("max_connections_per_client", "upstream_pool_size", "upstream_max_connections"):
+    for name in ("max_connections_per_client", "upstream_pool_size", "upstream_max_connections",
+                 "upstream_queue"):
         if getattr(lim, name) < 0:
             fail(f"limits.{name}", "a number >= 0 (0 = none)", getattr(lim, name))
     for i, net in enumerate(cfg.headers.trusted_proxies):

@@ -9,7 +9,7 @@ library documents for "proxy" collectors that expose another system's numbers).
 Metric names (all prefixed `taxiway_`):
   requests_total, responses_total{class}, errors_total{status}, retries_total,
   retry_budget_exhausted_total, proxy_events_total{event} (any other counter the proxy keeps),
-  connections, uptime_seconds, servers{state},
+  connections, waiting_requests, uptime_seconds, servers{state},
   server_requests_total{server}, server_failures_total{server}, server_inflight{server},
   server_bytes_in_total{server}, server_bytes_out_total{server}, server_up{server},
   server_weight{server}, server_latency_ewma_seconds{server},
@@ -78,6 +78,10 @@ class BalancerCollector(Collector):
         yield other
         yield GaugeMetricFamily("taxiway_connections", "Open client connections.",
                                 value=int(getattr(b, "connections", 0)))
+        waiting = getattr(b, "waiting", None)
+        yield GaugeMetricFamily("taxiway_waiting_requests",
+                                "Requests queued for a server slot (all servers at max connections).",
+                                value=len(waiting.entries) if waiting is not None else 0)
         started = getattr(b, "started_at", None)
         if started:
             yield GaugeMetricFamily("taxiway_uptime_seconds", "Seconds since the balancer started.",

@@ -117,6 +117,7 @@ def build_status(balancer: Any, now_monotonic: float, now_wall: float | None = N
     Returns:
         A dict of JSON types only: `version`, `hot_path` (the proxy build running: compiled or
         python, with the reason), `started_at` (Unix time), `uptime_s`, `strategy`, `connections`,
+        `waiting` (requests queued for a server slot),
         `servers`
         (one row per server, see `server_status`), `totals`, `counters` (the proxy's named counters,
         sorted), `events` (newest last, at most MAX_EVENTS) and `autoscale` (None without autoscaler).
@@ -136,6 +137,8 @@ def build_status(balancer: Any, now_monotonic: float, now_wall: float | None = N
         "uptime_s": uptime,
         "strategy": balancer.cfg.balancer.strategy,
         "connections": int(getattr(balancer, "connections", 0)),
+        # Requests waiting for a server slot (limits.upstream_max_connections reached everywhere).
+        "waiting": len(balancer.waiting.entries) if hasattr(balancer, "waiting") else 0,
         "servers": rows,
         "totals": _totals(rows),
         "counters": {k: int(v) for k, v in sorted(balancer.counters.items())},

@@ -30,7 +30,7 @@ from taxiway.balancing.health import OutlierDetector, RetryBudget
 from taxiway.balancing.model import Pool, PoolEvent, Server
 from taxiway.config import Config, parse_server_url, split_hostport
 from taxiway.errors import ConfigError
-from taxiway.proxy.forward import Exchange, Router
+from taxiway.proxy.forward import Exchange, Router, WaitQueue
 from taxiway.proxy.healthcheck import HealthChecker
 from taxiway.proxy.http1 import DateCache, RequestHead, RequestRewriter, ResponseRewriter
 from taxiway.proxy.server import ClientProtocol
@@ -60,6 +60,8 @@ class Settings:
         self.max_connections = lim.max_connections
         self.max_connections_per_client = lim.max_connections_per_client
         self.upstream_pool_size = lim.upstream_pool_size
+        self.queue_size = lim.upstream_queue if lim.upstream_max_connections else 0
+        self.queue_s = float(t.queue)
         self.retries = cfg.balancer.retries
         self.request_rewriter = RequestRewriter(cfg.headers.request_id, cfg.headers.via, self.max_body_bytes)
         if rewriter is not None:   # keep request ids unique across reloads
@@ -153,6 +155,7 @@ class Balancer:
         self.rng = random.Random(cfg.balancer.seed)
         self.settings = Settings(cfg)
         self.router = Router(cfg, self.pool, self.rng)
+        self.waiting = WaitQueue(self)
         self.outlier = OutlierDetector(cfg.outlier)
         self.retry_budget = RetryBudget(cfg.balancer.retry_budget)
         self._budget_counted = 0    # counters["requests"] already deposited in the retry budget
@@ -332,6 +335,8 @@ class Balancer:
             except Exception:
                 log.exception("timer check failed")
                 p.abort()
+        if self.waiting.entries:
+            self.waiting.expire(now)
         idle_s = self.settings.upstream_idle_s
         for up in self.upstreams.values():
             up.sweep(now, idle_s)

@@ -16,6 +16,7 @@ Statuses taxiway answers here: 502 upstream failed or sent invalid HTTP, 503 no 
 
 from __future__ import annotations
 
+import collections
 import random
 import time
 from collections.abc import Sequence
@@ -65,6 +66,8 @@ class Router:
         self.key_kind = self.strategy.key_kind
         # nginx's max_conns: a server with this many requests in flight takes no new one (0 = no cap)
         self.max_conns = cfg.limits.upstream_max_connections
+        # Set by `pick` when it found servers but every one was at max_conns (the request may wait).
+        self.full = False
         self._cands: list[Server] = []
         self._version = -1
         self._valid_until = 0.0
@@ -104,7 +107,9 @@ class Router:
             cands = [s for s in cands if s not in tried]
         if self.max_conns:
             cap = self.max_conns
-            cands = [s for s in cands if s.inflight < cap]
+            has_room = [s for s in cands if s.inflight < cap]
+            self.full = not has_room and bool(cands)
+            cands = has_room
         if not cands:
             return None, False
         if self.affinity is not None:
@@ -219,13 +224,23 @@ class Exchange(ResponseContext):
         bal = self.bal
         if now is None:
             now = time.monotonic()
+        waiting = bal.waiting
+        if waiting.entries and not self.tried:   # others wait for a slot already: join the line
+            if not waiting.push(self, now):
+                self.answer_error(503)
+            return
         server, set_cookie = bal.router.pick(self.head, self.tried, now)
         if server is None:
             if self.tried:
                 self.answer_error(504 if self.timed_out_connect else 502)
-            else:
+            elif not (bal.router.full and waiting.push(self, now)):
                 self.answer_error(503)
             return
+        self.use_server(server, set_cookie, now)
+
+    def use_server(self, server: Server, set_cookie: bool, now: float) -> None:
+        """Send the request to `server` (picked by `dispatch`, or by the wait queue)."""
+        bal = self.bal
         self.set_cookie = set_cookie
         self.server = server
         self.tried = (*self.tried, server)
@@ -537,12 +552,16 @@ class Exchange(ResponseContext):
         now = time.monotonic()
         self._account(ok, True, now)
         self.proto.exchange_done(self, now)
+        if self.bal.waiting.entries:   # the slot this request held can serve one that waits
+            self.bal.waiting.drain(now)
 
     def _finish(self) -> None:
         if self.finished:
             return
         self._account(ok=True, count_server=False)
         self.proto.exchange_done(self)
+        if self.bal.waiting.entries:
+            self.bal.waiting.drain(time.monotonic())
 
     def _account(self, ok: bool, count_server: bool = True, now: float = 0.0) -> None:
         """Everything measured about one request, exactly once."""
@@ -585,7 +604,78 @@ class Exchange(ResponseContext):
             self.server = None
             server.inflight -= 1
         self.finished = True
+        if self.bal.waiting.entries:
+            self.bal.waiting.drain(time.monotonic())
 
 
 _CLASS_KEYS = {1: "responses_1xx", 2: "responses_2xx", 3: "responses_3xx", 4: "responses_4xx",
                5: "responses_5xx"}
+
+
+class WaitQueue:
+    """Requests waiting for a server slot when every server is at `upstream_max_connections`.
+
+    HAProxy's backend queue: first in, first out, bounded in length (`limits.upstream_queue`) and
+    in time (`timeouts.queue`, then 503 with Retry-After). A slot freed by a finished request is
+    offered to the oldest waiter at once; the balancer's tick expires waiters and retries the
+    head (a server added or back up). While anyone waits, new requests queue behind them.
+    """
+
+    def __init__(self, bal: Balancer) -> None:
+        self.bal = bal
+        self.entries: collections.deque[tuple[float, Exchange]] = collections.deque()
+        self.draining = False   # an answer given while draining finishes an exchange: no recursion
+
+    def push(self, ex: Exchange, now: float) -> bool:
+        """Queue `ex`; False when the queue is full or off (the caller answers 503)."""
+        bal = self.bal
+        if len(self.entries) >= bal.settings.queue_size:
+            return False
+        self.entries.append((now + bal.settings.queue_s, ex))
+        bal.counters["queued"] += 1
+        return True
+
+    def drain(self, now: float) -> None:
+        """Dispatch waiters, oldest first, while a server has a free slot."""
+        if self.draining:
+            return
+        self.draining = True
+        try:
+            self._drain(now)
+        finally:
+            self.draining = False
+
+    def _drain(self, now: float) -> None:
+        entries = self.entries
+        router = self.bal.router
+        while entries:
+            ex = entries[0][1]
+            if ex.finished:        # the client went away while waiting
+                entries.popleft()
+                continue
+            server, set_cookie = router.pick(ex.head, (), now)
+            if server is None:
+                if router.full:    # still no slot: the head keeps its place
+                    return
+                entries.popleft()  # no server at all any more
+                ex.answer_error(503)
+            else:
+                entries.popleft()
+                ex.use_server(server, set_cookie, now)
+            ex.proto.flush()
+
+    def expire(self, now: float) -> None:
+        """Called by the tick: 503 for requests that waited `timeouts.queue`, then retry the head."""
+        entries = self.entries
+        self.draining = True
+        try:
+            while entries and entries[0][0] <= now:
+                ex = entries.popleft()[1]
+                if not ex.finished:
+                    self.bal.counters["queue_timeout"] += 1
+                    ex.answer_error(503)
+                    ex.proto.flush()
+        finally:
+            self.draining = False
+        if entries:
+            self.drain(now)
