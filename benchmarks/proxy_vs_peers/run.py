@@ -309,6 +309,8 @@ def start_target(name: str, procs: Procs, rundir: Path, backends: tuple[int, int
         cfg = render("haproxy.cfg.tmpl", rundir / "haproxy.cfg", port=port, backend1=b1, backend2=b2,
                      rundir=rundir)
         proc = procs.start("haproxy", ["haproxy", "-db", "-f", str(cfg)], cpus)
+    elif name == "bare":   # the floor for a Python proxy: uvloop + httptools, no features (bare.py)
+        proc = procs.start("bare", [sys.executable, str(HERE / "bare.py"), str(port), str(b1), str(b2)], cpus)
     elif name == "nginx":
         cfg = render("nginx.conf.tmpl", rundir / "nginx.conf", port=port, backend1=b1, backend2=b2,
                      rundir=rundir)
@@ -390,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=50, help="wrk -c")
     p.add_argument("--path", default="/", help="request path (the backend answers 'hello from NAME')")
     p.add_argument("--targets", default="direct,taxiway,haproxy,nginx",
-                   help="comma list from: direct, taxiway, haproxy, nginx")
+                   help="comma list from: direct, taxiway, haproxy, nginx, bare (a featureless uvloop + "
+                        "httptools forwarder: the floor for a Python proxy)")
     p.add_argument("--strategy", default="round-robin", help="taxiway strategy (peers use round robin)")
     p.add_argument("--no-half-load", action="store_true", help="skip the fixed-rate p99 runs")
     p.add_argument("--install", action="store_true", help="apt-get install wrk/haproxy/nginx if missing")
@@ -490,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         procs.stop_all()
     ratios: dict[str, float] = {}
     if "taxiway" in peak:
-        for peer in ("haproxy", "nginx"):
+        for peer in ("haproxy", "nginx", "bare"):
             if peer in peak and peak[peer]["rps"]:
                 ratios[f"rps_vs_{peer}"] = round(peak["taxiway"]["rps"] / peak[peer]["rps"], 3)
             if peer in peak and peak[peer].get("rps_per_cpu_s"):
