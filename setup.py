@@ -1,13 +1,15 @@
 """Build hook: compile the proxy's hot path with mypyc (pyproject.toml holds everything else).
 
-Why: the four modules a proxied request runs through spend about half their CPU in the CPython
-interpreter; compiled by mypyc to C extensions, each request costs about half as much CPU.
+Why: the four modules a proxied request runs through spend most of their time in the CPython
+interpreter; compiled by mypyc to C extensions, each request costs about half the Python work.
 The compiled modules are an optimisation, never a requirement:
 - TAXIWAY_COMPILE=0 installs the Python sources only (no compiler needed);
-- a failed compile is skipped (the extensions are optional), leaving the sources;
-- at import, `taxiway.proxy.hotpath` checks that the compiled modules match the sources (by a
-  SHA-256 recorded here) and falls back to the sources when they do not, so an edited source
-  always takes effect in an editable install.
+- a failed compile (no C compiler, a mypy error) is skipped, leaving the sources;
+- `_compiled.json` (each compiled source's SHA-256) is written only after every extension of
+  this build was built, and old outputs are removed first, so a failed rebuild can never leave a
+  manifest that vouches for stale extensions;
+- at import, `taxiway.proxy.hotpath` falls back to the sources unless the manifest, the
+  extensions and the sources all agree, so an edited source always takes effect.
 """
 
 from __future__ import annotations
@@ -18,35 +20,64 @@ import os
 import sys
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROXY = os.path.join("src", "taxiway", "proxy")
 HOT_PATH = ("forward", "http1", "server", "upstream")   # keep in step with proxy/hotpath.py
-MANIFEST = os.path.join(HERE, PROXY, "_compiled.json")
+MANIFEST = "_compiled.json"
 GROUP = "taxiway_hotpath"   # name of the shared library mypyc builds for the four modules
+SOURCES = [os.path.join(PROXY, name + ".py") for name in HOT_PATH]
+
+
+def _manifest() -> str:
+    digests = {}
+    for name, path in zip(HOT_PATH, SOURCES, strict=True):
+        with open(os.path.join(HERE, path), "rb") as f:
+            digests[name] = hashlib.sha256(f.read()).hexdigest()
+    return json.dumps({"runtime": GROUP + "__mypyc", "sha256": digests}, indent=1)
+
+
+class BuildHotPath(build_ext):
+    """build_ext that removes old outputs first and writes the manifest only after a full build."""
+
+    def run(self) -> None:
+        outputs = [self.get_ext_fullpath(ext.name) for ext in self.extensions]
+        for path in outputs:
+            if os.path.exists(path):
+                os.remove(path)
+        super().run()
+        missing = [p for p in outputs if not os.path.exists(p)]
+        if missing:
+            print(f"taxiway: {len(missing)} compiled module(s) not built; the proxy runs from its "
+                  "Python sources", file=sys.stderr)
+            return
+        text = _manifest()
+        # Into the wheel's tree (a normal install) and beside the sources (an editable install).
+        for directory in (os.path.join(self.build_lib, "taxiway", "proxy"), os.path.join(HERE, PROXY)):
+            if os.path.isdir(directory):
+                with open(os.path.join(directory, MANIFEST), "w") as f:
+                    f.write(text)
 
 
 def ext_modules() -> list:
-    if os.path.exists(MANIFEST):
-        os.remove(MANIFEST)
+    stale = os.path.join(HERE, PROXY, MANIFEST)
+    if os.path.exists(stale):
+        os.remove(stale)
     if os.environ.get("TAXIWAY_COMPILE", "1") == "0":
         return []
     try:
         from mypyc.build import mypycify
-    except ImportError:
-        print("taxiway: mypyc is not installed; the proxy runs from its Python sources", file=sys.stderr)
+
+        exts = mypycify(["--ignore-missing-imports", "--follow-imports=silent", *SOURCES],
+                        group_name=GROUP)
+    except (Exception, SystemExit) as exc:   # mypyc missing, or a type error it refuses to compile
+        print(f"taxiway: not compiling the hot path ({exc!r}); the proxy runs from its Python sources",
+              file=sys.stderr)
         return []
-    paths = [os.path.join(PROXY, name + ".py") for name in HOT_PATH]
-    exts = mypycify(["--ignore-missing-imports", "--follow-imports=silent", *paths], group_name=GROUP)
     for ext in exts:
         ext.optional = True   # no C compiler: install anyway, the sources run
-    digests = {}
-    for name, path in zip(HOT_PATH, paths, strict=True):
-        with open(os.path.join(HERE, path), "rb") as f:
-            digests[name] = hashlib.sha256(f.read()).hexdigest()
-    with open(MANIFEST, "w") as f:
-        json.dump({"runtime": GROUP + "__mypyc", "sha256": digests}, f, indent=1)
     return exts
 
 
-setup(ext_modules=ext_modules())
+setup(ext_modules=ext_modules(), cmdclass={"build_ext": BuildHotPath})

@@ -81,7 +81,7 @@ class BalancerCollector(Collector):
         waiting = getattr(b, "waiting", None)
         yield GaugeMetricFamily("taxiway_waiting_requests",
                                 "Requests queued for a server slot (all servers at max connections).",
-                                value=len(waiting.entries) if waiting is not None else 0)
+                                value=waiting.live() if waiting is not None else 0)
         started = getattr(b, "started_at", None)
         if started:
             yield GaugeMetricFamily("taxiway_uptime_seconds", "Seconds since the balancer started.",

@@ -138,7 +138,7 @@ def build_status(balancer: Any, now_monotonic: float, now_wall: float | None = N
         "strategy": balancer.cfg.balancer.strategy,
         "connections": int(getattr(balancer, "connections", 0)),
         # Requests waiting for a server slot (limits.upstream_max_connections reached everywhere).
-        "waiting": len(balancer.waiting.entries) if hasattr(balancer, "waiting") else 0,
+        "waiting": balancer.waiting.live() if hasattr(balancer, "waiting") else 0,
         "servers": rows,
         "totals": _totals(rows),
         "counters": {k: int(v) for k, v in sorted(balancer.counters.items())},

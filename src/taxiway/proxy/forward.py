@@ -225,10 +225,12 @@ class Exchange(ResponseContext):
         if now is None:
             now = time.monotonic()
         waiting = bal.waiting
-        if waiting.entries and not self.tried:   # others wait for a slot already: join the line
-            if not waiting.push(self, now):
-                self.answer_error(503)
-            return
+        if waiting.entries and not self.tried:
+            waiting.drain(now)   # (a reload may have raised the cap or removed the queue)
+            if waiting.entries:  # others still wait for a slot: join the line behind them
+                if not waiting.push(self, now):
+                    self.answer_error(503)
+                return
         server, set_cookie = bal.router.pick(self.head, self.tried, now)
         if server is None:
             if self.tried:
@@ -552,16 +554,12 @@ class Exchange(ResponseContext):
         now = time.monotonic()
         self._account(ok, True, now)
         self.proto.exchange_done(self, now)
-        if self.bal.waiting.entries:   # the slot this request held can serve one that waits
-            self.bal.waiting.drain(now)
 
     def _finish(self) -> None:
         if self.finished:
             return
         self._account(ok=True, count_server=False)
         self.proto.exchange_done(self)
-        if self.bal.waiting.entries:
-            self.bal.waiting.drain(time.monotonic())
 
     def _account(self, ok: bool, count_server: bool = True, now: float = 0.0) -> None:
         """Everything measured about one request, exactly once."""
@@ -589,6 +587,8 @@ class Exchange(ResponseContext):
         if bal.access_log is not None:
             bal.access_log.record(self, server.name if server is not None else
                                   (self.tried[-1].name if self.tried else None), now)
+        if bal.waiting.entries:   # the slot this request held goes to the oldest waiter
+            bal.waiting.drain(now)
 
     def abort(self) -> None:
         """Called by the client protocol when the client went away mid-request."""
@@ -630,10 +630,17 @@ class WaitQueue:
         """Queue `ex`; False when the queue is full or off (the caller answers 503)."""
         bal = self.bal
         if len(self.entries) >= bal.settings.queue_size:
-            return False
+            # Clients that left while waiting still hold places: clear them before refusing.
+            self.entries = collections.deque(e for e in self.entries if not e[1].finished)
+            if len(self.entries) >= bal.settings.queue_size:
+                return False
         self.entries.append((now + bal.settings.queue_s, ex))
         bal.counters["queued"] += 1
         return True
+
+    def live(self) -> int:
+        """Requests still waiting (entries of clients that left are cleared lazily)."""
+        return sum(1 for _, ex in self.entries if not ex.finished)
 
     def drain(self, now: float) -> None:
         """Dispatch waiters, oldest first, while a server has a free slot."""

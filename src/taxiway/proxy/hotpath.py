@@ -60,7 +60,7 @@ def why_not_compiled(directory: str = _DIR) -> str | None:
         digests: dict[str, str] = manifest["sha256"]
         runtime: str = manifest["runtime"]
     except FileNotFoundError:
-        return "not compiled at install (TAXIWAY_COMPILE=0 or mypyc missing)"
+        return "not compiled at install (TAXIWAY_COMPILE=0, no C compiler, or mypyc missing)"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"unreadable _compiled.json ({exc})"
     missing = [n for n in HOT_PATH if n not in compiled_files(directory)]
