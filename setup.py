@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import sys
+from importlib.machinery import EXTENSION_SUFFIXES
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
@@ -43,7 +44,12 @@ class BuildHotPath(build_ext):
 
     def run(self) -> None:
         outputs = [self.get_ext_fullpath(ext.name) for ext in self.extensions]
-        for path in outputs:
+        # Also any extension beside the sources for a module no longer compiled: it would shadow
+        # its .py (hotpath.py only vouches for HOT_PATH).
+        in_tree = os.path.join(HERE, PROXY)
+        stray = [os.path.join(in_tree, f) for f in os.listdir(in_tree)
+                 if f.endswith(tuple(EXTENSION_SUFFIXES)) and f.split(".")[0] not in HOT_PATH]
+        for path in outputs + stray:
             if os.path.exists(path):
                 os.remove(path)
         super().run()
