@@ -47,7 +47,25 @@ REPLAY_MAX_BYTES = 64 * 1024       # request body kept for a retry; larger bodie
 BUFFER_HIGH_BYTES = 256 * 1024     # body buffered while connecting before the client is paused
 CANDIDATES_TTL_S = 0.25            # cached available-server list (ejections expire by time)
 LAST_CHUNK = b"0\r\n\r\n"
+# Fields a trailer must not carry (RFC 9110 §6.5.1: framing, routing, connection control,
+# authentication, and fields that describe the content); they are dropped, the rest forwarded.
+TRAILER_FORBIDDEN = frozenset({
+    b"content-length", b"transfer-encoding", b"trailer", b"host", b"connection", b"keep-alive",
+    b"proxy-connection", b"te", b"upgrade", b"expect", b"max-forwards", b"authorization",
+    b"proxy-authorization", b"cookie", b"set-cookie", b"content-type", b"content-encoding",
+    b"content-range", b"range", b"cache-control",
+})
 SAFE_REUSE_S = 1.0                  # non-idempotent requests reuse connections idle less than this
+
+
+def last_chunk(trailers: list[tuple[bytes, bytes]]) -> bytes:
+    """The end of a chunked body with the allowed trailer fields (values as llhttp validated them)."""
+    lines = [b"0\r\n"]
+    for name, value in trailers:
+        if name.lower() not in TRAILER_FORBIDDEN:
+            lines += (name, b": ", value, CRLF)
+    lines.append(CRLF)
+    return b"".join(lines)
 
 
 class Router:
@@ -353,13 +371,14 @@ class Exchange(ResponseContext):
         else:
             self.replay.append(chunk)  # type: ignore[union-attr]
 
-    def on_request_complete(self) -> None:
-        """Called by the client protocol when the request body ended."""
+    def on_request_complete(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
+        """Called by the client protocol when the request body ended (with the trailer fields of
+        a chunked body, if it had any)."""
         self.request_done = True
         if self.finished:
             return
         if self.info.chunked:
-            self._send_upstream([LAST_CHUNK])
+            self._send_upstream([last_chunk(trailers) if trailers else LAST_CHUNK])
         if self.conn is not None and not self.response_started:
             # A body-less request completes in the read that started it: t_start is "now".
             now = self.t_start if not self.body_in else time.monotonic()

@@ -209,6 +209,10 @@ class ClientProtocol(asyncio.Protocol):
             raise
         head = RequestHead(method.decode("ascii"), self._url, self._headers, self.client_ip,
                            self.scheme, version)
+        if info.chunked:
+            # Header fields after a chunked body are trailers: collect them apart from the head
+            # (which routing and retries read), for `on_message_complete`.
+            self._headers = []
         ex = Exchange(self, head, info, method, http11 and not info.close, http11)
         self.parsing = ex
         now = time.monotonic()
@@ -260,7 +264,7 @@ class ClientProtocol(asyncio.Protocol):
             # Connection: close (or HTTP/1.0): whatever follows is not read (RFC 9112 §9.6).
             self.dead = True
             self.pause_reading(PAUSE_DONE)
-        ex.on_request_complete()
+        ex.on_request_complete(self._headers if ex.info.chunked and self._headers else None)
 
     # -- errors, upgrade, tunnel ----------------------------------------------------------------
 
