@@ -1,14 +1,15 @@
-"""Build hook: compile the proxy's hot path with mypyc (pyproject.toml holds everything else).
+"""Build hook: compile the request hot path with mypyc (pyproject.toml holds everything else).
 
-Why: the four modules a proxied request runs through spend most of their time in the CPython
-interpreter; compiled by mypyc to C extensions, each request costs about half the Python work.
+Why: the modules a proxied request runs through (the proxy's forward, http1, server, upstream;
+the balancing model and strategies) spend most of their time in the CPython interpreter;
+compiled by mypyc to C extensions, each request costs about half the Python work.
 The compiled modules are an optimisation, never a requirement:
 - TAXIWAY_COMPILE=0 installs the Python sources only (no compiler needed);
 - a failed compile (no C compiler, a mypy error) is skipped, leaving the sources;
 - `_compiled.json` (each compiled source's SHA-256) is written only after every extension of
   this build was built, and old outputs are removed first, so a failed rebuild can never leave a
   manifest that vouches for stale extensions;
-- at import, `taxiway.proxy.hotpath` falls back to the sources unless the manifest, the
+- at import, `taxiway.compiled` falls back to the sources unless the manifest, the
   extensions and the sources all agree, so an edited source always takes effect.
 """
 
@@ -24,16 +25,18 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PROXY = os.path.join("src", "taxiway", "proxy")
-HOT_PATH = ("forward", "http1", "server", "upstream")   # keep in step with proxy/hotpath.py
+PACKAGE = os.path.join("src", "taxiway")
+# Modules under the taxiway package (keep in step with taxiway/compiled.py).
+COMPILED = ("proxy.forward", "proxy.http1", "proxy.server", "proxy.upstream",
+            "balancing.model", "balancing.strategies")
 MANIFEST = "_compiled.json"
-GROUP = "taxiway_hotpath"   # name of the shared library mypyc builds for the four modules
-SOURCES = [os.path.join(PROXY, name + ".py") for name in HOT_PATH]
+GROUP = "taxiway_hotpath"   # name of the shared library mypyc builds for the modules
+SOURCES = [os.path.join(PACKAGE, *name.split(".")) + ".py" for name in COMPILED]
 
 
 def _manifest() -> str:
     digests = {}
-    for name, path in zip(HOT_PATH, SOURCES, strict=True):
+    for name, path in zip(COMPILED, SOURCES, strict=True):
         with open(os.path.join(HERE, path), "rb") as f:
             digests[name] = hashlib.sha256(f.read()).hexdigest()
     return json.dumps({"runtime": GROUP + "__mypyc", "sha256": digests}, indent=1)
@@ -45,10 +48,12 @@ class BuildHotPath(build_ext):
     def run(self) -> None:
         outputs = [self.get_ext_fullpath(ext.name) for ext in self.extensions]
         # Also any extension beside the sources for a module no longer compiled: it would shadow
-        # its .py (hotpath.py only vouches for HOT_PATH).
-        in_tree = os.path.join(HERE, PROXY)
-        stray = [os.path.join(in_tree, f) for f in os.listdir(in_tree)
-                 if f.endswith(tuple(EXTENSION_SUFFIXES)) and f.split(".")[0] not in HOT_PATH]
+        # its .py (compiled.py only vouches for COMPILED).
+        stray = []
+        for sub in {name.split(".")[0] for name in COMPILED}:
+            directory = os.path.join(HERE, PACKAGE, sub)
+            stray += [os.path.join(directory, f) for f in os.listdir(directory)
+                      if f.endswith(tuple(EXTENSION_SUFFIXES)) and f"{sub}.{f.split('.')[0]}" not in COMPILED]
         for path in outputs + stray:
             if os.path.exists(path):
                 os.remove(path)
@@ -60,14 +65,14 @@ class BuildHotPath(build_ext):
             return
         text = _manifest()
         # Into the wheel's tree (a normal install) and beside the sources (an editable install).
-        for directory in (os.path.join(self.build_lib, "taxiway", "proxy"), os.path.join(HERE, PROXY)):
+        for directory in (os.path.join(self.build_lib, "taxiway"), os.path.join(HERE, PACKAGE)):
             if os.path.isdir(directory):
                 with open(os.path.join(directory, MANIFEST), "w") as f:
                     f.write(text)
 
 
 def ext_modules() -> list:
-    stale = os.path.join(HERE, PROXY, MANIFEST)
+    stale = os.path.join(HERE, PACKAGE, MANIFEST)
     if os.path.exists(stale):
         os.remove(stale)
     if os.environ.get("TAXIWAY_COMPILE", "1") == "0":

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh test
 .venv/bin/ruff check src tests benchmarks examples setup.py
-.venv/bin/python -c 'import taxiway.proxy as p; print("proxy hot path:", p.BUILD)'
+.venv/bin/python -c 'import taxiway; print("hot path:", taxiway.BUILD)'
 if [ $# -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi

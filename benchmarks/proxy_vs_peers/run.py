@@ -232,7 +232,7 @@ def cpu_quota(pid: int, share: float | None) -> Iterator[None]:
 
 def hot_path_build() -> str:
     """Which build of taxiway's proxy the benchmark runs (compiled by mypyc, or its sources)."""
-    out = subprocess.run([sys.executable, "-c", "import taxiway.proxy as p; print(p.BUILD)"],
+    out = subprocess.run([sys.executable, "-c", "import taxiway; print(taxiway.BUILD)"],
                          env=taxiway_env(), capture_output=True, text=True, check=False)
     return out.stdout.strip() or out.stderr.strip()[-200:]
 

@@ -20,9 +20,8 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from taxiway import __version__
+from taxiway import BUILD, __version__
 from taxiway.balancing.model import Server, ServerState
-from taxiway.proxy import BUILD
 
 # Samples older than this do not count in p50/p95 (one minute, like `uptime`'s shortest load average).
 RECENT_WINDOW_S = 60.0

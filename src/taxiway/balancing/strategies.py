@@ -170,7 +170,7 @@ class LeastConnections(Strategy):
         best_load = 0.0
         ties = 0
         for s in candidates:
-            w = s.weight
+            w = float(s.weight)   # int weight, or the fractional one of slow start below
             if s.slow_start_s > 0.0:
                 w = s.effective_weight(now)
             if w <= 0:

@@ -21,9 +21,9 @@ import sys
 import msgspec
 import uvloop
 
+from taxiway import BUILD
 from taxiway.config import Config, load_config, split_hostport
 from taxiway.errors import ConfigError, TaxiwayError
-from taxiway.proxy import BUILD
 
 HELP = ("Run the load balancer: HTTP/1.1 reverse proxy with keep-alive pools, retries, health "
         "checks. SIGTERM drains and exits; SIGHUP reloads the config file.")
