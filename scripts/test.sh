@@ -12,6 +12,7 @@ if [ $# -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
 .venv/bin/python -m pytest -q
-# Second pass: the proxy's tests again on its Python sources, the build a machine without a C
-# compiler runs and the code developers edit (the first pass ran the compiled modules).
-TAXIWAY_PURE_PYTHON=1 exec .venv/bin/python -m pytest -q tests/test_proxy_*.py
+# Second pass: the proxy's and balancing's tests again on the Python sources, the build a
+# machine without a C compiler runs and the code developers edit (the first pass ran the
+# compiled modules).
+TAXIWAY_PURE_PYTHON=1 exec .venv/bin/python -m pytest -q tests/test_proxy_*.py tests/test_balancing_*.py
