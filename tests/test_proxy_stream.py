@@ -138,3 +138,24 @@ def test_upgrade_refused_by_server_closes_after_answer():
     finally:
         lb.stop()
         up.close()
+
+
+def test_body_arriving_before_the_upstream_connects_is_forwarded(procs):
+    """A fresh balancer has no idle upstream connection, so a large body sent at once is buffered
+    while taxiway connects; past the replay limit (64 KiB) it must still be forwarded whole, not
+    leave the request hanging."""
+    b1, b2 = procs.backend("b1"), procs.backend("b2")
+    for size in (1_000_000, 3_000_000):
+        lb = InProcess(make_config([b1, b2]))
+        try:
+            with socket.create_connection(("127.0.0.1", lb.port), timeout=10) as s:
+                s.sendall(b"POST /sink HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size
+                          + b"\0" * size)
+                answer = b""
+                while b"\r\n\r\n" not in answer or not answer.endswith(str(size).encode()):
+                    data = s.recv(65536)
+                    assert data, f"connection closed after {answer!r}"
+                    answer += data
+            assert answer.startswith(b"HTTP/1.1 200 ")
+        finally:
+            lb.stop()

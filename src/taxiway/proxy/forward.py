@@ -362,7 +362,8 @@ class Exchange(ResponseContext):
         return not self.request_done and (self.info.chunked or self.info.content_length > 0)
 
     def _keep_for_replay(self, chunk: bytes) -> None:
-        assert self.replay is not None
+        if self.replay is None:   # already over REPLAY_MAX_BYTES: this request is not replayed
+            return
         self.replay_bytes += len(chunk)
         if self.replay_bytes > REPLAY_MAX_BYTES:
             self.replay = None
