@@ -250,3 +250,56 @@ def test_post_does_not_reuse_a_connection_idle_for_long():
     finally:
         lb.stop()
         up.close()
+
+
+def test_an_internal_error_after_connecting_fails_the_request_instead_of_hanging(procs):
+    """The safety net under the connect callback: whatever raises in it, the owner is told (and
+    the fresh connection closed), so the request gets an answer; the exchange answers 502."""
+    import asyncio
+
+    import uvloop
+
+    from taxiway.balancing.model import Server
+    from taxiway.proxy.upstream import UpstreamPool
+
+    port = procs.backend("b1")
+
+    class Owner:
+        def __init__(self) -> None:
+            self.failed = False
+            self.conn = None
+
+        def on_connected(self, conn) -> None:
+            self.conn = conn
+            raise RuntimeError("a bug")
+
+        def on_connect_failed(self, timed_out: bool) -> None:
+            raise AssertionError("not a connect failure")
+
+        def on_internal_error(self) -> None:
+            self.failed = True
+
+    async def run() -> Owner:
+        pool = UpstreamPool(Server(name="b1", host="127.0.0.1", port=port), asyncio.get_running_loop(),
+                            4, 2.0)
+        owner = Owner()
+        await pool._connect(owner)
+        return owner
+
+    owner = uvloop.run(run())
+    assert owner.failed and owner.conn is not None and owner.conn.closed
+
+    # The exchange's side: a request in flight answered 502 and the connection closed.
+    silent = RawServer(lambda conn: (read_request_head(conn), time.sleep(3)))
+    lb = InProcess(make_config([silent.port]))
+    try:
+        c = Client(lb.port)
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert wait_until(lambda: any(p.current is not None for p in list(lb.bal.protocols)))
+        lb.run(lambda: next(p.current for p in list(lb.bal.protocols) if p.current).on_internal_error())
+        r = c.read_response()
+        assert r.status == 502 and r.header("Connection") == "close"
+        assert lb.bal.counters["internal_errors"] == 1
+    finally:
+        lb.stop()
+        silent.close()

@@ -312,6 +312,19 @@ class Exchange(ResponseContext):
         if self.request_done:
             self.deadline = time.monotonic() + self.bal.settings.upstream_response_s
 
+    def on_internal_error(self) -> None:
+        """A bug surfaced while sending this request: answer 502 (or cut a started response)
+        and close the client connection, rather than leave the request hanging."""
+        self.bal.counters["internal_errors"] += 1
+        if self.finished:
+            return
+        if self.response_started:
+            self.proto.abort()
+            return
+        self.keep_alive = False
+        self.answer_error(502)
+        self.proto.flush()
+
     def on_connect_failed(self, timed_out: bool) -> None:
         if self.finished:
             return

@@ -14,6 +14,7 @@ Rules of this module (driver):
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import TYPE_CHECKING, Protocol
 
@@ -25,9 +26,13 @@ if TYPE_CHECKING:
     from taxiway.proxy.forward import Exchange
 
 
+log = logging.getLogger("taxiway.proxy")
+
+
 class ConnectionOwner(Protocol):
     def on_connected(self, conn: UpstreamConnection) -> None: ...
     def on_connect_failed(self, timed_out: bool) -> None: ...
+    def on_internal_error(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -259,7 +264,14 @@ class UpstreamPool:
         except OSError:
             owner.on_connect_failed(False)
             return
-        owner.on_connected(conn)
+        try:
+            owner.on_connected(conn)
+        except Exception:
+            # A bug here would leave the request waiting forever (nothing else wakes it): fail it
+            # with an answer instead, and say so in the log.
+            log.exception("internal error after connecting to %s", self.server.name)
+            conn.close()
+            owner.on_internal_error()
 
     def sweep(self, now: float, idle_timeout_s: float) -> None:
         """Close connections idle longer than `idle_timeout_s` (called by the balancer's tick)."""
