@@ -15,30 +15,38 @@ The compiled modules are an optimisation, never a requirement:
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import json
 import os
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES
+from types import ModuleType
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGE = os.path.join("src", "taxiway")
-# Modules under the taxiway package (keep in step with taxiway/compiled.py).
-COMPILED = ("proxy.forward", "proxy.http1", "proxy.server", "proxy.upstream",
-            "balancing.model", "balancing.strategies")
-MANIFEST = "_compiled.json"
 GROUP = "taxiway_hotpath"   # name of the shared library mypyc builds for the modules
-SOURCES = [os.path.join(PACKAGE, *name.split(".")) + ".py" for name in COMPILED]
+
+
+def _load_compiled_module() -> ModuleType:
+    """taxiway/compiled.py by path (stdlib only; importing the package would run its check):
+    the one list of compiled modules and the one way to digest their sources."""
+    path = os.path.join(HERE, PACKAGE, "compiled.py")
+    spec = importlib.util.spec_from_file_location("_taxiway_compiled", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+compiled = _load_compiled_module()
+SOURCES = [os.path.join(PACKAGE, *name.split(".")) + ".py" for name in compiled.COMPILED]
 
 
 def _manifest() -> str:
-    digests = {}
-    for name, path in zip(COMPILED, SOURCES, strict=True):
-        with open(os.path.join(HERE, path), "rb") as f:
-            digests[name] = hashlib.sha256(f.read()).hexdigest()
+    digests = compiled.source_digests(os.path.join(HERE, PACKAGE))
     return json.dumps({"runtime": GROUP + "__mypyc", "sha256": digests}, indent=1)
 
 
@@ -48,12 +56,13 @@ class BuildHotPath(build_ext):
     def run(self) -> None:
         outputs = [self.get_ext_fullpath(ext.name) for ext in self.extensions]
         # Also any extension beside the sources for a module no longer compiled: it would shadow
-        # its .py (compiled.py only vouches for COMPILED).
+        # its .py (compiled.py only vouches for its COMPILED).
         stray = []
-        for sub in {name.split(".")[0] for name in COMPILED}:
+        for sub in {name.split(".")[0] for name in compiled.COMPILED}:
             directory = os.path.join(HERE, PACKAGE, sub)
             stray += [os.path.join(directory, f) for f in os.listdir(directory)
-                      if f.endswith(tuple(EXTENSION_SUFFIXES)) and f"{sub}.{f.split('.')[0]}" not in COMPILED]
+                      if f.endswith(tuple(EXTENSION_SUFFIXES))
+                      and f"{sub}.{f.split('.')[0]}" not in compiled.COMPILED]
         for path in outputs + stray:
             if os.path.exists(path):
                 os.remove(path)
@@ -67,12 +76,12 @@ class BuildHotPath(build_ext):
         # Into the wheel's tree (a normal install) and beside the sources (an editable install).
         for directory in (os.path.join(self.build_lib, "taxiway"), os.path.join(HERE, PACKAGE)):
             if os.path.isdir(directory):
-                with open(os.path.join(directory, MANIFEST), "w") as f:
+                with open(os.path.join(directory, compiled.MANIFEST), "w") as f:
                     f.write(text)
 
 
 def ext_modules() -> list:
-    stale = os.path.join(HERE, PACKAGE, MANIFEST)
+    stale = os.path.join(HERE, PACKAGE, compiled.MANIFEST)
     if os.path.exists(stale):
         os.remove(stale)
     if os.environ.get("TAXIWAY_COMPILE", "1") == "0":

@@ -6,7 +6,6 @@ compiled module), or a proxy that fails to import because a compile was skipped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -56,12 +55,8 @@ def _fake_extensions(d: str) -> None:
 
 
 def _write_manifest(d: str, runtime: str) -> None:
-    digests = {}
-    for name in compiled.COMPILED:
-        with open(os.path.join(d, *name.split(".")) + ".py", "rb") as f:
-            digests[name] = hashlib.sha256(f.read()).hexdigest()
-    with open(os.path.join(d, "_compiled.json"), "w") as f:
-        json.dump({"runtime": runtime, "sha256": digests}, f)
+    with open(os.path.join(d, compiled.MANIFEST), "w") as f:
+        json.dump({"runtime": runtime, "sha256": compiled.source_digests(d)}, f)
 
 
 @pytest.mark.parametrize("edited", ["proxy/upstream.py", "balancing/strategies.py"])

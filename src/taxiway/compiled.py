@@ -23,9 +23,10 @@ import os
 import sys
 from types import ModuleType
 
-# Modules under the taxiway package, compiled together (keep in step with setup.py).
+# Modules under the taxiway package, compiled together (setup.py reads this list from here).
 COMPILED = ("proxy.forward", "proxy.http1", "proxy.server", "proxy.upstream",
             "balancing.model", "balancing.strategies")
+MANIFEST = "_compiled.json"   # written by setup.py beside this file
 _DIR = os.path.dirname(os.path.abspath(__file__))   # the taxiway package
 
 
@@ -40,8 +41,17 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, _source(_DIR, name))
 
 
-def _source(directory: str, name: str) -> str:
-    return os.path.join(directory, *name.split(".")) + ".py"
+def _source(directory: str, name: str, suffix: str = ".py") -> str:
+    return os.path.join(directory, *name.split(".")) + suffix
+
+
+def source_digests(directory: str = _DIR) -> dict[str, str]:
+    """Module name -> SHA-256 of its source: what setup.py records and `why_not_compiled` checks."""
+    digests = {}
+    for name in COMPILED:
+        with open(_source(directory, name), "rb") as f:
+            digests[name] = hashlib.sha256(f.read()).hexdigest()
+    return digests
 
 
 def compiled_files(directory: str = _DIR) -> dict[str, str]:
@@ -49,7 +59,7 @@ def compiled_files(directory: str = _DIR) -> dict[str, str]:
     found = {}
     for name in COMPILED:
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            path = os.path.join(directory, *name.split(".")) + suffix
+            path = _source(directory, name, suffix)
             if os.path.exists(path):
                 found[name] = path
                 break
@@ -61,24 +71,23 @@ def why_not_compiled(directory: str = _DIR) -> str | None:
     if os.environ.get("TAXIWAY_PURE_PYTHON", "") not in ("", "0"):
         return "TAXIWAY_PURE_PYTHON is set"
     try:
-        with open(os.path.join(directory, "_compiled.json"), encoding="utf-8") as f:
+        with open(os.path.join(directory, MANIFEST), encoding="utf-8") as f:
             manifest = json.load(f)
         digests: dict[str, str] = manifest["sha256"]
         runtime: str = manifest["runtime"]
     except FileNotFoundError:
         return "not compiled at install (TAXIWAY_COMPILE=0, no C compiler, or mypyc missing)"
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"unreadable _compiled.json ({exc})"
+        return f"unreadable {MANIFEST} ({exc})"
     missing = [n for n in COMPILED if n not in compiled_files(directory)]
     if missing:
         return f"the compile failed at install ({', '.join(missing)} not built)"
     if importlib.util.find_spec(runtime) is None:
         return f"mypyc's shared library {runtime} is missing"
-    for name in COMPILED:
-        with open(_source(directory, name), "rb") as f:
-            if hashlib.sha256(f.read()).hexdigest() != digests.get(name):
-                path = name.replace(".", "/") + ".py"
-                return f"{path} changed since it was compiled (reinstall to recompile)"
+    for name, digest in source_digests(directory).items():
+        if digest != digests.get(name):
+            path = name.replace(".", "/") + ".py"
+            return f"{path} changed since it was compiled (reinstall to recompile)"
     return None
 
 
