@@ -663,8 +663,11 @@ class WaitQueue:
         """Queue `ex`; False when the queue is full or off (the caller answers 503)."""
         bal = self.bal
         if len(self.entries) >= bal.settings.queue_size:
-            # Clients that left while waiting still hold places: clear them before refusing.
-            self.entries = collections.deque(e for e in self.entries if not e[1].finished)
+            # Clients that left while waiting still hold places: clear them before refusing. In
+            # place: a drain further up the stack may be iterating this very deque.
+            live = [e for e in self.entries if not e[1].finished]
+            self.entries.clear()
+            self.entries.extend(live)
             if len(self.entries) >= bal.settings.queue_size:
                 return False
         self.entries.append((now + bal.settings.queue_s, ex))
