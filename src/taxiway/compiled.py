@@ -25,7 +25,7 @@ from types import ModuleType
 
 # Modules under the taxiway package, compiled together (setup.py reads this list from here).
 COMPILED = ("proxy.forward", "proxy.http1", "proxy.server", "proxy.upstream",
-            "balancing.model", "balancing.strategies")
+            "balancing.model", "balancing.strategies", "proxy.app")
 MANIFEST = "_compiled.json"   # written by setup.py beside this file
 _DIR = os.path.dirname(os.path.abspath(__file__))   # the taxiway package
 

@@ -140,7 +140,7 @@ async def _main(cfg: Config, config_path: str, live: bool) -> int:
     bal = Balancer(cfg, config_path)
     sup = Supervisor(cfg.pool, PolicyConfig.from_config(cfg.pool, cfg.autoscale), bal,
                      cwd=pool_cwd(cfg, config_path), slow_start_s=float(cfg.balancer.slow_start))
-    bal.autoscale_status = sup.status  # type: ignore[attr-defined]   # read by the admin API
+    bal.autoscale_status = sup.status   # read by the admin API
     sup.listeners.append(lambda ev: bal.event(f"autoscale.{ev['kind']}", ev["server"], ev["detail"])
                          if ev["kind"] in FORWARDED_EVENTS else None)
     atexit.register(sup.kill_all_now)

@@ -19,6 +19,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Final
 
 
 class ServerState(enum.Enum):
@@ -42,8 +43,8 @@ class PoolEvent(enum.Enum):
 
 
 # Peak-EWMA decay time (Finagle's default is 10 s; Linkerd uses the same order).
-DEFAULT_EWMA_DECAY_S = 10.0
-RECENT_SAMPLES = 1024
+DEFAULT_EWMA_DECAY_S: Final = 10.0
+RECENT_SAMPLES: Final = 1024
 
 
 @dataclass(eq=False)

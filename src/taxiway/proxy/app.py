@@ -20,8 +20,8 @@ import math
 import random
 import sys
 import time
-from collections.abc import Coroutine
-from typing import IO, Any
+from collections.abc import Callable, Coroutine
+from typing import IO, Any, Final
 
 import msgspec
 
@@ -39,8 +39,8 @@ from taxiway.security.edge import EdgeGuard
 
 log = logging.getLogger("taxiway.proxy")
 
-TICK_S = 0.25
-BACKLOG = 2048
+TICK_S: Final = 0.25
+BACKLOG: Final = 2048
 
 
 class Settings:
@@ -82,7 +82,7 @@ class Settings:
         return any(addr in net for net in self._trusted)
 
 
-_LINE = (b'{"ts":%.3f,"client":"%s","method":"%s","path":%s,"status":%d,"server":%s,"bytes":%d,'
+_LINE: Final = (b'{"ts":%.3f,"client":"%s","method":"%s","path":%s,"status":%d,"server":%s,"bytes":%d,'
          b'"bytes_in":%d,"duration_ms":%.3f,"request_id":%s}')
 
 
@@ -102,12 +102,14 @@ class AccessLog:
         """Called once per finished request. Formatting is one bytes %-format: client-controlled
         strings (path, request id) go through the JSON encoder, the rest cannot need escaping."""
         head = ex.head
+        ctx = ex.proto.ctx
+        assert ctx is not None   # set at accept, before any request
         enc = self.encoder.encode
         server_json = self._names.get(server)
         if server_json is None:
             server_json = self._names[server] = enc(server)
         self.buf.append(_LINE % (
-            now + self.wall_offset, ex.proto.ctx.ip_bytes, ex.method, enc(head.raw_target.decode("latin-1")),
+            now + self.wall_offset, ctx.ip_bytes, ex.method, enc(head.raw_target.decode("latin-1")),
             ex.status,
             server_json, ex.body_out, ex.body_in, (now - ex.t_start) * 1000,
             enc(ex.info.request_id.decode("latin-1"))))
@@ -145,10 +147,14 @@ class Balancer:
         self.config_path = config_path
         self.log = log
         self.pool = Pool()
-        self.counters: collections.Counter[str] = collections.Counter()
+        # Named event counters. A defaultdict, not a Counter: `Counter` is a Python subclass of
+        # dict whose item access goes through slot wrappers, several times slower per `+= 1`.
+        self.counters: collections.defaultdict[str, int] = collections.defaultdict(int)
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
         self.connections = 0
         self.started_at = time.time()
+        # Set by `taxiway up` (the autoscaler): the "autoscale" section of /status.
+        self.autoscale_status: Callable[[], dict[str, Any]] | None = None
         self.guards: list[Any] = []
         self.protocols: set[ClientProtocol] = set()
         self.per_client: dict[str, int] = {}
@@ -258,7 +264,7 @@ class Balancer:
             srv = await loop.create_server(lambda: ClientProtocol(self, "https"), host, port,
                                            ssl=ssl_ctx, backlog=BACKLOG, reuse_port=reuse_port)
             self._listeners.append(srv)
-            self.bound_https_port = srv.sockets[0].getsockname()[1]
+            self.bound_https_port = _bound_port(srv)
         if cfg.listen.http is not None:
             redirect = self._redirect_location if (cfg.listen.redirect_to_https and self.bound_https_port) \
                 else None
@@ -266,7 +272,7 @@ class Balancer:
             srv = await loop.create_server(lambda: ClientProtocol(self, "http", redirect), host, port,
                                            backlog=BACKLOG, reuse_port=reuse_port)
             self._listeners.append(srv)
-            self.bound_http_port = srv.sockets[0].getsockname()[1]
+            self.bound_http_port = _bound_port(srv)
         self._tick_handle = loop.call_later(TICK_S, self._tick)
         if cfg.admin.listen:
             self.admin = AdminServer(self)
@@ -428,9 +434,9 @@ class Balancer:
                 changed = True
             if (cur.host, cur.port) != (new.host, new.port):
                 cur.host, cur.port = new.host, new.port
-                up = self.upstreams.get(cur)
-                if up is not None:
-                    up.close_idle()
+                old_up = self.upstreams.get(cur)
+                if old_up is not None:
+                    old_up.close_idle()
                 changed = True
             if cur.weight != new.weight or cur.slow_start_s != new.slow_start_s:
                 cur.weight = new.weight
@@ -441,3 +447,9 @@ class Balancer:
         self.router.invalidate()
         self.event("reload", None, f"{len(wanted)} static server(s)")
         log.info("config reloaded: %d static server(s)", len(wanted))
+
+
+def _bound_port(srv: Any) -> int:
+    """The port a listener got (uvloop's server keeps its sockets in a list, asyncio's in a
+    tuple: compiled code checks declared types, so read it untyped)."""
+    return int(srv.sockets[0].getsockname()[1])

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import collections
 import random
-import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from time import monotonic  # (a module attribute lookup less per call, compiled)
+from typing import TYPE_CHECKING, Any, Final
 
 from taxiway.balancing.affinity import CookieAffinity, ip_affinity, record_sticky, sticky_server
 from taxiway.balancing.model import Pool, PoolEvent, Server
@@ -42,20 +42,20 @@ if TYPE_CHECKING:
     from taxiway.proxy.app import Balancer
     from taxiway.proxy.server import ClientProtocol
 
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
-REPLAY_MAX_BYTES = 64 * 1024       # request body kept for a retry; larger bodies are not replayed
-BUFFER_HIGH_BYTES = 256 * 1024     # body buffered while connecting before the client is paused
-CANDIDATES_TTL_S = 0.25            # cached available-server list (ejections expire by time)
-LAST_CHUNK = b"0\r\n\r\n"
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+REPLAY_MAX_BYTES: Final = 64 * 1024       # request body kept for a retry; larger bodies are not replayed
+BUFFER_HIGH_BYTES: Final = 256 * 1024     # body buffered while connecting before the client is paused
+CANDIDATES_TTL_S: Final = 0.25            # cached available-server list (ejections expire by time)
+LAST_CHUNK: Final = b"0\r\n\r\n"
 # Fields a trailer must not carry (RFC 9110 §6.5.1: framing, routing, connection control,
 # authentication, and fields that describe the content); they are dropped, the rest forwarded.
-TRAILER_FORBIDDEN = frozenset({
+TRAILER_FORBIDDEN: Final = frozenset({
     b"content-length", b"transfer-encoding", b"trailer", b"host", b"connection", b"keep-alive",
     b"proxy-connection", b"te", b"upgrade", b"expect", b"max-forwards", b"authorization",
     b"proxy-authorization", b"cookie", b"set-cookie", b"content-type", b"content-encoding",
     b"content-range", b"range", b"cache-control",
 })
-SAFE_REUSE_S = 1.0                  # non-idempotent requests reuse connections idle less than this
+SAFE_REUSE_S: Final = 1.0                  # non-idempotent requests reuse connections idle less than this
 
 
 def last_chunk(trailers: list[tuple[bytes, bytes]]) -> bytes:
@@ -241,7 +241,7 @@ class Exchange(ResponseContext):
         """Pick a server and get a connection to it (first attempt or retry)."""
         bal = self.bal
         if now is None:
-            now = time.monotonic()
+            now = monotonic()
         waiting = bal.waiting
         if waiting.entries and not self.tried:
             waiting.drain(now)   # (a reload may have raised the cap or removed the queue)
@@ -283,7 +283,7 @@ class Exchange(ResponseContext):
 
     def on_connected(self, conn: UpstreamConnection) -> None:
         if self.finished or self.server is None or conn.pool.server is not self.server:
-            conn.pool.release(conn, time.monotonic())
+            conn.pool.release(conn, monotonic())
             return
         self.conn = conn
         conn.bind(self, self.proto.write_paused)
@@ -310,7 +310,7 @@ class Exchange(ResponseContext):
                 self.pending_bytes = 0
                 self.proto.resume_reading(PAUSE_BUFFER)
         if self.request_done:
-            self.deadline = time.monotonic() + self.bal.settings.upstream_response_s
+            self.deadline = monotonic() + self.bal.settings.upstream_response_s
 
     def on_internal_error(self) -> None:
         """A bug surfaced while sending this request: answer 502 (or cut a started response)
@@ -395,14 +395,15 @@ class Exchange(ResponseContext):
             self._send_upstream([last_chunk(trailers) if trailers else LAST_CHUNK])
         if self.conn is not None and not self.response_started:
             # A body-less request completes in the read that started it: t_start is "now".
-            now = self.t_start if not self.body_in else time.monotonic()
+            now = self.t_start if not self.body_in else monotonic()
             self.deadline = now + self.bal.settings.upstream_response_s
 
     # -- response from the upstream -------------------------------------------------------------
 
-    def on_upstream_head(self, conn: UpstreamConnection, status: int, head: bytes) -> None:
+    def on_upstream_head(self, conn: UpstreamConnection, status: int, head: bytes, flags: int) -> None:
         """Called by the upstream connection with the raw response head (status line + header
-        lines, each ending in CRLF; validated by llhttp)."""
+        lines, each ending in CRLF; validated by llhttp) and what its names mean to the
+        rewriter (`ResponseRewriter.classify` bits)."""
         self.deadline = 0.0
         self.status = status
         self.response_started = True
@@ -421,7 +422,9 @@ class Exchange(ResponseContext):
             self.https = True
         self.date_line = self.bal.date.line
         self.server_name = server.name
-        proto.wbuf.append(self.bal.settings.response_rewriter.rewrite_raw(status, head, self))  # type: ignore[arg-type]
+        rw = conn.rewriter
+        assert rw is not None
+        rw.rewrite_raw(status, head, flags, self, proto.wbuf)
         if self.close:
             self.keep_alive = False
         if no_body and status != 101 and self.method == b"HEAD":
@@ -445,7 +448,7 @@ class Exchange(ResponseContext):
         if self.chunked_out:
             self.proto.queue(LAST_CHUNK)
         self.conn = None
-        now = time.monotonic()
+        now = monotonic()
         if self.request_done and conn.parser.should_keep_alive():
             conn.pool.release(conn, now)
         else:
@@ -533,7 +536,7 @@ class Exchange(ResponseContext):
         self._release_server(ok=False)
         replayable = self.replay is not None and (self.method in IDEMPOTENT or self.sent_bytes == 0)
         if replayable and len(self.tried) <= bal.settings.retries:
-            now = time.monotonic()
+            now = monotonic()
             bal.deposit_requests(now)
             if bal.retry_budget.allow_retry(now):
                 bal.counters["retries"] += 1
@@ -554,7 +557,7 @@ class Exchange(ResponseContext):
         if ok and not server.consecutive_failures and not server.ejections:
             return   # nothing for the outlier detector to reset or decay
         bal = self.bal
-        if bal.outlier.process_outcome(server, ok, time.monotonic(), bal.pool.servers):
+        if bal.outlier.process_outcome(server, ok, monotonic(), bal.pool.servers):
             bal.router.invalidate()
             bal.pool.emit(PoolEvent.EJECTED, server)
 
@@ -584,7 +587,7 @@ class Exchange(ResponseContext):
     # -- the end ------------------------------------------------------------------------------
 
     def _complete(self, ok: bool) -> None:
-        now = time.monotonic()
+        now = monotonic()
         self._account(ok, True, now)
         self.proto.exchange_done(self, now)
 
@@ -602,7 +605,7 @@ class Exchange(ResponseContext):
         self.deadline = 0.0
         bal = self.bal
         if not now:
-            now = time.monotonic()
+            now = monotonic()
         server = self.server
         if server is not None:
             if count_server:
@@ -638,11 +641,12 @@ class Exchange(ResponseContext):
             server.inflight -= 1
         self.finished = True
         if self.bal.waiting.entries:
-            self.bal.waiting.drain(time.monotonic())
+            self.bal.waiting.drain(monotonic())
 
 
-_CLASS_KEYS = {1: "responses_1xx", 2: "responses_2xx", 3: "responses_3xx", 4: "responses_4xx",
-               5: "responses_5xx"}
+_CLASS_KEYS: Final[dict[int, str]] = {
+    1: "responses_1xx", 2: "responses_2xx", 3: "responses_3xx", 4: "responses_4xx", 5: "responses_5xx",
+}
 
 
 class WaitQueue:

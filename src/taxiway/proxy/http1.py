@@ -18,18 +18,18 @@ from __future__ import annotations
 import email.utils
 import http
 import os
-import re
 from dataclasses import dataclass
+from typing import Final
 
-CRLF = b"\r\n"
+CRLF: Final = b"\r\n"
 
 # RFC 9110 §7.6.1 hop-by-hop fields plus the legacy ones proxies strip (nginx/HAProxy list).
-HOP_BY_HOP = frozenset({
+HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
     b"upgrade", b"proxy-authorization", b"proxy-authenticate",
 })
 
-STATUS_LINES: dict[int, bytes] = {
+STATUS_LINES: Final[dict[int, bytes]] = {
     int(s): b"HTTP/1.1 %d %s\r\n" % (int(s), s.phrase.encode()) for s in http.HTTPStatus
 }
 
@@ -133,7 +133,7 @@ class Rejection:
 # --------------------------------------------------------------------------------------------
 # Errors answered by taxiway itself: short bodies, precomputed.
 
-ERROR_BODIES: dict[int, bytes] = {
+ERROR_BODIES: Final[dict[int, bytes]] = {
     400: b"bad request\n", 404: b"not found\n", 408: b"request timeout\n",
     413: b"request body too large\n", 414: b"request target too long\n",
     417: b"expectation failed\n", 431: b"request header fields too large\n",
@@ -162,7 +162,7 @@ def error_response(status: int, date_line: bytes, close: bool = True,
     return simple_response(status, ERROR_BODIES.get(status, b"error\n"), date_line, close, extra)
 
 
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class RequestRefused(Exception):
@@ -177,9 +177,21 @@ class RequestRefused(Exception):
 # Request rewriting
 
 # Codes for the request headers that need more than copying.
-_R_DROP, _R_CONN, _R_TE, _R_CL, _R_HOST, _R_XFF, _R_XFP, _R_XFH, _R_FWD, _R_VIA, _R_EXPECT, \
-    _R_UPGRADE, _R_RID = range(13)
-_REQ_SPECIAL: dict[bytes, int] = {
+# (Final: compiled, each is a C constant rather than a module-dict lookup.)
+_R_DROP: Final = 0
+_R_CONN: Final = 1
+_R_TE: Final = 2
+_R_CL: Final = 3
+_R_HOST: Final = 4
+_R_XFF: Final = 5
+_R_XFP: Final = 6
+_R_XFH: Final = 7
+_R_FWD: Final = 8
+_R_VIA: Final = 9
+_R_EXPECT: Final = 10
+_R_UPGRADE: Final = 11
+_R_RID: Final = 12
+_REQ_SPECIAL: Final[dict[bytes, int]] = {
     b"connection": _R_CONN, b"keep-alive": _R_DROP, b"proxy-connection": _R_DROP, b"te": _R_DROP,
     b"trailer": _R_DROP, b"transfer-encoding": _R_TE, b"upgrade": _R_UPGRADE,
     b"proxy-authorization": _R_DROP, b"content-length": _R_CL, b"host": _R_HOST,
@@ -215,13 +227,33 @@ class RequestRewriter:
         self.max_body_bytes = max_body_bytes
         self._rid_base = os.urandom(6).hex().encode() + b"-"
         self._rid_counter = 0
+        self._rid_block_no = -1
+        self._rid_block = b""
         self.special = dict(_REQ_SPECIAL)
         if self.rid_name:
             self.special[self.rid_name] = _R_RID
+        self._codes: dict[bytes, int] = {}
 
     def new_request_id(self) -> bytes:
-        self._rid_counter += 1
-        return self._rid_base + b"%x" % self._rid_counter
+        """base + the counter in hex, from a cached prefix per 4096 ids and a table of the last
+        three digits (one concatenation per request instead of a %-format)."""
+        n = self._rid_counter = self._rid_counter + 1
+        block = n >> 12
+        if block != self._rid_block_no:
+            self._rid_block_no = block
+            self._rid_block = self._rid_base + b"%x" % block
+        return self._rid_block + _HEX3[n & 0xFFF]
+
+    def _code(self, name: bytes) -> int:
+        """The _R_* code of a request header name (-1: copied as is). Clients send the same few
+        names in the same case, so the answer is remembered per exact name (bounded): most
+        fields then cost one dict lookup and no lower-casing."""
+        code = self._codes.get(name)
+        if code is None:
+            code = self.special.get(name.lower(), -1)
+            if len(self._codes) < NAME_CACHE_MAX:
+                self._codes[name] = code
+        return code
 
     def rewrite(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
                 http11: bool, conn_ctx: ConnContext) -> RequestInfo:
@@ -231,20 +263,25 @@ class RequestRewriter:
         parser or breaks a limit; the caller answers that status and closes the connection.
         """
         info = RequestInfo()
-        special = self.special
         parts: list[bytes] = [method, b" ", target, b" HTTP/1.1\r\n"]
-        extend = parts.extend
+        append = parts.append   # (compiled: a list append primitive, not a bound method)
         host = b""
         hosts = 0
         odd: list[tuple[int, bytes, bytes]] | None = None
         for name, value in headers:
-            code = special.get(name.lower())
-            if code is None:
-                extend((name, b": ", value, CRLF))
+            code = self._code(name)
+            if code < 0:
+                append(name)
+                append(b": ")
+                append(value)
+                append(CRLF)
             elif code == _R_HOST:
                 hosts += 1
                 host = value
-                extend((name, b": ", value, CRLF))
+                append(name)
+                append(b": ")
+                append(value)
+                append(CRLF)
             elif odd is None:
                 odd = [(code, name, value)]
             else:
@@ -259,9 +296,10 @@ class RequestRewriter:
                 parts.append(conn_ctx._tail)
             else:
                 parts.append(conn_ctx.tail_for(host, self.via))
-            self._rid_counter += 1
-            info.request_id = rid = self._rid_base + b"%x" % self._rid_counter
-            extend((self.rid_prefix, rid, b"\r\n\r\n"))
+            info.request_id = rid = self.new_request_id()
+            append(self.rid_prefix)
+            append(rid)
+            append(b"\r\n\r\n")
             info.head_bytes = b"".join(parts)
             return info
         return self._rewrite_odd(info, parts, odd, conn_ctx)
@@ -377,7 +415,20 @@ class ConnContext:
 # --------------------------------------------------------------------------------------------
 # Response rewriting
 
-_S_DROP, _S_CL, _S_DATE, _S_TE, _S_SEC, _S_CONN = range(6)
+_S_DROP: Final = 0
+_S_CL: Final = 1
+_S_DATE: Final = 2
+_S_TE: Final = 3
+_S_SEC: Final = 4
+_S_CONN: Final = 5
+# What `ResponseRewriter.classify` found among a response head's names (bits).
+HEAD_CL: Final = 1        # Content-Length
+HEAD_DATE: Final = 2      # Date
+HEAD_OTHER: Final = 4     # a hop-by-hop, framing or security field: the general `rewrite`
+# Distinct header names whose meaning the rewriters remember (exact case). Clients and servers
+# use a few dozen; the bound keeps a peer that invents names from growing the cache.
+NAME_CACHE_MAX: Final = 512
+_HEX3: Final = [b"%03x" % i for i in range(4096)]   # request id suffixes
 
 
 class ResponseRewriter:
@@ -402,10 +453,11 @@ class ResponseRewriter:
             if hsts_max_age_s > 0 else b""
         if self.hsts_line:
             self.special[b"strict-transport-security"] = _S_SEC
-        # Every header name that needs more than copying, found in a lower-cased raw head in one
-        # regex pass (at a line start, followed by the colon: whole names only).
-        names = sorted(self.special, key=len, reverse=True)
-        self._special_re = re.compile(b"\r\n(" + b"|".join(re.escape(n) for n in names) + b"):")
+        # `classify` sees every response header name: most are ruled out by their length alone
+        # (one byte read), only names as long as a special one are lower-cased and looked up.
+        lengths = {len(n) for n in self.special}
+        self._cand_len = bytes(1 if n in lengths else 0 for n in range(max(lengths) + 1))
+        self._flags: dict[bytes, int] = {}
 
     def served_by_line(self, server_name: str) -> bytes:
         line = self._served_by_lines.get(server_name)
@@ -413,27 +465,42 @@ class ResponseRewriter:
             line = self._served_by_lines[server_name] = self.served_by + b": " + server_name.encode() + CRLF
         return line
 
-    def rewrite_raw(self, status: int, head: bytes, ctx: ResponseContext) -> bytes:
+    def classify(self, name: bytes) -> int:
+        """What one response header name means to `rewrite_raw` (HEAD_* bits, 0 for most names).
+        Called by the upstream connection for every header field httptools reports: most names
+        are ruled out by their length alone; the others' answer is remembered per exact name."""
+        n = len(name)
+        cand = self._cand_len
+        if n >= len(cand) or not cand[n]:
+            return 0
+        flag = self._flags.get(name)
+        if flag is None:
+            code = self.special.get(name.lower(), -1)
+            flag = HEAD_CL if code == _S_CL else HEAD_DATE if code == _S_DATE else \
+                0 if code < 0 else HEAD_OTHER
+            if len(self._flags) < NAME_CACHE_MAX:
+                self._flags[name] = flag
+        return flag
+
+    def rewrite_raw(self, status: int, head: bytes, flags: int, ctx: ResponseContext,
+                    out: list[bytes]) -> None:
         """Like `rewrite`, from the raw head (status line and header lines, each ending in CRLF,
-        as validated by llhttp). The usual response (no hop-by-hop, framing or security header)
-        keeps its header lines as received and gets taxiway's additions appended: no per-header work.
+        as validated by llhttp) and the `classify` bits of its names; appends the client's head
+        to `out` (the connection's write buffer: no join here). The usual response (no
+        hop-by-hop, framing or security header) keeps its header lines as received and gets
+        taxiway's additions appended: no per-header work.
         """
-        has_date = False
-        for name in self._special_re.findall(head.lower()):
-            if name == b"content-length":
-                ctx.content_length = 0   # present (its value only matters to httptools' framing)
-            elif name == b"date":
-                has_date = True
-            else:
-                return self.rewrite(status, split_head(head), ctx)
-        if status == 101:
-            return self.rewrite(status, split_head(head), ctx)
-        parts = [STATUS_LINES.get(status) or status_line(status), head[head.index(b"\n") + 1:],
-                 self.security_block]
-        append = parts.append
+        if flags & HEAD_OTHER or status == 101:
+            out.append(self.rewrite(status, split_head(head), ctx))
+            return
+        if flags & HEAD_CL:
+            ctx.content_length = 0   # present (its value only matters to httptools' framing)
+        out.append(STATUS_LINES.get(status) or status_line(status))
+        out.append(head.partition(b"\n")[2])
+        out.append(self.security_block)
         if ctx.https and self.hsts_line:
-            append(self.hsts_line)
-        return self._finish(parts, status, has_date, ctx)
+            out.append(self.hsts_line)
+        self._finish(out, status, bool(flags & HEAD_DATE), ctx)
 
     def rewrite(self, status: int, headers: list[tuple[bytes, bytes]], ctx: ResponseContext) -> bytes:
         """Build the response head for the client and fill in `ctx` (framing found upstream)."""
@@ -473,12 +540,13 @@ class ResponseRewriter:
                     append(line)
             if ctx.https and self.hsts_line and b"strict-transport-security" not in seen_sec:
                 append(self.hsts_line)
-        return self._finish(parts, status, has_date, ctx)
+        self._finish(parts, status, has_date, ctx)
+        return b"".join(parts)
 
-    def _finish(self, parts: list[bytes], status: int, has_date: bool, ctx: ResponseContext) -> bytes:
-        """The tail both rewriters share: Date, X-Served-By, extra lines, framing towards the
-        client (RFC 9112 §6.3: no body, Content-Length, or re-chunked) and the end of the head.
-        (One call more per response; compiled by mypyc, a native call costs next to nothing.)"""
+    def _finish(self, parts: list[bytes], status: int, has_date: bool, ctx: ResponseContext) -> None:
+        """The tail both rewriters share, appended to `parts`: Date, X-Served-By, extra lines,
+        framing towards the client (RFC 9112 §6.3: no body, Content-Length, or re-chunked) and
+        the end of the head. (Compiled by mypyc, the extra call costs next to nothing.)"""
         append = parts.append
         if not has_date:
             append(ctx.date_line)
@@ -495,7 +563,6 @@ class ResponseRewriter:
             else:
                 ctx.close = True
         append(b"Connection: close\r\n\r\n" if ctx.close and status != 101 else CRLF)
-        return b"".join(parts)
 
 
 def split_head(head: bytes) -> list[tuple[bytes, bytes]]:

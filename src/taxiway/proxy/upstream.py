@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import httptools
 
@@ -24,6 +24,7 @@ from taxiway.balancing.model import Server
 
 if TYPE_CHECKING:
     from taxiway.proxy.forward import Exchange
+    from taxiway.proxy.http1 import ResponseRewriter
 
 
 log = logging.getLogger("taxiway.proxy")
@@ -44,11 +45,13 @@ class UpstreamConnection(asyncio.Protocol):
         "got_bytes",
         "head_buf",
         "head_done",
+        "head_flags",
         "idle_since",
         "informational",
         "parser",
         "pool",
         "reading_paused",
+        "rewriter",
         "transport",
         "tunnel",
         "uses",
@@ -64,6 +67,10 @@ class UpstreamConnection(asyncio.Protocol):
         # per header. Usually it is one `data` object (no copy); a split head becomes a bytearray.
         self.head_buf: bytes | bytearray = b""
         self.head_done = False
+        # What the response head's field names mean to the rewriter (http1.HEAD_* bits), from
+        # `on_header`; `rewriter` is the one of the balancer settings the exchange started with.
+        self.head_flags = 0
+        self.rewriter: ResponseRewriter | None = None
         self.closed = False
         self.idle_since = 0.0
         self.tunnel = False
@@ -138,6 +145,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------------
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Every response header field (and trailer field: not forwarded). Only the name is
+        looked at: one callback per field costs less than scanning the raw head's bytes again."""
+        rw = self.rewriter
+        if rw is not None and not self.head_done:
+            self.head_flags |= rw.classify(name)
+
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         buf = self.head_buf
@@ -146,13 +160,14 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200 and status != 101:
             self.informational = True   # 100 Continue etc.: taxiway answered 100 itself
             self.head_buf = buf[end + 4:]
+            self.head_flags = 0
             return
         self.head_buf = b""
         self.head_done = True
         ex = self.exchange
         if ex is not None:
             head = buf[:end + 2]
-            ex.on_upstream_head(self, status, head if type(head) is bytes else bytes(head))
+            ex.on_upstream_head(self, status, head if type(head) is bytes else bytes(head), self.head_flags)
 
     def on_body(self, body: bytes) -> None:
         ex = self.exchange
@@ -176,6 +191,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False
         self.head_buf = b""
         self.head_done = False
+        self.head_flags = 0
+        self.rewriter = ex.bal.settings.response_rewriter
         self.uses += 1
         if client_write_paused:
             self.pause_reading()
@@ -199,10 +216,10 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 # Reasons the client connection stops reading (bit mask, see server.ClientProtocol.pause_reading).
-PAUSE_UPSTREAM = 1    # the upstream's send buffer is full
-PAUSE_BUFFER = 2      # body buffered while connecting is above the high-water mark
-PAUSE_PIPELINE = 4    # a later pipelined request waits for the current response
-PAUSE_DONE = 8        # Connection: close / parse error: nothing more is read
+PAUSE_UPSTREAM: Final = 1    # the upstream's send buffer is full
+PAUSE_BUFFER: Final = 2      # body buffered while connecting is above the high-water mark
+PAUSE_PIPELINE: Final = 4    # a later pipelined request waits for the current response
+PAUSE_DONE: Final = 8        # Connection: close / parse error: nothing more is read
 
 
 class UpstreamPool:
