@@ -204,6 +204,37 @@ def test_counters_and_server_stats():
         up.close()
 
 
+def test_response_trailers_follow_the_last_chunk():
+    """A chunked response's trailer fields reach the client after the last chunk; the ones a
+    trailer must not carry are dropped; the connection stays usable."""
+
+    def handler(conn: socket.socket) -> None:
+        while read_request_head(conn):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+                         b"5\r\nhello\r\n0\r\nX-Checksum: abc123\r\nSet-Cookie: evil=1\r\n"
+                         b"Cache-Control: no-store\r\n\r\n")
+
+    up = RawServer(handler)
+    lb = InProcess(make_config([up.port]))
+    try:
+        sock = socket.create_connection(("127.0.0.1", lb.port), timeout=10)
+        for _ in range(2):   # twice on one connection: the framing after the trailers is right
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            data = b""
+            while not data.endswith(b"\r\n0\r\nX-Checksum: abc123\r\n\r\n"):
+                chunk = sock.recv(65536)
+                assert chunk, data
+                data += chunk
+            head, body = data.split(b"\r\n\r\n", 1)
+            assert b"transfer-encoding: chunked" in head.lower()
+            assert b"x-checksum" not in head.lower()          # a trailer, not a header
+            assert body == b"5\r\nhello\r\n0\r\nX-Checksum: abc123\r\n\r\n"   # forbidden ones dropped
+        sock.close()
+    finally:
+        lb.stop()
+        up.close()
+
+
 def test_absolute_form_target_becomes_origin_form(procs, tmp_path):
     b1 = procs.backend("b1")
     port, _, _ = start_lb(procs, tmp_path, [b1])

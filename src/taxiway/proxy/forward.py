@@ -446,7 +446,10 @@ class Exchange(ResponseContext):
 
     def on_upstream_complete(self, conn: UpstreamConnection) -> None:
         if self.chunked_out:
-            self.proto.queue(LAST_CHUNK)
+            # Re-chunked for the client: the server's trailer fields (if it sent a chunked body
+            # with some) follow the last chunk, less those a trailer must not carry.
+            t = conn.trailers
+            self.proto.queue(last_chunk(t) if t else LAST_CHUNK)
         self.conn = None
         now = monotonic()
         if self.request_done and conn.parser.should_keep_alive():

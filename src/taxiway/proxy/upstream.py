@@ -52,6 +52,7 @@ class UpstreamConnection(asyncio.Protocol):
         "pool",
         "reading_paused",
         "rewriter",
+        "trailers",
         "transport",
         "tunnel",
         "uses",
@@ -71,6 +72,7 @@ class UpstreamConnection(asyncio.Protocol):
         # `on_header`; `rewriter` is the one of the balancer settings the exchange started with.
         self.head_flags = 0
         self.rewriter: ResponseRewriter | None = None
+        self.trailers: list[tuple[bytes, bytes]] | None = None   # of a chunked response
         self.closed = False
         self.idle_since = 0.0
         self.tunnel = False
@@ -146,11 +148,19 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """Every response header field (and trailer field: not forwarded). Only the name is
-        looked at: one callback per field costs less than scanning the raw head's bytes again."""
-        rw = self.rewriter
-        if rw is not None and not self.head_done:
-            self.head_flags |= rw.classify(name)
+        """Every response header field, and the trailer fields of a chunked response. For the
+        head only the name is looked at: one callback per field costs less than scanning the raw
+        head's bytes again. Trailer fields are kept for the last chunk (`forward.last_chunk`)."""
+        if not self.head_done:
+            rw = self.rewriter
+            if rw is not None:
+                self.head_flags |= rw.classify(name)
+        elif self.exchange is not None:
+            t = self.trailers
+            if t is None:
+                self.trailers = [(name, value)]
+            elif len(t) < MAX_TRAILERS:   # (a server cannot grow this without bound)
+                t.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -193,6 +203,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_done = False
         self.head_flags = 0
         self.rewriter = ex.bal.settings.response_rewriter
+        self.trailers = None
         self.uses += 1
         if client_write_paused:
             self.pause_reading()
@@ -214,6 +225,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
 
+
+MAX_TRAILERS: Final = 100   # trailer fields kept per response; more are dropped
 
 # Reasons the client connection stops reading (bit mask, see server.ClientProtocol.pause_reading).
 PAUSE_UPSTREAM: Final = 1    # the upstream's send buffer is full
