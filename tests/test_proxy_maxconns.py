@@ -8,7 +8,7 @@ import threading
 import time
 
 from .conftest import Processes
-from .test_proxy_support import InProcess, http_get, make_config
+from .test_proxy_support import InProcess, http_get, make_config, refused_port
 
 
 def _concurrently(port: int, paths: list[str], stagger_s: float = 0.0,
@@ -143,5 +143,22 @@ def test_a_finished_request_hands_its_slot_to_a_waiter_at_once(procs: Processes)
         assert [s for s, _ in results] == [200] * 12
         assert lb.bal.counters["queued"] >= 6
         assert elapsed < 2.0, f"{elapsed:.2f}s: waiters were served by the 250 ms tick, not the freed slot"
+    finally:
+        lb.stop()
+
+
+def test_a_retry_waits_for_a_slot_like_a_first_attempt(procs: Processes) -> None:
+    """A request whose server refused the connection is retried; when the only other server is
+    at its cap, the retry waits in the queue for its slot instead of failing with 502."""
+    b1 = procs.backend("b1")
+    lb = InProcess(make_config([refused_port(), b1], balancer={"strategy": "round-robin"},
+                               health={"enabled": False}, limits={"upstream_max_connections": 1}))
+    try:
+        # The slow request holds b1's one slot; the second can only be sent to the dead server,
+        # fails there before any byte came back, and is retried on b1 once the slot is free.
+        results = _concurrently(lb.port, ["/delay/800", "/"], stagger_s=0.2)
+        assert results == [(200, "b1"), (200, "b1")], results
+        assert lb.bal.counters["retries"] >= 1 and lb.bal.counters["queued"] >= 1
+        assert lb.bal.counters["error_502"] == 0
     finally:
         lb.stop()

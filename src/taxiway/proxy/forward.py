@@ -251,12 +251,20 @@ class Exchange(ResponseContext):
                 return
         server, set_cookie = bal.router.pick(self.head, self.tried, now)
         if server is None:
-            if self.tried:
-                self.answer_error(504 if self.timed_out_connect else 502)
-            elif not (bal.router.full and waiting.push(self, now)):
-                self.answer_error(503)
+            # Every server it may still use is at its cap: wait for a slot (a retry too, like
+            # HAProxy's redispatch), unless the queue is off or full.
+            if not (bal.router.full and waiting.push(self, now)):
+                self.answer_no_server()
             return
         self.use_server(server, set_cookie, now)
+
+    def answer_no_server(self) -> None:
+        """No server left to try: 503 for a first attempt; for a retry, what the last failure
+        was (504 connect timeout, else 502)."""
+        if self.tried:
+            self.answer_error(504 if self.timed_out_connect else 502)
+        else:
+            self.answer_error(503)
 
     def use_server(self, server: Server, set_cookie: bool, now: float) -> None:
         """Send the request to `server` (picked by `dispatch`, or by the wait queue)."""
@@ -703,12 +711,12 @@ class WaitQueue:
             if ex.finished:        # the client went away while waiting
                 entries.popleft()
                 continue
-            server, set_cookie = router.pick(ex.head, (), now)
+            server, set_cookie = router.pick(ex.head, ex.tried, now)
             if server is None:
                 if router.full:    # still no slot: the head keeps its place
                     return
-                entries.popleft()  # no server at all any more
-                ex.answer_error(503)
+                entries.popleft()  # no server (not yet tried by it) any more
+                ex.answer_no_server()
             else:
                 entries.popleft()
                 ex.use_server(server, set_cookie, now)
