@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from taxiway.admin.status import percentile, recent_latencies
+from taxiway.admin.status import counter_values, percentile, recent_latencies
 from taxiway.balancing.model import ServerState
 
 # Counters with their own metric (name in balancer.counters -> metric name, help).
@@ -55,7 +55,7 @@ class BalancerCollector(Collector):
 
     def _proxy_metrics(self) -> Iterator[Metric]:
         b = self.balancer
-        counters = dict(b.counters)
+        counters = dict(counter_values(b))
         simple = {name: CounterMetricFamily(metric, help_text)
                   for name, (metric, help_text) in _SIMPLE_COUNTERS.items()}
         responses = CounterMetricFamily("taxiway_responses", "Responses sent to clients by status class.",

@@ -17,7 +17,7 @@ restricted to the last `RECENT_WINDOW_S` seconds so an idle server does not show
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from taxiway import BUILD, __version__
@@ -140,7 +140,13 @@ def build_status(balancer: Any, now_monotonic: float, now_wall: float | None = N
         "waiting": balancer.waiting.live() if hasattr(balancer, "waiting") else 0,
         "servers": rows,
         "totals": _totals(rows),
-        "counters": {k: int(v) for k, v in sorted(balancer.counters.items())},
+        "counters": {k: int(v) for k, v in sorted(counter_values(balancer).items())},
         "events": [_event(e) for e in events],
         "autoscale": autoscale,
     }
+
+
+def counter_values(balancer: Any) -> Mapping[str, int]:
+    """The balancer's named counters, with the per-request ones it keeps apart folded in."""
+    fold = getattr(balancer, "fold_counters", None)
+    return fold() if callable(fold) else balancer.counters

@@ -58,6 +58,12 @@ TRAILER_FORBIDDEN: Final = frozenset({
 SAFE_REUSE_S: Final = 1.0                  # non-idempotent requests reuse connections idle less than this
 
 
+def idempotent(method: bytes) -> bool:
+    """May this request be replayed after it reached a server (RFC 9110 §9.2.2)? GET first: a
+    bytes comparison is cheaper than hashing the method for the set."""
+    return method == b"GET" or method in IDEMPOTENT
+
+
 def last_chunk(trailers: list[tuple[bytes, bytes]]) -> bytes:
     """The end of a chunked body with the allowed trailer fields (values as llhttp validated them)."""
     lines = [b"0\r\n"]
@@ -189,7 +195,7 @@ class Exchange(ResponseContext):
         self.started = True
         self.t_start = now
         bal = self.bal
-        bal.counters["requests"] += 1   # also the retry budget's deposit (Balancer.deposit_requests)
+        bal.hot_requests += 1   # counters["requests"] (Balancer.fold_counters); the retry budget's deposit
         proto = self.proto
         if proto.redirect_https is not None:
             self.reject_with(Rejection(308, [(b"Location", proto.redirect_https(self.head))],
@@ -271,7 +277,7 @@ class Exchange(ResponseContext):
         bal = self.bal
         self.set_cookie = set_cookie
         self.server = server
-        self.tried = (*self.tried, server)
+        self.tried = (*self.tried, server) if self.tried else (server,)
         server.inflight += 1
         server.requests += 1
         info = self.info
@@ -281,7 +287,7 @@ class Exchange(ResponseContext):
         upool = bal.upstreams.get(server) or bal.upstream_pool(server)
         # A request that must not be replayed only reuses a connection that was busy very recently:
         # an older one may have been closed by the server's keep-alive timeout (gunicorn: 2 s).
-        conn = upool.acquire_idle() if self.method in IDEMPOTENT else upool.acquire_idle(now - SAFE_REUSE_S)
+        conn = upool.acquire_idle() if idempotent(self.method) else upool.acquire_idle(now - SAFE_REUSE_S)
         if conn is not None:
             self.on_connected(conn)
         else:
@@ -503,7 +509,7 @@ class Exchange(ResponseContext):
             self.proto.abort()
             return
         if conn.uses > 1 and not conn.got_bytes and not self.stale_retried and self.replay is not None \
-                and self.method in IDEMPOTENT and self.server is not None:
+                and idempotent(self.method) and self.server is not None:
             # A pooled connection the server had already closed (its keep-alive timeout raced our
             # reuse): not the server's fault, so no failure, no retry budget, same server, fresh
             # connection (like Envoy's reset-before-response on a reused connection).
@@ -545,7 +551,7 @@ class Exchange(ResponseContext):
         bal = self.bal
         bal.note_failure(self.server, what)
         self._release_server(ok=False)
-        replayable = self.replay is not None and (self.method in IDEMPOTENT or self.sent_bytes == 0)
+        replayable = self.replay is not None and (idempotent(self.method) or self.sent_bytes == 0)
         if replayable and len(self.tried) <= bal.settings.retries:
             now = monotonic()
             bal.deposit_requests(now)
@@ -630,7 +636,10 @@ class Exchange(ResponseContext):
             else:
                 self._release_server(ok)
         status = self.status
-        bal.counters[_CLASS_KEYS[status // 100] if 0 < status < 600 else "responses_other"] += 1
+        if 200 <= status < 300:
+            bal.hot_2xx += 1   # counters["responses_2xx"] (Balancer.fold_counters)
+        else:
+            bal.counters[_CLASS_KEYS[status // 100] if 0 < status < 600 else "responses_other"] += 1
         if bal.access_log is not None:
             bal.access_log.record(self, server.name if server is not None else
                                   (self.tried[-1].name if self.tried else None), now)

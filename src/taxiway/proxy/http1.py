@@ -263,25 +263,26 @@ class RequestRewriter:
         parser or breaks a limit; the caller answers that status and closes the connection.
         """
         info = RequestInfo()
+        # (Compiled, `parts.append(x)` is a list primitive; an `append = parts.append` alias
+        # would be a bound-method call each time.)
         parts: list[bytes] = [method, b" ", target, b" HTTP/1.1\r\n"]
-        append = parts.append   # (compiled: a list append primitive, not a bound method)
         host = b""
         hosts = 0
         odd: list[tuple[int, bytes, bytes]] | None = None
         for name, value in headers:
             code = self._code(name)
             if code < 0:
-                append(name)
-                append(b": ")
-                append(value)
-                append(CRLF)
+                parts.append(name)
+                parts.append(b": ")
+                parts.append(value)
+                parts.append(CRLF)
             elif code == _R_HOST:
                 hosts += 1
                 host = value
-                append(name)
-                append(b": ")
-                append(value)
-                append(CRLF)
+                parts.append(name)
+                parts.append(b": ")
+                parts.append(value)
+                parts.append(CRLF)
             elif odd is None:
                 odd = [(code, name, value)]
             else:
@@ -297,9 +298,9 @@ class RequestRewriter:
             else:
                 parts.append(conn_ctx.tail_for(host, self.via))
             info.request_id = rid = self.new_request_id()
-            append(self.rid_prefix)
-            append(rid)
-            append(b"\r\n\r\n")
+            parts.append(self.rid_prefix)
+            parts.append(rid)
+            parts.append(b"\r\n\r\n")
             info.head_bytes = b"".join(parts)
             return info
         return self._rewrite_odd(info, parts, odd, conn_ctx)
@@ -307,7 +308,6 @@ class RequestRewriter:
     def _rewrite_odd(self, info: RequestInfo, parts: list[bytes], odd: list[tuple[int, bytes, bytes]],
                      conn_ctx: ConnContext) -> RequestInfo:
         """Requests with framing, hop-by-hop, forwarding or request-id headers (the slow path)."""
-        append = parts.append
         xff = xfh = fwd = via = b""
         conn_tokens: list[bytes] = []
         upgrade_value = b""
@@ -354,29 +354,29 @@ class RequestRewriter:
             kept = [b"".join(parts[i:i + 4]) for i in range(4, len(parts), 4)]
             parts[4:] = [h for h in kept if h.split(b":", 1)[0].lower() not in drop]
         if info.upgrade and upgrade_value:
-            append(b"Connection: upgrade\r\nUpgrade: " + upgrade_value + CRLF)
+            parts.append(b"Connection: upgrade\r\nUpgrade: " + upgrade_value + CRLF)
         else:
             info.upgrade = False
         trusted = conn_ctx.trusted
         ip = conn_ctx.ip_bytes
         host = info.host
-        append(b"X-Forwarded-For: " + (xff + b", " + ip if (trusted and xff) else ip) + CRLF)
-        append(conn_ctx.xfp_line)
+        parts.append(b"X-Forwarded-For: " + (xff + b", " + ip if (trusted and xff) else ip) + CRLF)
+        parts.append(conn_ctx.xfp_line)
         xf_host = xfh if (trusted and xfh) else host
         if xf_host:
-            append(b"X-Forwarded-Host: " + xf_host + CRLF)
+            parts.append(b"X-Forwarded-Host: " + xf_host + CRLF)
         this_hop = conn_ctx.forwarded_for + (b';host="' + host + b'"' if host else b"")
-        append(b"Forwarded: " + (fwd + b", " + this_hop if (trusted and fwd) else this_hop) + CRLF)
+        parts.append(b"Forwarded: " + (fwd + b", " + this_hop if (trusted and fwd) else this_hop) + CRLF)
         if self.via:
-            append(b"Via: " + (via + b", 1.1 taxiway" if via else b"1.1 taxiway") + CRLF)
+            parts.append(b"Via: " + (via + b", 1.1 taxiway" if via else b"1.1 taxiway") + CRLF)
         if not info.request_id:
             info.request_id = self.new_request_id()
-        append(self.rid_prefix + info.request_id + CRLF)
+        parts.append(self.rid_prefix + info.request_id + CRLF)
         if info.chunked:
-            append(b"Transfer-Encoding: chunked\r\n")
+            parts.append(b"Transfer-Encoding: chunked\r\n")
         elif info.content_length >= 0:
-            append(b"Content-Length: %d\r\n" % info.content_length)
-        append(CRLF)
+            parts.append(b"Content-Length: %d\r\n" % info.content_length)
+        parts.append(CRLF)
         info.head_bytes = b"".join(parts)
         return info
 
@@ -506,19 +506,18 @@ class ResponseRewriter:
         """Build the response head for the client and fill in `ctx` (framing found upstream)."""
         special = self.special
         parts: list[bytes] = [STATUS_LINES.get(status) or status_line(status)]
-        extend = parts.extend
         seen_sec: list[bytes] | None = None
         has_date = False
         for name, value in headers:
             code = special.get(name.lower())
             if code is None:
-                extend((name, b": ", value, CRLF))
+                parts.extend((name, b": ", value, CRLF))
             elif code == _S_CL:
                 ctx.content_length = int(value)
-                extend((name, b": ", value, CRLF))
+                parts.extend((name, b": ", value, CRLF))
             elif code == _S_DATE:
                 has_date = True
-                extend((name, b": ", value, CRLF))
+                parts.extend((name, b": ", value, CRLF))
             elif code == _S_TE:
                 ctx.upstream_chunked = b"chunked" in value.lower()
             elif code == _S_SEC:
@@ -526,20 +525,19 @@ class ResponseRewriter:
                     seen_sec = [name.lower()]
                 else:
                     seen_sec.append(name.lower())
-                extend((name, b": ", value, CRLF))
+                parts.extend((name, b": ", value, CRLF))
             elif status == 101 and (code == _S_CONN or name.lower() == b"upgrade"):
-                extend((name, b": ", value, CRLF))
-        append = parts.append
+                parts.extend((name, b": ", value, CRLF))
         if seen_sec is None:
-            append(self.security_block)
+            parts.append(self.security_block)
             if ctx.https and self.hsts_line:
-                append(self.hsts_line)
+                parts.append(self.hsts_line)
         else:
             for lname, line in self.security:
                 if lname not in seen_sec:
-                    append(line)
+                    parts.append(line)
             if ctx.https and self.hsts_line and b"strict-transport-security" not in seen_sec:
-                append(self.hsts_line)
+                parts.append(self.hsts_line)
         self._finish(parts, status, has_date, ctx)
         return b"".join(parts)
 
@@ -547,11 +545,10 @@ class ResponseRewriter:
         """The tail both rewriters share, appended to `parts`: Date, X-Served-By, extra lines,
         framing towards the client (RFC 9112 §6.3: no body, Content-Length, or re-chunked) and
         the end of the head. (Compiled by mypyc, the extra call costs next to nothing.)"""
-        append = parts.append
         if not has_date:
-            append(ctx.date_line)
+            parts.append(ctx.date_line)
         if self.served_by:
-            append(self.served_by_line(ctx.server_name))
+            parts.append(self.served_by_line(ctx.server_name))
         if ctx.extra:
             parts.extend(ctx.extra)
         if ctx.no_body or status == 101:
@@ -559,10 +556,10 @@ class ResponseRewriter:
         elif ctx.content_length < 0:
             if ctx.client_http11:
                 ctx.chunked_out = True
-                append(b"Transfer-Encoding: chunked\r\n")
+                parts.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 ctx.close = True
-        append(b"Connection: close\r\n\r\n" if ctx.close and status != 101 else CRLF)
+        parts.append(b"Connection: close\r\n\r\n" if ctx.close and status != 101 else CRLF)
 
 
 def split_head(head: bytes) -> list[tuple[bytes, bytes]]:

@@ -52,6 +52,7 @@ class UpstreamConnection(asyncio.Protocol):
         "pool",
         "reading_paused",
         "rewriter",
+        "status",
         "trailers",
         "transport",
         "tunnel",
@@ -73,6 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_flags = 0
         self.rewriter: ResponseRewriter | None = None
         self.trailers: list[tuple[bytes, bytes]] | None = None   # of a chunked response
+        self.status = 0   # of the response being read (from on_headers_complete)
         self.closed = False
         self.idle_since = 0.0
         self.tunnel = False
@@ -163,7 +165,7 @@ class UpstreamConnection(asyncio.Protocol):
                 t.append((name, value))
 
     def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
+        status = self.status = self.parser.get_status_code()
         buf = self.head_buf
         # The head starts at buf[0] and llhttp accepted it, so its first empty line ends it.
         end = buf.find(b"\r\n\r\n")
@@ -188,7 +190,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.informational:
             self.informational = False
             return
-        if self.parser.get_status_code() == 101:
+        if self.status == 101:
             return   # llhttp ends the 101 message, then raises HttpParserUpgrade: a tunnel follows
         ex = self.exchange
         if ex is not None:
