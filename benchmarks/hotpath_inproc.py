@@ -3,6 +3,7 @@
     /work/venv/bin/python benchmarks/hotpath_inproc.py            # µs/request, best of 5
     /work/venv/bin/python benchmarks/hotpath_inproc.py --ops      # bytecodes + Python calls/request
     /work/venv/bin/python benchmarks/hotpath_inproc.py --ops --hist   # ... per function
+    /work/venv/bin/python benchmarks/hotpath_inproc.py --callgrind    # CPU instructions/request
     options: --log (access log on), --strategy NAME, --src DIR (compare another checkout's src/)
 
 Why: wrk against a pinned proxy on a shared 2-core machine swings by +-20 % between runs, which
@@ -10,7 +11,10 @@ hides any single hot-path change. This drives the real `ClientProtocol` and `Ups
 (httptools parsers, Exchange, strategy, rewriters, accounting) with do-nothing transports: one
 `GET / HTTP/1.1` with one Host header (what wrk sends) and the 4-header answer of `taxiway
 backend`. Syscalls and uvloop are left out, so the numbers are the Python part only; `--ops`
-counts executed bytecodes, which is deterministic (use it to compare two versions).
+counts executed bytecodes, which is deterministic (use it to compare two versions), but sees
+only interpreted code. `--callgrind` counts the machine instructions spent inside the two
+`data_received` entry points (valgrind's callgrind, collection toggled on those functions only),
+compiled or not: the same number on every run of the same build, whatever else the machine does.
 """
 
 from __future__ import annotations
@@ -132,7 +136,11 @@ def main() -> int:
     p.add_argument("--ops", action="store_true", help="count bytecodes instead of timing")
     p.add_argument("--hist", action="store_true", help="with --ops: per function")
     p.add_argument("-n", type=int, default=100_000, help="requests per timed round")
+    p.add_argument("--callgrind", action="store_true",
+                   help="instructions/request under valgrind (needs valgrind; -n defaults to 2000)")
     a = p.parse_args()
+    if a.callgrind:
+        return run_callgrind(a)
     sys.path.insert(0, os.path.abspath(a.src))
     one = build(a.log, a.strategy)
     for _ in range(2000):   # warm up: caches, pooled connections
@@ -148,6 +156,43 @@ def main() -> int:
         best = min(best, (time.process_time() - t0) / a.n * 1e6)
         one.flush()  # type: ignore[attr-defined]
     print(f"{best:.2f} µs/request of CPU (best of 5; Python + httptools, no syscalls)")
+    return 0
+
+
+# The proxy's two entry points: everything a request costs happens inside one of them.
+ENTRY_POINTS = ("server___ClientProtocol___data_received", "upstream___UpstreamConnection___data_received")
+
+
+def run_callgrind(a: argparse.Namespace) -> int:
+    """Re-run this script under callgrind, collecting only inside the entry points."""
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install -y valgrind)", file=sys.stderr)
+        return 2
+    n = a.n if a.n != 100_000 else 2000
+    rounds = 2000 + 5 * n     # the warm-up and the five timed rounds all run the entry points
+    toggles = [f"--toggle-collect=CPyDef_{name}" for name in ENTRY_POINTS]   # mypyc's C names
+    args = [sys.argv[0], "-n", str(n), "--strategy", a.strategy, "--src", a.src]
+    if a.log:
+        args.append("--log")
+    with tempfile.TemporaryDirectory() as d:
+        proc = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.out", *toggles,
+                               sys.executable, *args], capture_output=True, text=True)
+    m = re.search(r"Collected : ([\d,]+)", proc.stderr)
+    if proc.returncode != 0 or m is None:
+        print(proc.stderr[-2000:], file=sys.stderr)
+        return 1
+    total = int(m.group(1).replace(",", ""))
+    if total == 0:
+        print("nothing collected: the hot path is not compiled here (callgrind counts only the "
+              "compiled entry points; see README 'Compiled hot path')", file=sys.stderr)
+        return 1
+    import taxiway
+    print(f"{total / rounds:.0f} instructions/request ({taxiway.BUILD}; {a.strategy}; "
+          f"callgrind, {rounds} requests)")
     return 0
 
 
