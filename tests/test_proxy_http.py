@@ -236,6 +236,32 @@ def test_response_trailers_follow_the_last_chunk():
         up.close()
 
 
+def test_http10_client_with_proxy_connection_keep_alive_is_still_http10():
+    """llhttp reads Proxy-Connection like Connection: an HTTP/1.0 request carrying
+    `Proxy-Connection: keep-alive` (and no Host, which 1.0 does not need) is answered as 1.0:
+    a body of unknown length is delimited by the close, never chunked."""
+
+    def handler(conn: socket.socket) -> None:
+        while read_request_head(conn):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+
+    up = RawServer(handler)
+    lb = InProcess(make_config([up.port]))
+    try:
+        sock = socket.create_connection(("127.0.0.1", lb.port), timeout=10)
+        sock.sendall(b"GET / HTTP/1.0\r\nProxy-Connection: keep-alive\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):   # the proxy closes: that ends the body
+            data += chunk
+        head, body = data.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200 ") and b"chunked" not in head.lower(), head
+        assert body == b"hello"
+        sock.close()
+    finally:
+        lb.stop()
+        up.close()
+
+
 def test_absolute_form_target_becomes_origin_form(procs, tmp_path):
     b1 = procs.backend("b1")
     port, _, _ = start_lb(procs, tmp_path, [b1])

@@ -8,7 +8,7 @@ import threading
 import time
 
 from .conftest import Processes
-from .test_proxy_support import InProcess, http_get, make_config, refused_port
+from .test_proxy_support import InProcess, RawServer, http_get, make_config, read_request_head, refused_port
 
 
 def _concurrently(port: int, paths: list[str], stagger_s: float = 0.0,
@@ -162,3 +162,49 @@ def test_a_retry_waits_for_a_slot_like_a_first_attempt(procs: Processes) -> None
         assert lb.bal.counters["error_502"] == 0
     finally:
         lb.stop()
+
+
+def test_a_waiting_retry_does_not_hold_up_requests_another_server_can_take(procs: Processes) -> None:
+    """A retry waits only for the servers it has not tried; requests behind it that the server it
+    failed on can take now are sent there at once, not after the retry's wait."""
+    b1 = procs.backend("b1")
+
+    def flaky(conn: socket.socket) -> None:   # "A": drops /y without answering, serves the rest
+        while True:
+            head = read_request_head(conn)
+            if not head:
+                return
+            if head.startswith(b"GET /y "):
+                return   # connection closed before any response byte: taxiway retries elsewhere
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Backend: A\r\nContent-Length: 2\r\n\r\nok")
+
+    a = RawServer(flaky)
+    lb = InProcess(make_config([a.port, b1], balancer={"strategy": "round-robin"},
+                               health={"enabled": False}, limits={"upstream_max_connections": 1}))
+    try:
+        # Line round robin up so that the slow request lands on b1.
+        while http_get(lb.port, "/").header("X-Backend") != "A":
+            pass
+        results: dict[str, tuple[int, str | None, float]] = {}
+
+        def get(path: str) -> None:
+            t0 = time.monotonic()
+            r = http_get(lb.port, path)
+            results[path] = (r.status, r.header("X-Backend"), time.monotonic() - t0)
+
+        slow = threading.Thread(target=get, args=("/delay/2000",))
+        slow.start()
+        time.sleep(0.3)   # b1 is now full
+        retry = threading.Thread(target=get, args=("/y",))   # fails on A, waits for b1
+        retry.start()
+        time.sleep(0.3)
+        assert lb.run(lb.bal.waiting.live) == 1
+        get("/")   # A has room: served now, not after the slow request
+        assert results["/"][:2] == (200, "A") and results["/"][2] < 1.0, results
+        slow.join(10)
+        retry.join(10)
+        assert results["/y"][:2] == (200, "b1"), results   # the retry got b1's slot
+        assert results["/delay/2000"][:2] == (200, "b1")
+    finally:
+        lb.stop()
+        a.close()

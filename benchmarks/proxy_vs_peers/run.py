@@ -303,7 +303,7 @@ def start_target(name: str, procs: Procs, rundir: Path, backends: tuple[int, int
     b1, b2 = backends
     if name == "taxiway":
         cfg = render("taxiway.toml.tmpl", rundir / "taxiway.toml", port=port, admin_port=free_port(),
-                     backend1=b1, backend2=b2, strategy=args.strategy)
+                     backend1=b1, backend2=b2, strategy=args.strategy, workers=args.taxiway_workers)
         proc = procs.start("taxiway", [sys.executable, "-m", "taxiway", "lb", "--config", str(cfg)], cpus)
     elif name == "haproxy":
         cfg = render("haproxy.cfg.tmpl", rundir / "haproxy.cfg", port=port, backend1=b1, backend2=b2,
@@ -395,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma list from: direct, taxiway, haproxy, nginx, bare (a featureless uvloop + "
                         "httptools forwarder: the floor for a Python proxy)")
     p.add_argument("--strategy", default="round-robin", help="taxiway strategy (peers use round robin)")
+    p.add_argument("--taxiway-workers", type=int, default=1, metavar="N",
+                   help="taxiway's balancer.workers (SO_REUSEPORT processes; the CPU quota covers them all)")
     p.add_argument("--no-half-load", action="store_true", help="skip the fixed-rate p99 runs")
     p.add_argument("--install", action="store_true", help="apt-get install wrk/haproxy/nginx if missing")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
@@ -433,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(), "pinning": {"proxy": proxy_cpus, "wrk_and_backends": other_cpus},
         "wrk": {"threads": args.threads, "connections": args.connections, "duration_s": args.duration,
                 "path": args.path},
-        "taxiway_strategy": args.strategy, "taxiway_hot_path": hot_path_build(),
+        "taxiway_strategy": args.strategy, "taxiway_workers": args.taxiway_workers,
+        "taxiway_hot_path": hot_path_build(),
         "proxy_cpu_quota": args.proxy_cpu_quota, "peak": {}, "half_load": {},
     }
     peak: dict[str, dict[str, float]] = result["peak"]  # type: ignore[assignment]

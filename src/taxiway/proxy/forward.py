@@ -106,6 +106,15 @@ class Router:
             self._valid_until = now + CANDIDATES_TTL_S
         return self._cands
 
+    def has_room(self, now: float) -> bool:
+        """Could some available server take one more request now (without picking one: a pick
+        moves round robin on)?"""
+        cands = self.candidates(now)
+        if not self.max_conns:
+            return bool(cands)
+        cap = self.max_conns
+        return any(s.inflight < cap for s in cands)
+
     def key_for(self, head: RequestHead) -> str | None:
         kind = self.key_kind
         if kind is None:
@@ -251,7 +260,9 @@ class Exchange(ResponseContext):
         waiting = bal.waiting
         if waiting.entries and not self.tried:
             waiting.drain(now)   # (a reload may have raised the cap or removed the queue)
-            if waiting.entries:  # others still wait for a slot: join the line behind them
+            # Others still wait for a slot: join the line behind them. (When only retries wait,
+            # for servers they have not tried yet, a server with room serves this one now.)
+            if waiting.entries and not bal.router.has_room(now):
                 if not waiting.push(self, now):
                     self.answer_error(503)
                 return
@@ -558,6 +569,7 @@ class Exchange(ResponseContext):
             if bal.retry_budget.allow_retry(now):
                 bal.counters["retries"] += 1
                 self.sent_bytes = 0
+                self.deadline = 0.0   # (no response deadline while it may wait for a slot)
                 self.dispatch()
                 return
             bal.counters["retry_budget_exhausted"] += 1
@@ -715,6 +727,9 @@ class WaitQueue:
     def _drain(self, now: float) -> None:
         entries = self.entries
         router = self.bal.router
+        # Retries that wait for a server they have not tried yet, while another server has room:
+        # they keep their places but must not hold up the requests behind them.
+        passed: list[tuple[float, Exchange]] = []
         while entries:
             ex = entries[0][1]
             if ex.finished:        # the client went away while waiting
@@ -722,14 +737,19 @@ class WaitQueue:
                 continue
             server, set_cookie = router.pick(ex.head, ex.tried, now)
             if server is None:
-                if router.full:    # still no slot: the head keeps its place
-                    return
+                if router.full:
+                    if ex.tried and router.has_room(now):
+                        passed.append(entries.popleft())
+                        continue
+                    break          # still no slot: the head keeps its place
                 entries.popleft()  # no server (not yet tried by it) any more
                 ex.answer_no_server()
             else:
                 entries.popleft()
                 ex.use_server(server, set_cookie, now)
             ex.proto.flush()
+        if passed:
+            entries.extendleft(reversed(passed))
 
     def expire(self, now: float) -> None:
         """Called by the tick: 503 for requests that waited `timeouts.queue`, then retry the head."""

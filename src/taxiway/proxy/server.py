@@ -181,9 +181,10 @@ class ClientProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        if len(name) == 10 and name.lower() == b"connection":
-            self._conn_header = True
-        n = self._header_bytes = self._header_bytes + len(name) + len(value) + 4
+        n = len(name)
+        if (n == 10 or n == 16) and name.lower() in (b"connection", b"proxy-connection"):
+            self._conn_header = True   # (llhttp reads Proxy-Connection like Connection)
+        n = self._header_bytes = self._header_bytes + n + len(value) + 4
         # The byte limit bounds memory while the head streams in; the count is checked once, at
         # the end of the head (the answer is the same 431).
         if n > self.bal.settings.max_header_bytes:
