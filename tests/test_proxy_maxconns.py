@@ -77,7 +77,9 @@ def test_requests_wait_for_a_slot_instead_of_503(procs: Processes) -> None:
         assert [s for s, _ in results] == [200] * 4, results
         assert lb.bal.counters["queued"] == 2 and lb.bal.counters["error_503"] == 0
         assert max(seen) == 2   # /status "waiting" shows them while they wait
-        assert sorted(took)[-1] >= 1.5   # the last ones waited for a whole earlier request
+        # The last ones waited for a whole earlier request (0.8 s, minus the <= 0.15 s they were
+        # sent after it, and timer jitter on a busy machine) before their own 0.8 s.
+        assert sorted(took)[-1] >= 1.3
         assert lb.run(lambda: len(lb.bal.waiting.entries)) == 0
     finally:
         lb.stop()
