@@ -169,6 +169,35 @@ def test_http10_client_gets_close_delimited_answer(procs, tmp_path):
     assert b"Transfer-Encoding" not in head and body == b"x" * 1000
 
 
+def test_http10_keep_alive_is_honoured(procs, tmp_path):
+    """An HTTP/1.0 client that asks for keep-alive (as `ab -k` does) keeps its connection, and
+    each answer says so; an answer of unknown length still ends with the connection."""
+    b1 = procs.backend("b1")
+    port, _, _ = start_lb(procs, tmp_path, [b1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    buf = b""
+    for _ in range(3):   # three requests, one connection
+        sock.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            assert chunk, buf   # the proxy must not close
+            buf += chunk
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        lower = head.lower()
+        assert head.startswith(b"HTTP/1.1 200") and b"\r\nconnection: keep-alive" in lower, head
+        length = int(lower.split(b"content-length: ")[1].split(b"\r\n")[0])
+        while len(buf) < length:
+            buf += sock.recv(65536)
+        assert buf[:length] == b"hello from b1\n"
+        buf = buf[length:]
+    sock.sendall(b"GET /chunked/100 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    while chunk := sock.recv(65536):   # no length to give: the close ends the body
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    assert b"connection: close" in head.lower() and body == b"x" * 100
+    sock.close()
+
+
 def test_access_log_lines(procs, tmp_path):
     b1 = procs.backend("b1")
     log_path = tmp_path / "access.log"

@@ -595,7 +595,8 @@ class Exchange(ResponseContext):
         self.status = rej.status
         close = not self.keep_alive or self.body_pending() or self.proto.closing
         self.bal.counters[f"rejected_{rej.status}"] += 1
-        self.proto.queue(simple_response(rej.status, rej.body, self.bal.date.line, close, rej.headers))
+        self.proto.queue(simple_response(rej.status, rej.body, self.bal.date.line, close, rej.headers,
+                                         not self.client_http11))
         self.keep_alive = not close
         self._finish()
 
@@ -606,7 +607,7 @@ class Exchange(ResponseContext):
         bal.counters[f"error_{status}"] += 1
         close = not self.keep_alive or self.body_pending() or self.proto.closing
         extra = bal.settings.retry_after if status == 503 else ()
-        self.proto.queue(error_response(status, bal.date.line, close, extra))
+        self.proto.queue(error_response(status, bal.date.line, close, extra, not self.client_http11))
         self.keep_alive = not close
         if self.conn is not None:
             self.conn.close()

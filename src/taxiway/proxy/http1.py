@@ -144,7 +144,9 @@ ERROR_BODIES: Final[dict[int, bytes]] = {
 
 
 def simple_response(status: int, body: bytes, date_line: bytes, close: bool,
-                    extra: list[tuple[bytes, bytes]] | tuple[()] = ()) -> bytes:
+                    extra: list[tuple[bytes, bytes]] | tuple[()] = (), http10: bool = False) -> bytes:
+    """A complete answer from taxiway itself. `http10`: the client spoke HTTP/1.0, so a kept
+    connection must be announced (`Connection: keep-alive`), not implied."""
     parts = [status_line(status), date_line, b"Server: taxiway\r\n",
              b"Content-Type: text/plain; charset=utf-8\r\n",
              b"Content-Length: %d\r\n" % len(body)]
@@ -152,14 +154,16 @@ def simple_response(status: int, body: bytes, date_line: bytes, close: bool,
         parts.append(n + b": " + v + CRLF)
     if close:
         parts.append(b"Connection: close\r\n")
+    elif http10:
+        parts.append(b"Connection: keep-alive\r\n")
     parts.append(CRLF)
     parts.append(body)
     return b"".join(parts)
 
 
 def error_response(status: int, date_line: bytes, close: bool = True,
-                   extra: list[tuple[bytes, bytes]] | tuple[()] = ()) -> bytes:
-    return simple_response(status, ERROR_BODIES.get(status, b"error\n"), date_line, close, extra)
+                   extra: list[tuple[bytes, bytes]] | tuple[()] = (), http10: bool = False) -> bytes:
+    return simple_response(status, ERROR_BODIES.get(status, b"error\n"), date_line, close, extra, http10)
 
 
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -215,6 +219,7 @@ class RequestInfo:
     request_id = b""
     host = b""
     close = False          # client asked for Connection: close
+    keep_alive = False     # client asked for Connection: keep-alive (what HTTP/1.0 needs for it)
 
 
 class RequestRewriter:
@@ -327,7 +332,9 @@ class RequestRewriter:
                         info.close = True
                     elif tok == b"upgrade":
                         info.upgrade = True
-                    elif tok and tok != b"keep-alive":
+                    elif tok == b"keep-alive":
+                        info.keep_alive = True
+                    elif tok:
                         conn_tokens.append(tok)
             elif code == _R_UPGRADE:
                 upgrade_value = value
@@ -559,7 +566,14 @@ class ResponseRewriter:
                 parts.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 ctx.close = True
-        parts.append(b"Connection: close\r\n\r\n" if ctx.close and status != 101 else CRLF)
+        if status == 101:
+            parts.append(CRLF)
+        elif ctx.close:
+            parts.append(b"Connection: close\r\n\r\n")
+        elif not ctx.client_http11:   # an HTTP/1.0 client that asked to keep the connection
+            parts.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(CRLF)
 
 
 def split_head(head: bytes) -> list[tuple[bytes, bytes]]:

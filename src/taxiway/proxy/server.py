@@ -220,7 +220,10 @@ class ClientProtocol(asyncio.Protocol):
             # Header fields after a chunked body are trailers: collect them apart from the head
             # (which routing and retries read), for `on_message_complete`.
             self._headers = []
-        ex = Exchange(self, head, info, method, http11 and not info.close, http11)
+        # Keep the connection: HTTP/1.1 unless the client said close; HTTP/1.0 only when it
+        # asked for keep-alive (what `ab -k` sends), and the answer then says so.
+        keep_alive = not info.close and (http11 or info.keep_alive)
+        ex = Exchange(self, head, info, method, keep_alive, http11)
         self.parsing = ex
         now = monotonic()
         if info.chunked or info.content_length > 0:
