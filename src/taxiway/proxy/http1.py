@@ -222,6 +222,32 @@ class RequestInfo:
     keep_alive = False     # client asked for Connection: keep-alive (what HTTP/1.0 needs for it)
 
 
+# Distinct header names whose meaning the rewriters remember (exact case). Clients and servers
+# use a few dozen; the bound keeps a peer that invents names from growing the cache.
+NAME_CACHE_MAX: Final = 512
+
+
+class NameCodes:
+    """Header name -> its code in `special` (keyed by lower-case names), -1 for any other name.
+    Peers send the same few names in the same case, so each answer is remembered per exact name
+    (at most NAME_CACHE_MAX): most fields then cost one dict lookup and no lower-casing. Both
+    rewriters use one."""
+
+    __slots__ = ("_seen", "special")
+
+    def __init__(self, special: dict[bytes, int]) -> None:
+        self.special = special
+        self._seen: dict[bytes, int] = {}
+
+    def code(self, name: bytes) -> int:
+        code = self._seen.get(name)
+        if code is None:
+            code = self.special.get(name.lower(), -1)
+            if len(self._seen) < NAME_CACHE_MAX:
+                self._seen[name] = code
+        return code
+
+
 class RequestRewriter:
     """Precomputed per-config pieces of the upstream request head (rebuilt on reload)."""
 
@@ -237,7 +263,7 @@ class RequestRewriter:
         self.special = dict(_REQ_SPECIAL)
         if self.rid_name:
             self.special[self.rid_name] = _R_RID
-        self._codes: dict[bytes, int] = {}
+        self._names = NameCodes(self.special)   # _R_* code per header name, -1: copied as is
 
     def new_request_id(self) -> bytes:
         """base + the counter in hex, from a cached prefix per 4096 ids and a table of the last
@@ -249,16 +275,6 @@ class RequestRewriter:
             self._rid_block = self._rid_base + b"%x" % block
         return self._rid_block + _HEX3[n & 0xFFF]
 
-    def _code(self, name: bytes) -> int:
-        """The _R_* code of a request header name (-1: copied as is). Clients send the same few
-        names in the same case, so the answer is remembered per exact name (bounded): most
-        fields then cost one dict lookup and no lower-casing."""
-        code = self._codes.get(name)
-        if code is None:
-            code = self.special.get(name.lower(), -1)
-            if len(self._codes) < NAME_CACHE_MAX:
-                self._codes[name] = code
-        return code
 
     def rewrite(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
                 http11: bool, conn_ctx: ConnContext) -> RequestInfo:
@@ -275,23 +291,20 @@ class RequestRewriter:
         hosts = 0
         odd: list[tuple[int, bytes, bytes]] | None = None
         for name, value in headers:
-            code = self._code(name)
-            if code < 0:
-                parts.append(name)
-                parts.append(b": ")
-                parts.append(value)
-                parts.append(CRLF)
-            elif code == _R_HOST:
+            code = self._names.code(name)
+            if code == _R_HOST:
                 hosts += 1
                 host = value
-                parts.append(name)
-                parts.append(b": ")
-                parts.append(value)
-                parts.append(CRLF)
-            elif odd is None:
-                odd = [(code, name, value)]
-            else:
-                odd.append((code, name, value))
+            elif code >= 0:   # framing, hop-by-hop, forwarding, request id: `_rewrite_odd`
+                if odd is None:
+                    odd = [(code, name, value)]
+                else:
+                    odd.append((code, name, value))
+                continue
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(CRLF)
         if hosts > 1 or (hosts == 0 and http11):
             raise RequestRefused(400, "missing or repeated Host")
         info.host = host
@@ -432,9 +445,6 @@ _S_CONN: Final = 5
 HEAD_CL: Final = 1        # Content-Length
 HEAD_DATE: Final = 2      # Date
 HEAD_OTHER: Final = 4     # a hop-by-hop, framing or security field: the general `rewrite`
-# Distinct header names whose meaning the rewriters remember (exact case). Clients and servers
-# use a few dozen; the bound keeps a peer that invents names from growing the cache.
-NAME_CACHE_MAX: Final = 512
 _HEX3: Final = [b"%03x" % i for i in range(4096)]   # request id suffixes
 
 
@@ -464,7 +474,7 @@ class ResponseRewriter:
         # (one byte read), only names as long as a special one are lower-cased and looked up.
         lengths = {len(n) for n in self.special}
         self._cand_len = bytes(1 if n in lengths else 0 for n in range(max(lengths) + 1))
-        self._flags: dict[bytes, int] = {}
+        self._names = NameCodes(self.special)
 
     def served_by_line(self, server_name: str) -> bytes:
         line = self._served_by_lines.get(server_name)
@@ -475,19 +485,17 @@ class ResponseRewriter:
     def classify(self, name: bytes) -> int:
         """What one response header name means to `rewrite_raw` (HEAD_* bits, 0 for most names).
         Called by the upstream connection for every header field httptools reports: most names
-        are ruled out by their length alone; the others' answer is remembered per exact name."""
+        are ruled out by their length alone, the others looked up in the name table."""
         n = len(name)
         cand = self._cand_len
         if n >= len(cand) or not cand[n]:
             return 0
-        flag = self._flags.get(name)
-        if flag is None:
-            code = self.special.get(name.lower(), -1)
-            flag = HEAD_CL if code == _S_CL else HEAD_DATE if code == _S_DATE else \
-                0 if code < 0 else HEAD_OTHER
-            if len(self._flags) < NAME_CACHE_MAX:
-                self._flags[name] = flag
-        return flag
+        code = self._names.code(name)
+        if code == _S_CL:
+            return HEAD_CL
+        if code == _S_DATE:
+            return HEAD_DATE
+        return 0 if code < 0 else HEAD_OTHER
 
     def rewrite_raw(self, status: int, head: bytes, flags: int, ctx: ResponseContext,
                     out: list[bytes]) -> None:
