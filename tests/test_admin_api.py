@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -15,23 +16,25 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from taxiway.admin.api import AdminServer
+from taxiway.admin.api import AdminServer, host_status, is_loopback
 from taxiway.balancing.model import Server
 from tests.conftest import free_port, taxiway_env
 from tests.test_admin_status import StandIn, make_balancer
 
 
 class Running:
-    def __init__(self, balancer: StandIn) -> None:
+    def __init__(self, balancer: StandIn, host: str = "127.0.0.1",
+                 allowed_hosts: tuple[str, ...] = (), port: int = 0) -> None:
         self.balancer = balancer
+        self.connect_to = "::1" if ":" in host else "127.0.0.1"   # asyncio binds "::" IPv6-only
         self.loop = asyncio.new_event_loop()
-        self.admin = AdminServer(balancer)
+        self.admin = AdminServer(balancer, allowed_hosts)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self.admin.start("127.0.0.1", 0), self.loop).result(10)
+        self.port = asyncio.run_coroutine_threadsafe(self.admin.start(host, port), self.loop).result(10)
 
     def get(self, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn = http.client.HTTPConnection(self.connect_to, self.port, timeout=10)
         try:
             conn.request(method, path)
             resp = conn.getresponse()
@@ -111,22 +114,189 @@ def _raw(port: int, data: bytes) -> bytes:
 
 
 def test_keep_alive_then_close(admin: Running) -> None:
-    out = _raw(admin.port, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n"
-                           b"Connection: close\r\n\r\n")
+    out = _raw(admin.port, b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /metrics HTTP/1.1\r\n"
+                           b"Host: localhost\r\nConnection: close\r\n\r\n")
     assert out.count(b"HTTP/1.1 200 OK") == 2 and b"taxiway_requests_total" in out
 
 
 @pytest.mark.parametrize(("request_bytes", "status"), [
     pytest.param(b"GARBAGE\r\n\r\n", b"400", id="bad-request-line"),
-    pytest.param(b"GET /status HTTP/1.1\r\nBad Name: x\r\n\r\n", b"400", id="space-in-header-name"),
-    pytest.param(b"GET /status HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n", b"431", id="huge-head"),
-    pytest.param(b"GET /status HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", b"413", id="body"),
+    pytest.param(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Name: x\r\n\r\n", b"400",
+                 id="space-in-header-name"),
+    pytest.param(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n", b"431",
+                 id="huge-head"),
+    pytest.param(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello", b"413",
+                 id="body"),
 ])
 def test_bad_requests_get_a_status_and_close(admin: Running, request_bytes: bytes, status: bytes) -> None:
     out = _raw(admin.port, request_bytes)
     assert out.startswith(b"HTTP/1.1 " + status) and b"Connection: close" in out
     # The listener survives and still answers.
     assert admin.get("/status")[0] == 200
+
+
+# -- Host check (DNS rebinding) and the non-loopback warning -----------------------------------------
+
+
+@pytest.mark.parametrize(("host", "version", "expected"), [
+    pytest.param("127.0.0.1", "HTTP/1.1", None, id="ipv4"),
+    pytest.param("127.0.0.1:9901", "HTTP/1.1", None, id="ipv4-port"),
+    pytest.param("10.1.2.3:9901", "HTTP/1.1", None, id="other-ipv4-literal"),
+    pytest.param("127.0.0.1:", "HTTP/1.1", None, id="empty-port"),
+    pytest.param("localhost", "HTTP/1.1", None, id="localhost"),
+    pytest.param("LocalHost:9901", "HTTP/1.1", None, id="localhost-any-case"),
+    pytest.param("[::1]:9901", "HTTP/1.1", None, id="ipv6-port"),
+    pytest.param("[2001:db8::1]", "HTTP/1.1", None, id="ipv6"),
+    pytest.param(None, "HTTP/1.0", None, id="http10-may-omit-host"),
+    pytest.param("evil.example", "HTTP/1.1", 421, id="name"),
+    pytest.param("evil.example:9901", "HTTP/1.1", 421, id="name-port"),
+    pytest.param("localhost.evil.example", "HTTP/1.1", 421, id="localhost-prefix"),
+    pytest.param("127.0.0.1.nip.io", "HTTP/1.1", 421, id="ip-looking-name"),
+    pytest.param("evil.example", "HTTP/1.0", 421, id="name-on-http10"),
+    pytest.param(None, "HTTP/1.1", 400, id="missing"),
+    pytest.param("", "HTTP/1.1", 400, id="empty"),
+    pytest.param(":9901", "HTTP/1.1", 400, id="port-only"),
+    pytest.param("::1", "HTTP/1.1", 400, id="unbracketed-ipv6"),
+    pytest.param("[::1", "HTTP/1.1", 400, id="unclosed-bracket"),
+    pytest.param("[evil.example]", "HTTP/1.1", 400, id="name-in-brackets"),
+    pytest.param("[::1]x", "HTTP/1.1", 400, id="junk-after-bracket"),
+    pytest.param("127.0.0.1:http", "HTTP/1.1", 400, id="non-numeric-port"),
+    pytest.param("127.0.0.1:123456", "HTTP/1.1", 400, id="port-too-long"),
+])
+def test_host_status(host: str | None, version: str, expected: int | None) -> None:
+    assert host_status(host, version) == expected
+
+
+def test_host_status_allow_list() -> None:
+    assert host_status("lb1.internal:9901", "HTTP/1.1", frozenset({"lb1.internal"})) is None
+    assert host_status("LB1.Internal", "HTTP/1.1", frozenset({"lb1.internal"})) is None
+    assert host_status("lb2.internal", "HTTP/1.1", frozenset({"lb1.internal"})) == 421
+
+
+@pytest.mark.parametrize(("address", "expected"), [
+    pytest.param("127.0.0.1", True, id="v4-loopback"),
+    pytest.param("127.8.9.10", True, id="v4-loopback-net"),
+    pytest.param("::1", True, id="v6-loopback"),
+    pytest.param("::ffff:127.0.0.1", True, id="v4-mapped-loopback"),
+    pytest.param("0.0.0.0", False, id="v4-any"),
+    pytest.param("::", False, id="v6-any"),
+    pytest.param("", False, id="empty-means-all"),
+    pytest.param("10.0.0.1", False, id="private"),
+    pytest.param("fe80::1%eth0", False, id="link-local-with-zone"),
+    pytest.param("localhost", False, id="name"),
+])
+def test_is_loopback(address: str, expected: bool) -> None:
+    assert is_loopback(address) is expected
+
+
+@pytest.mark.parametrize("host_line", [
+    pytest.param(b"Host: evil.example\r\n", id="rebound-name"),
+    pytest.param(b"Host: evil.example:%d\r\n", id="rebound-name-with-port"),
+])
+def test_rebound_host_is_refused_with_421_byte_by_byte(admin: Running, host_line: bytes) -> None:
+    if b"%d" in host_line:
+        host_line = host_line % admin.port
+    request = b"GET /status HTTP/1.1\r\n" + host_line + b"\r\n"
+    with socket.create_connection(("127.0.0.1", admin.port), timeout=10) as s:
+        for i in range(len(request)):          # the attack fed byte by byte
+            s.sendall(request[i:i + 1])
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    assert out.startswith(b"HTTP/1.1 421 Misdirected Request\r\n") and b"Connection: close" in out
+    assert b"servers" not in out, "no status data in the refusal"
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    pytest.param(b"GET /status HTTP/1.1\r\n\r\n", b"400", id="missing-host-http11"),
+    pytest.param(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n", b"400",
+                 id="two-hosts"),
+    pytest.param(b"GET /metrics HTTP/1.1\r\nHost: evil.example\r\n\r\n", b"421", id="metrics-too"),
+    pytest.param(b"GET /status HTTP/1.0\r\nHost: evil.example\r\n\r\n", b"421", id="http10-name"),
+    pytest.param(b"GET /status HTTP/1.0\r\n\r\n", b"200", id="http10-without-host"),
+])
+def test_host_header_checked_on_every_request(admin: Running, request_bytes: bytes, status: bytes) -> None:
+    out = _raw(admin.port, request_bytes)
+    assert out.startswith(b"HTTP/1.1 " + status + b" "), out[:80]
+
+
+@pytest.mark.parametrize("host", [
+    pytest.param("127.0.0.1:{port}", id="ipv4-port"),
+    pytest.param("localhost:{port}", id="localhost-port"),
+    pytest.param("[::1]:{port}", id="ipv6-port"),
+    pytest.param("admin.internal:{port}", id="allow-listed-name"),
+])
+def test_ip_literal_localhost_and_allow_listed_hosts_are_served(host: str) -> None:
+    r = Running(make_balancer(), allowed_hosts=("Admin.Internal",))
+    try:
+        value = host.format(port=r.port).encode()
+        out = _raw(r.port, b"GET /status HTTP/1.1\r\nHost: " + value + b"\r\n\r\n"
+                           b"GET /metrics HTTP/1.1\r\nHost: " + value + b"\r\nConnection: close\r\n\r\n")
+        assert out.count(b"HTTP/1.1 200 OK") == 2, out[:200]
+    finally:
+        r.stop()
+
+
+def test_a_rebound_request_after_a_good_one_is_still_refused(admin: Running) -> None:
+    out = _raw(admin.port, b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                           b"GET /status HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+    assert out.count(b"HTTP/1.1 200 OK") == 1 and b"HTTP/1.1 421 " in out
+
+
+@pytest.mark.parametrize(("bind", "warned"), [
+    pytest.param("0.0.0.0", True, id="v4-any"),
+    pytest.param("", True, id="empty-all-interfaces"),
+    pytest.param("::", True, id="v6-any"),
+    pytest.param("127.0.0.1", False, id="v4-loopback"),
+    pytest.param("::1", False, id="v6-loopback"),
+    pytest.param("localhost", False, id="localhost"),
+])
+def test_non_loopback_bind_logs_a_warning(caplog: pytest.LogCaptureFixture, bind: str, warned: bool) -> None:
+    with caplog.at_level(logging.INFO, logger="taxiway.admin"):
+        # A fixed port: with port 0, "" would bind 0.0.0.0 and :: on two different ports.
+        r = Running(make_balancer(), host=bind, port=free_port())
+        try:
+            # Still served on loopback, with the Host check, whatever the bind.
+            assert r.get("/status")[0] == 200
+        finally:
+            r.stop()
+    warnings = [rec for rec in caplog.records
+                if rec.levelno == logging.WARNING and rec.name == "taxiway.admin"]
+    if not warned:
+        assert warnings == []
+        return
+    assert len(warnings) == 1
+    msg = warnings[0].getMessage()
+    assert "reachable from the network" in msg and "/status and /metrics expose internals" in msg
+    assert str(r.port) in msg
+
+
+def test_status_verb_names_the_address_it_reached_in_host(tmp_path: object) -> None:
+    """`taxiway status --admin NAME:PORT` sends Host: <IP>:PORT, which the Host check accepts."""
+    seen: list[bytes] = []
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            seen.append(data)
+            body = b'{"servers": []}'
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                         + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        out = _status_cli("--admin", f"localhost:{port}", "--json")
+    finally:
+        t.join(10)
+        srv.close()
+    assert out.returncode == 0, out.stderr
+    assert f"\r\nHost: 127.0.0.1:{port}\r\n".encode() in seen[0]
 
 
 def _status_cli(*args: str) -> subprocess.CompletedProcess[str]:

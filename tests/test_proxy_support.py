@@ -300,3 +300,99 @@ def wait_until(pred: Callable[[], bool], timeout_s: float = 10.0) -> bool:
 def refused_port() -> int:
     """A port nothing listens on (connect is refused)."""
     return free_port()
+
+
+# --------------------------------------------------------------------------------------------
+# A scripted origin: parses every request it gets (httptools), records it, answers by script
+
+
+class OriginRequest:
+    """One request as the origin received it."""
+
+    def __init__(self) -> None:
+        self.method = ""
+        self.target = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = bytearray()
+        self.trailers: list[tuple[bytes, bytes]] = []
+        self.upgrade = False
+
+    def header(self, name: str) -> str | None:
+        for n, v in self.headers:
+            if n.decode().lower() == name.lower():
+                return v.decode("latin-1")
+        return None
+
+    def all(self, name: str) -> list[str]:
+        return [v.decode("latin-1") for n, v in self.headers if n.decode().lower() == name.lower()]
+
+
+class Origin(RawServer):
+    """An upstream that parses requests properly (bodies, pipelining) and answers each with
+    `respond(req)`: bytes to send, or None to close the connection. A request whose answer was
+    sent before its body is read (`early=True` in the returned tuple form) is not modelled: the
+    script closes instead. `requests` holds every request in arrival order (across connections).
+    """
+
+    def __init__(self, respond: Callable[[OriginRequest], bytes | None]) -> None:
+        self.respond = respond
+        self.got: list[OriginRequest] = []
+        self._lock = threading.Lock()
+        super().__init__(self._handle)
+
+    def _handle(self, conn: socket.socket) -> None:
+        done: deque[OriginRequest] = deque()
+        origin = self
+
+        class Sink:
+            cur = OriginRequest()
+            in_trailers = False
+
+            def on_message_begin(self) -> None:
+                self.cur = OriginRequest()
+                self.in_trailers = False
+
+            def on_url(self, url: bytes) -> None:
+                self.cur.target += url
+
+            def on_header(self, n: bytes, v: bytes) -> None:
+                (self.cur.trailers if self.in_trailers else self.cur.headers).append((n, v))
+
+            def on_headers_complete(self) -> None:
+                self.cur.method = parser.get_method().decode()
+                self.in_trailers = True
+
+            def on_body(self, b: bytes) -> None:
+                self.cur.body += b
+
+            def on_message_complete(self) -> None:
+                with origin._lock:
+                    origin.got.append(self.cur)
+                done.append(self.cur)
+
+        parser = httptools.HttpRequestParser(Sink())
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                if done:
+                    done[-1].upgrade = True
+            except httptools.HttpParserError:
+                return
+            while done:
+                answer = self.respond(done.popleft())
+                if answer is None:
+                    return
+                conn.sendall(answer)
+
+    def paths(self) -> list[bytes]:
+        with self._lock:
+            return [r.target for r in self.got]
+
+
+def ok_response(body: bytes, extra: str = "") -> bytes:
+    """A plain 200 with `body`, plus header lines in `extra` (each ending in CRLF)."""
+    return (f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n").encode() + body

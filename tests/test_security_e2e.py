@@ -175,6 +175,42 @@ def test_api_calls_without_wrong_revoked_and_unscoped_keys(procs: Processes, tmp
     assert "apikey 'reader' revoked" in out                        # in the summary, by name
 
 
+@pytest.mark.slow
+def test_case_matrix_params_trailing_dots_and_head_do_not_bypass_key_routes_or_limits(
+        procs: Processes, tmp_path: Path) -> None:
+    b = procs.backend("b1")
+    port = free_port()
+    reader = _keys(tmp_path, "create", "reader", "--scope", "flights:read")
+    cfg = write_config(tmp_path / "lb.toml", [b], {"listen": {"http": f"127.0.0.1:{port}"}},
+                       {"apikeys.routes": [{"path_prefix": "/api", "methods": ["GET"],
+                                            "scopes": ["flights:read"]}],
+                        "ratelimit.rules": [{"name": "search", "rate": "1/h", "path_prefix": "/Search",
+                                             "methods": ["GET"]}]})
+    start_lb(procs, cfg, port, cwd=tmp_path)
+    c = Conn(port)
+    tricks = ["/API/flights", "/Api", "/api;jsessionid=1/flights", "/public/..;/api/flights", "/api./flights",
+              "/api.", "/api%20/flights", "/api%20", "/api%2e/flights", "/aPi%3bx/flights"]
+    for trick in tricks:
+        assert c.get(trick)[0] == 401, trick
+        assert c.get(trick, method="HEAD")[0] == 401, f"HEAD {trick}"
+    assert c.get("/api/flights", {"X-API-Key": reader}, method="HEAD")[0] == 200
+    assert c.get("/API;x/flights", {"X-API-Key": reader})[0] == 200   # guarded, not refused
+    assert c.get("/apix")[0] == 200 and c.get("/api", method="POST")[0] == 200   # outside the route
+    # The rule's prefix "/Search" is normalised too; HEAD uses up GET's allowance.
+    assert c.get("/search", method="HEAD")[0] == 200
+    assert c.get("/SEARCH.;q=1")[0] == 429
+    c.close()
+    # The same attack fed byte by byte on a raw socket.
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        request = b"HEAD /API;v=1/flights. HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        for i in range(len(request)):
+            s.sendall(request[i:i + 1])
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    assert out.startswith(b"HTTP/1.1 401 "), out[:80]
+
+
 # -- two balancers sharing Redis ------------------------------------------------------------------
 
 
@@ -247,6 +283,27 @@ def test_unreachable_redis_fails_open_or_closed_and_logs(procs: Processes, tmp_p
     proc.terminate()
     out = proc.communicate(timeout=30)[0].decode(errors="replace")
     assert f"on_store_error = {mode}" in out
+
+
+@pytest.mark.slow
+def test_redis_password_never_reaches_the_log(procs: Processes, tmp_path: Path) -> None:
+    b = procs.backend("b1")
+    port, dead = free_port(), free_port()
+    secret = "hunter2-s3cret"
+    cfg = write_config(tmp_path / "lb.toml", [b], {
+        "listen": {"http": f"127.0.0.1:{port}"},
+        "ratelimit": {"store": "redis", "redis_url": f"redis://app:{secret}@127.0.0.1:{dead}/0",
+                      "on_store_error": "open"}},
+        {"ratelimit.rules": [{"name": "per-ip", "rate": "1/h"}]})
+    proc = start_lb(procs, cfg, port)
+    c = Conn(port)
+    assert [c.get("/")[0] for _ in range(3)] == [200] * 3
+    c.close()
+    proc.terminate()
+    out = proc.communicate(timeout=30)[0].decode(errors="replace")
+    assert "on_store_error = open" in out, out
+    assert secret not in out
+    assert f"redis://app:***@127.0.0.1:{dead}/0" in out
 
 
 # -- slowloris and per-client connection caps -------------------------------------------------------

@@ -9,11 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taxiway.config import parse_config
 from taxiway.proxy.http1 import RequestHead
 from taxiway.security.apikeys import KeyFile
-from taxiway.security.edge import EdgeGuard, Rejection, client_bucket, normalize_path, prefix_matches
+from taxiway.security.edge import (
+    EdgeGuard,
+    Rejection,
+    client_bucket,
+    method_set,
+    needs_normalizing,
+    normalize_path,
+    prefix_matches,
+)
 from tests.conftest import free_port
 from tests.services import RedisTarget
 
@@ -36,11 +46,95 @@ def test_no_rules_no_routes_means_no_guard() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "normal"),
-    [("/api/x", "/api/x"), ("//api//x", "/api/x"), ("/public/../api/x", "/api/x"), ("/%61pi/x", "/api/x"),
-     ("/./api/", "/api/"), ("/..", "/"), ("/", "/")],
+    [pytest.param("/api/x", "/api/x", id="plain"),
+     pytest.param("//api//x", "/api/x", id="empty-segments"),
+     pytest.param("/public/../api/x", "/api/x", id="dot-dot"),
+     pytest.param("/%61pi/x", "/api/x", id="percent-encoded-letter"),
+     pytest.param("/./api/", "/api/", id="dot-keeps-trailing-slash"),
+     pytest.param("/..", "/", id="dot-dot-above-root"),
+     pytest.param("/", "/", id="root"),
+     pytest.param("", "/", id="empty"),
+     # Case: IIS, case-insensitive Spring routes and macOS/Windows file systems read /API as /api.
+     pytest.param("/API/x", "/api/x", id="upper-case"),
+     pytest.param("/%41PI/x", "/api/x", id="encoded-upper-case"),
+     # Matrix parameters (Tomcat/Spring drop everything from ";" to the end of the segment).
+     pytest.param("/api;jsessionid=1/x", "/api/x", id="matrix-param"),
+     pytest.param("/api;", "/api", id="bare-semicolon"),
+     pytest.param("/public/..;/api/x", "/api/x", id="dot-dot-with-matrix-param"),
+     pytest.param("/public/.;x/api", "/public/api", id="dot-with-matrix-param"),
+     pytest.param("/api%3bx/y", "/api/y", id="encoded-semicolon"),
+     # Trailing dots and blanks (Windows/IIS map "api." and "api " to "api").
+     pytest.param("/api.", "/api", id="trailing-dot"),
+     pytest.param("/api%20", "/api", id="trailing-space"),
+     pytest.param("/api%09/x", "/api/x", id="trailing-tab"),
+     pytest.param("/api. . /x", "/api/x", id="trailing-dots-and-spaces"),
+     pytest.param("/api/.../x", "/api/x", id="only-dots-is-dropped"),
+     pytest.param("/public/..%20/api", "/api", id="dot-dot-with-trailing-space"),
+     pytest.param("/static/app.js", "/static/app.js", id="inner-dot-kept"),
+     pytest.param("/a%2fb", "/a/b", id="encoded-slash"),
+     # Decoded until nothing decodes (the proxy refuses %25XX; this keeps the function idempotent).
+     pytest.param("/%2561pi", "/api", id="double-encoded"),
+     pytest.param("/%zz/%", "/%zz/%", id="stray-percent"),
+     pytest.param("/%ff", "/\ufffd", id="invalid-utf8"),
+     ],
 )
 def test_normalize_path(raw: str, normal: str) -> None:
     assert normalize_path(raw) == normal
+
+
+@given(st.text())
+@settings(max_examples=500)
+def test_normalize_path_never_fails_and_is_idempotent(path: str) -> None:
+    out = normalize_path(path)
+    assert out.startswith("/")
+    assert normalize_path(out) == out
+
+
+@given(st.text().map(lambda s: "/" + s))
+@settings(max_examples=500)
+def test_fast_path_gate_only_skips_paths_normalisation_keeps(path: str) -> None:
+    """check() skips normalize_path when needs_normalizing() says no: that must never change a match."""
+    if not needs_normalizing(path):
+        assert normalize_path(path) == path
+
+
+@given(st.text(alphabet="/.;%2065aAbB\t ", max_size=24))
+@settings(max_examples=500)
+def test_normalize_path_idempotent_on_path_like_text(path: str) -> None:
+    out = normalize_path(path)
+    assert out.startswith("/") and normalize_path(out) == out
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [pytest.param("/api/v1/flights", False, id="plain"),
+     pytest.param("/", False, id="root"),
+     pytest.param("/123/456", False, id="no-letters"),
+     pytest.param("/api/x.json", True, id="dot"),
+     pytest.param("/API", True, id="upper"),
+     pytest.param("/caf\u00c9", True, id="non-ascii-upper"),
+     pytest.param("/api;x", True, id="semicolon"),
+     pytest.param("/api%20", True, id="percent"),
+     pytest.param("/api ", True, id="space"),
+     pytest.param("/api\t", True, id="tab"),
+     pytest.param("//api", True, id="double-slash")],
+)
+def test_needs_normalizing_gate(path: str, expected: bool) -> None:
+    assert needs_normalizing(path) is expected
+    if not expected:
+        assert normalize_path(path) == path, "the fast path must only skip paths normalisation keeps"
+
+
+@pytest.mark.parametrize(
+    ("methods", "expected"),
+    [pytest.param([], frozenset(), id="all"),
+     pytest.param(["GET"], frozenset({"GET", "HEAD"}), id="get-implies-head"),
+     pytest.param(["get", "POST"], frozenset({"GET", "HEAD", "POST"}), id="upper-cased"),
+     pytest.param(["POST"], frozenset({"POST"}), id="post-only"),
+     pytest.param(["HEAD"], frozenset({"HEAD"}), id="head-does-not-imply-get")],
+)
+def test_method_set(methods: list[str], expected: frozenset[str]) -> None:
+    assert method_set(methods) == expected
 
 
 @pytest.mark.parametrize(
@@ -83,12 +177,61 @@ def test_missing_key_is_401_with_www_authenticate(keyed: tuple[EdgeGuard, dict[s
     assert rej.reason == "apikey missing"
 
 
-@pytest.mark.parametrize("path", ["//api/flights", "/%61pi/flights", "/public/../api/flights",
-                                  "/API/../api/x"])
+@pytest.mark.parametrize("path", [
+    pytest.param("//api/flights", id="double-slash"),
+    pytest.param("/%61pi/flights", id="percent-encoded"),
+    pytest.param("/public/../api/flights", id="dot-dot"),
+    pytest.param("/API/../api/x", id="upper-then-dot-dot"),
+    pytest.param("/API/flights", id="upper-case"),
+    pytest.param("/Api", id="mixed-case-bare"),
+    pytest.param("/api;x/flights", id="matrix-param"),
+    pytest.param("/api;jsessionid=abc", id="matrix-param-bare"),
+    pytest.param("/public/..;/api/flights", id="tomcat-dot-dot-semicolon"),
+    pytest.param("/api%20", id="trailing-space"),
+    pytest.param("/api%20/flights", id="trailing-space-segment"),
+    pytest.param("/api.", id="trailing-dot"),
+    pytest.param("/api./flights", id="trailing-dot-segment"),
+    pytest.param("/api..%20./flights", id="trailing-dots-and-space"),
+])
 def test_path_tricks_do_not_bypass_the_key(keyed: tuple[EdgeGuard, dict[str, str]], path: str) -> None:
     g, _ = keyed
     rej = g.check(head(path))
     assert isinstance(rej, Rejection) and rej.status == 401
+
+
+@pytest.mark.parametrize("prefix", [
+    pytest.param("/API", id="upper-case"),
+    pytest.param("/api.", id="trailing-dot"),
+    pytest.param("/api;v=1", id="matrix-param"),
+    pytest.param("/%61pi/", id="encoded-with-slash"),
+])
+def test_route_prefixes_are_normalised_like_paths(tmp_path: Path, prefix: str) -> None:
+    g = guard_for(tmp_path, {"apikeys": {"routes": [{"path_prefix": prefix}]}})
+    for path in ("/api", "/api/x", "/API/x", "/api;y/x"):
+        rej = g.check(head(path))
+        assert isinstance(rej, Rejection) and rej.status == 401, (prefix, path)
+    assert g.check(head("/apix")) is None
+
+
+@pytest.mark.parametrize(("method", "status"), [
+    pytest.param("GET", 401, id="get"),
+    pytest.param("HEAD", 401, id="head-is-get"),
+    pytest.param("POST", None, id="post-not-covered"),
+])
+def test_get_route_also_guards_head(tmp_path: Path, method: str, status: int | None) -> None:
+    g = guard_for(tmp_path, {"apikeys": {"routes": [{"path_prefix": "/api", "methods": ["GET"]}]}})
+    rej = g.check(head("/api/flights", method))
+    assert (rej.status if isinstance(rej, Rejection) else None) == status
+
+
+def test_get_rate_limit_rule_counts_head(tmp_path: Path) -> None:
+    g = guard_for(tmp_path, {"ratelimit": {"rules": [
+        {"name": "reads", "rate": "1/h", "path_prefix": "/api", "methods": ["GET"]}]}})
+    assert g.check(head("/api/x", "HEAD")) is None
+    rej = g.check(head("/api/x", "GET"))
+    assert isinstance(rej, Rejection) and rej.status == 429, "HEAD used up GET's allowance"
+    rej = g.check(head("/API/x", "HEAD"))
+    assert isinstance(rej, Rejection) and rej.status == 429
 
 
 def test_bearer_and_x_api_key_are_accepted(keyed: tuple[EdgeGuard, dict[str, str]]) -> None:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taxiway.security.ratelimit import Limit, Verdict
-from taxiway.security.ratestore import MemoryStore, RateStoreError, RedisStore
+from taxiway.security.ratestore import MemoryStore, RateStoreError, RedisStore, redact_url
 from tests.conftest import free_port
 from tests.services import RedisTarget
 
@@ -161,6 +161,39 @@ def test_unreachable_redis_raises_store_error_quickly() -> None:
         assert time.monotonic() - t0 < 0.1  # no connect attempt while marked down
     finally:
         r.close()
+
+
+def test_store_errors_and_repr_never_show_the_redis_password() -> None:
+    port = free_port()
+    r = Runner(RedisStore(f"redis://:hunter2@127.0.0.1:{port}/0"), "")
+    lim = Limit.from_rate(1, 1, burst=0)
+    try:
+        for _ in range(2):   # the connect error, then the "unavailable (retrying shortly)" one
+            with pytest.raises(RateStoreError) as info:
+                r.check(["k"], [lim])
+            assert "hunter2" not in str(info.value)
+            assert f"redis://:***@127.0.0.1:{port}/0" in str(info.value)
+        assert "hunter2" not in repr(r.store) and "hunter2" not in r.store.url
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    pytest.param("redis://:secret@db:6379/0", "redis://:***@db:6379/0", id="password-only"),
+    pytest.param("redis://app:secret@db:6379/0", "redis://app:***@db:6379/0", id="user-and-password"),
+    pytest.param("rediss://:p%40ss@[::1]:6380/2", "rediss://:***@[::1]:6380/2", id="tls-ipv6-encoded"),
+    pytest.param("redis://:a:b@db/0", "redis://:***@db/0", id="colon-in-password"),
+    pytest.param("redis://u:p@ss@db/0", "redis://u:***@db/0", id="at-in-password"),
+    pytest.param("redis://:@db/0", "redis://:***@db/0", id="empty-password"),
+    pytest.param("redis://db:6379/0?password=secret", "redis://db:6379/0?password=***", id="query-password"),
+    pytest.param("unix:///run/redis.sock?db=1&password=secret", "unix:///run/redis.sock?db=1&password=***",
+                 id="unix-query-password"),
+    pytest.param("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0", id="no-password-unchanged"),
+    pytest.param("redis://app@db/0", "redis://app@db/0", id="user-only-unchanged"),
+    pytest.param("redis://:secret@[::1/0", "<unparsable URL>", id="unparsable"),
+])
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
 
 
 @settings(max_examples=100, deadline=None)

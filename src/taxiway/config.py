@@ -215,6 +215,7 @@ class TimeoutsConfig(_Section):
     client_body: Duration = Duration(30)    # max gap between body reads from the client
     client_idle: Duration = Duration(60)    # keep-alive idle between requests
     upstream_response: Duration = Duration(60)  # first response byte after the request was sent
+    upstream_read: Duration = Duration(60)  # longest a started response body may stall (nginx: 60s)
     upstream_idle: Duration = Duration(30)  # pooled upstream connection unused this long is closed
     shutdown: Duration = Duration(30)       # SIGTERM: in-flight requests get this long to finish
     queue: Duration = Duration(5)           # a request waits this long for a server slot, then 503
@@ -222,6 +223,7 @@ class TimeoutsConfig(_Section):
 
 class LimitsConfig(_Section):
     max_header_bytes: Size = Size(32 * 1024)   # nginx large_client_header_buffers-ish
+    max_response_header_bytes: Size = Size(64 * 1024)   # an app's response head; more is a 502
     max_headers: int = 100                     # like h11/Apache's LimitRequestFields
     max_body_bytes: Size = Size(0)             # 0 = unlimited (stream); nginx default is 1m
     max_connections_per_client: int = 0        # 0 = unlimited

@@ -7,15 +7,26 @@ HTTP/1.1: GET/HEAD only, no request bodies, keep-alive, a bounded request head a
 misbehaving client costs one small task and nothing else.
 
 Bind it to loopback (the default `admin.listen = "127.0.0.1:9901"`): /status names every server.
+Any other address gets a WARNING at start: the API has no authentication.
+
+Every request's `Host` must name us by address (an IPv4 literal, a bracketed IPv6 literal, or
+`localhost`, any port) or by a name in `allowed_hosts`; anything else gets 421. This is the
+defence against DNS rebinding: a web page on `evil.example` re-points its own name at 127.0.0.1,
+and the victim's browser then sends its scripts' requests, with `Host: evil.example`, to the
+loopback listener, and lets the page read the answers (same origin). A browser always sends the
+name the page used, so refusing names we were not told about closes that hole. An HTTP/1.1
+request without Host (or with two) is malformed: 400 (RFC 9112 §3.2).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 # 0.0.4 text format: what generate_latest writes and every Prometheus 2.x/3.x scraper accepts.
@@ -33,8 +44,11 @@ LINGER_S = 2.0            # after an error answer, drain client input this long 
 LINGER_MAX_BYTES = 1 << 20
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            408: "Request Timeout", 413: "Content Too Large", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error"}
+            408: "Request Timeout", 413: "Content Too Large", 421: "Misdirected Request",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error"}
+
+# Names that cannot be rebound: localhost resolves to loopback without DNS (RFC 6761 §6.3).
+LOCAL_HOST_NAMES = frozenset({"localhost"})
 
 
 class _BadRequest(Exception):
@@ -58,8 +72,71 @@ def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
         name, sep, value = line.partition(":")
         if not sep or not name or name != name.strip() or " " in name:
             raise _BadRequest(400, "malformed header line")
-        headers[name.lower()] = value.strip()
+        key = name.lower()
+        if key == "host" and key in headers:
+            raise _BadRequest(400, "more than one Host header")
+        headers[key] = value.strip()
     return parts[0], parts[1], parts[2], headers
+
+
+def host_status(host: str | None, version: str, allowed_names: frozenset[str] = frozenset()) -> int | None:
+    """Whether the admin API answers a request with this `Host`: None (yes) or the status to refuse with.
+
+    Args:
+        host: the Host header value, or None when there is none.
+        version: "HTTP/1.1" or "HTTP/1.0" (1.0 clients may omit Host).
+        allowed_names: extra lower-case host names to accept (besides IP literals and localhost).
+    Returns:
+        None to answer; 400 when Host is missing on HTTP/1.1 or is not a valid `host[:port]`; 421
+        (Misdirected Request, RFC 9110 §15.5.20) for a well-formed name we were not told about.
+        Why 421 and not 403: nothing is forbidden to the client; the request reached a server that
+        does not serve that name. A name that resolves to us through DNS rebinding is not one we
+        serve, and 421 says exactly that (and lets a client retry with the right authority).
+    """
+    if host is None:
+        return 400 if version == "HTTP/1.1" else None
+    # 1. Bracketed IPv6 literal, optional port: "[::1]:9901".
+    if host.startswith("["):
+        literal, bracket, port = host[1:].partition("]")
+        if not bracket or not _is_port(port, allow_absent=True):
+            return 400
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            return 400
+        return None
+    # 2. Name or IPv4 literal, optional port. More than one ":" is an unbracketed IPv6 address.
+    name, colon, digits = host.partition(":")
+    if not name or not _is_port(colon + digits, allow_absent=True):
+        return 400
+    try:
+        ipaddress.IPv4Address(name)
+        return None
+    except ValueError:
+        pass
+    lowered = name.lower()
+    if lowered in LOCAL_HOST_NAMES or lowered in allowed_names:
+        return None
+    return 421
+
+
+def _is_port(text: str, *, allow_absent: bool) -> bool:
+    """`:digits` (RFC 3986 `port = *DIGIT`, so `:` alone too), or "" when a port may be absent."""
+    if not text:
+        return allow_absent
+    digits = text[1:]
+    return text[0] == ":" and len(digits) <= 5 and (not digits or (digits.isascii() and digits.isdigit()))
+
+
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ::ffff:127.x.y.z; False for wildcards, other addresses and names."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 async def _lingering_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -90,8 +167,10 @@ class AdminServer:
     (`await admin.close()`).
     """
 
-    def __init__(self, balancer: Any) -> None:
+    def __init__(self, balancer: Any, allowed_hosts: Iterable[str] = ()) -> None:
         self.balancer = balancer
+        # Host names (besides IP literals and localhost) requests may carry; see the module docstring.
+        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
         self.registry = make_registry(balancer)
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
@@ -105,6 +184,14 @@ class AdminServer:
                                                   reuse_address=True)
         bound = self._server.sockets[0].getsockname()[1]
         log.info("admin API on http://%s:%d (/status, /metrics)", host, bound)
+        # Judged on the addresses really bound ("" and names can mean several), not on `host`.
+        exposed = sorted({str(sock.getsockname()[0]) for sock in self._server.sockets
+                          if not is_loopback(str(sock.getsockname()[0]))})
+        if exposed:
+            log.warning("admin API listens on %s port %d: it is reachable from the network and has no "
+                        "authentication; /status and /metrics expose internals (server addresses, "
+                        "counters, events). Bind admin.listen to 127.0.0.1 or firewall the port.",
+                        ", ".join(exposed), bound)
         return int(bound)
 
     async def close(self) -> None:
@@ -147,6 +234,13 @@ class AdminServer:
                 if "transfer-encoding" in headers or headers.get("content-length", "0") not in ("", "0"):
                     await self._send(writer, 413, b"the admin API takes no request bodies\n",
                                      "text/plain", close=True)
+                    await _lingering_close(reader, writer)
+                    return
+                refused = host_status(headers.get("host"), version, self.allowed_hosts)
+                if refused is not None:
+                    msg = b"missing or malformed Host header\n" if refused == 400 else \
+                        b"misdirected request: this admin API answers to its IP address or localhost only\n"
+                    await self._send(writer, refused, msg, "text/plain", close=True)
                     await _lingering_close(reader, writer)
                     return
                 close = version == "HTTP/1.0" or headers.get("connection", "").lower() == "close"

@@ -40,7 +40,12 @@ def fetch_status(host: str, port: int, timeout_s: float = 3.0) -> dict[str, Any]
     where = f"{host}:{port}"
     conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
     try:
-        conn.request("GET", "/status", headers={"User-Agent": "taxiway-status"})
+        conn.connect()
+        # The admin API answers only to an IP literal or localhost in Host (its DNS-rebinding
+        # guard): name the address we reached, so `--admin lb1.internal:9901` works too.
+        peer = str(conn.sock.getpeername()[0]).partition("%")[0]
+        authority = f"[{peer}]:{port}" if ":" in peer else f"{peer}:{port}"
+        conn.request("GET", "/status", headers={"Host": authority, "User-Agent": "taxiway-status"})
         resp = conn.getresponse()
         body = resp.read()
     except (OSError, http.client.HTTPException) as exc:

@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import math
 import random
+import re
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -52,6 +53,7 @@ class Settings:
         self.client_body_s = float(t.client_body)
         self.client_idle_s = float(t.client_idle)
         self.upstream_response_s = float(t.upstream_response)
+        self.upstream_read_s = float(t.upstream_read)
         self.upstream_idle_s = float(t.upstream_idle)
         self.connect_s = float(t.connect)
         self.max_header_bytes = int(lim.max_header_bytes)
@@ -68,7 +70,8 @@ class Settings:
             self.request_rewriter._rid_base = rewriter._rid_base
             self.request_rewriter._rid_counter = rewriter._rid_counter
         hsts = float(cfg.listen.tls.hsts_max_age) if cfg.listen.tls is not None else 0.0
-        self.response_rewriter = ResponseRewriter(cfg.headers.security, cfg.balancer.served_by_header, hsts)
+        self.response_rewriter = ResponseRewriter(cfg.headers.security, cfg.balancer.served_by_header, hsts,
+                                                  int(lim.max_response_header_bytes))
         self.retry_after = [(b"Retry-After", b"%d" % max(1, math.ceil(cfg.health.interval)))]
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in cfg.headers.trusted_proxies]
 
@@ -100,16 +103,19 @@ class AccessLog:
 
     def record(self, ex: Exchange, server: str | None, now: float) -> None:
         """Called once per finished request. Formatting is one bytes %-format: client-controlled
-        strings (path, request id) go through the JSON encoder, the rest cannot need escaping."""
+        strings (path, request id) go through the JSON encoder, the rest cannot need escaping.
+        The client is the one a trusted proxy reported, if any (else the peer); a query's
+        secrets (API keys, tokens, passwords) are written as `***`."""
         head = ex.head
-        ctx = ex.proto.ctx
-        assert ctx is not None   # set at accept, before any request
         enc = self.encoder.encode
         server_json = self._names.get(server)
         if server_json is None:
             server_json = self._names[server] = enc(server)
+        target = head.raw_target
+        if b"?" in target or b"tw_" in target:
+            target = redact_target(target)
         self.buf.append(_LINE % (
-            now + self.wall_offset, ctx.ip_bytes, ex.method, enc(head.raw_target.decode("latin-1")),
+            now + self.wall_offset, head.client_ip.encode(), ex.method, enc(target.decode("latin-1")),
             ex.status,
             server_json, ex.body_out, ex.body_in, (now - ex.t_start) * 1000,
             enc(ex.info.request_id.decode("latin-1"))))
@@ -131,6 +137,20 @@ class AccessLog:
         self.flush()
         if self.path != "-":
             self.stream.close()
+
+
+# Query parameters whose values are credentials, and taxiway API keys anywhere in a target: an
+# access log must not become the place keys leak from (a key sent in a query is refused, but the
+# line is still written).
+_SECRET_PARAM: Final = re.compile(
+    rb"(?i)([?&;](?:api[_-]?key|key|token|access[_-]?token|auth|password|passwd|secret|"
+    rb"signature|sig|session|sessionid)=)[^&;#]*")
+_API_KEY: Final = re.compile(rb"tw_[0-9a-f]{8}_[A-Za-z0-9_-]+")
+
+
+def redact_target(target: bytes) -> bytes:
+    """The request target as the access log writes it: credential values replaced by `***`."""
+    return _API_KEY.sub(b"tw_***", _SECRET_PARAM.sub(rb"\1***", target))
 
 
 def server_from_config(url: str, name: str | None, weight: int, key: str, slow_start_s: float) -> Server:

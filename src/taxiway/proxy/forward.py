@@ -28,6 +28,7 @@ from taxiway.balancing.strategies import Strategy, make_strategy
 from taxiway.proxy.http1 import (
     CONTINUE_100,
     CRLF,
+    REQUEST_TRAILER_FORBIDDEN,
     Rejection,
     RequestHead,
     RequestInfo,
@@ -64,11 +65,14 @@ def idempotent(method: bytes) -> bool:
     return method == b"GET" or method in IDEMPOTENT
 
 
-def last_chunk(trailers: list[tuple[bytes, bytes]]) -> bytes:
-    """The end of a chunked body with the allowed trailer fields (values as llhttp validated them)."""
+def last_chunk(trailers: list[tuple[bytes, bytes]], more_forbidden: frozenset[bytes] = frozenset()) -> bytes:
+    """The end of a chunked body with the allowed trailer fields (values as llhttp validated them).
+    `more_forbidden`: names dropped on top of TRAILER_FORBIDDEN (a request's trailers must not
+    carry what its head's rules strip: forwarding fields, the request id, an API key)."""
     lines = [b"0\r\n"]
     for name, value in trailers:
-        if name.lower() not in TRAILER_FORBIDDEN:
+        lname = name.lower()
+        if lname not in TRAILER_FORBIDDEN and lname not in more_forbidden:
             lines += (name, b": ", value, CRLF)
     lines.append(CRLF)
     return b"".join(lines)
@@ -173,6 +177,8 @@ class Exchange(ResponseContext):
     started = False
     t_start = 0.0
     deadline = 0.0                 # upstream response deadline (0 = not waiting)
+    read_mark = -1                 # body_out at the last tick (timeouts.upstream_read)
+    read_deadline = 0.0            # the body must have moved by then
     status = 0
     body_in = 0
     body_out = 0
@@ -417,7 +423,7 @@ class Exchange(ResponseContext):
         if self.finished:
             return
         if self.info.chunked:
-            self._send_upstream([last_chunk(trailers) if trailers else LAST_CHUNK])
+            self._send_upstream([last_chunk(trailers, REQUEST_TRAILER_FORBIDDEN) if trailers else LAST_CHUNK])
         if self.conn is not None and not self.response_started:
             # A body-less request completes in the read that started it: t_start is "now".
             now = self.t_start if not self.body_in else monotonic()
@@ -450,6 +456,15 @@ class Exchange(ResponseContext):
         rw = conn.rewriter
         assert rw is not None
         rw.rewrite_raw(status, head, flags, self, proto.wbuf)
+        if self.te_codings and not self.client_http11:
+            # A transfer coding (gzip, ...) cannot be sent to an HTTP/1.0 client, and dropping
+            # the label would hand it a coded body as if it were the content.
+            proto.wbuf.pop()
+            self.response_started = False
+            self.conn = None
+            conn.close()
+            self.on_upstream_invalid(conn)
+            return
         if self.close:
             self.keep_alive = False
         if no_body and status != 101 and self.method == b"HEAD":
@@ -469,7 +484,10 @@ class Exchange(ResponseContext):
             if n > 4096:
                 proto.wbuf_big = True
 
-    def on_upstream_complete(self, conn: UpstreamConnection) -> None:
+    def on_upstream_complete(self, conn: UpstreamConnection, reusable: bool) -> None:
+        """Called by the upstream connection after the read in which the response ended.
+        `reusable`: the server keeps the connection and nothing followed the response's last
+        byte in that read."""
         if self.chunked_out:
             # Re-chunked for the client: the server's trailer fields (if it sent a chunked body
             # with some) follow the last chunk, less those a trailer must not carry.
@@ -477,7 +495,10 @@ class Exchange(ResponseContext):
             self.proto.queue(last_chunk(t) if t else LAST_CHUNK)
         self.conn = None
         now = monotonic()
-        if self.request_done and conn.parser.should_keep_alive():
+        # Back to the pool only at a provable message boundary: the whole request was sent, the
+        # response ended with nothing after it, the server keeps the connection, and it was not
+        # an upgrade the server refused (it may still be waiting for the other protocol).
+        if reusable and self.request_done and not self.info.upgrade:
             conn.pool.release(conn, now)
         else:
             conn.close()
@@ -545,6 +566,23 @@ class Exchange(ResponseContext):
         self._release_server(ok=False)
         self.answer_error(502)
 
+    def on_read_timeout(self, client_write_paused: bool) -> None:
+        """Called by the client protocol's timer check: the response body did not move for
+        `timeouts.upstream_read`. The response has started, so the client must see a cut. When
+        the client was not reading (its socket full), the fault is its own, not the server's."""
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.close()
+        if client_write_paused:
+            self.bal.counters["client_write_timeout"] += 1
+            self._account(ok=True)
+        else:
+            self.bal.counters["upstream_read_timeout"] += 1
+            self.bal.note_failure(self.server, "read timeout")
+            self._account(ok=False)
+        self.proto.abort()
+
     def on_upstream_timeout(self) -> None:
         """Called by the client protocol's timer check: no response head in time (504)."""
         self.deadline = 0.0
@@ -596,7 +634,7 @@ class Exchange(ResponseContext):
         close = not self.keep_alive or self.body_pending() or self.proto.closing
         self.bal.counters[f"rejected_{rej.status}"] += 1
         self.proto.queue(simple_response(rej.status, rej.body, self.bal.date.line, close, rej.headers,
-                                         not self.client_http11))
+                                         not self.client_http11, self.proto.own_lines()))
         self.keep_alive = not close
         self._finish()
 
@@ -607,7 +645,8 @@ class Exchange(ResponseContext):
         bal.counters[f"error_{status}"] += 1
         close = not self.keep_alive or self.body_pending() or self.proto.closing
         extra = bal.settings.retry_after if status == 503 else ()
-        self.proto.queue(error_response(status, bal.date.line, close, extra, not self.client_http11))
+        self.proto.queue(error_response(status, bal.date.line, close, extra, not self.client_http11,
+                                        self.proto.own_lines()))
         self.keep_alive = not close
         if self.conn is not None:
             self.conn.close()

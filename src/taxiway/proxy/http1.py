@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import email.utils
 import http
+import ipaddress
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -135,8 +138,9 @@ class Rejection:
 
 ERROR_BODIES: Final[dict[int, bytes]] = {
     400: b"bad request\n", 404: b"not found\n", 408: b"request timeout\n",
-    413: b"request body too large\n", 414: b"request target too long\n",
+    405: b"method not allowed\n", 413: b"request body too large\n", 414: b"request target too long\n",
     417: b"expectation failed\n", 431: b"request header fields too large\n",
+    505: b"HTTP version not supported: taxiway speaks HTTP/1.0 and HTTP/1.1\n",
     502: b"bad gateway: the upstream server failed\n",
     503: b"service unavailable: no server can take the request\n",
     504: b"gateway timeout: the upstream server did not answer in time\n",
@@ -144,12 +148,14 @@ ERROR_BODIES: Final[dict[int, bytes]] = {
 
 
 def simple_response(status: int, body: bytes, date_line: bytes, close: bool,
-                    extra: list[tuple[bytes, bytes]] | tuple[()] = (), http10: bool = False) -> bytes:
+                    extra: list[tuple[bytes, bytes]] | tuple[()] = (), http10: bool = False,
+                    lines: bytes = b"") -> bytes:
     """A complete answer from taxiway itself. `http10`: the client spoke HTTP/1.0, so a kept
-    connection must be announced (`Connection: keep-alive`), not implied."""
+    connection must be announced (`Connection: keep-alive`), not implied. `lines`: complete
+    header lines to add (the HSTS line on an HTTPS listener)."""
     parts = [status_line(status), date_line, b"Server: taxiway\r\n",
              b"Content-Type: text/plain; charset=utf-8\r\n",
-             b"Content-Length: %d\r\n" % len(body)]
+             b"Content-Length: %d\r\n" % len(body), lines]
     for n, v in extra:
         parts.append(n + b": " + v + CRLF)
     if close:
@@ -162,8 +168,10 @@ def simple_response(status: int, body: bytes, date_line: bytes, close: bool,
 
 
 def error_response(status: int, date_line: bytes, close: bool = True,
-                   extra: list[tuple[bytes, bytes]] | tuple[()] = (), http10: bool = False) -> bytes:
-    return simple_response(status, ERROR_BODIES.get(status, b"error\n"), date_line, close, extra, http10)
+                   extra: list[tuple[bytes, bytes]] | tuple[()] = (), http10: bool = False,
+                   lines: bytes = b"") -> bytes:
+    return simple_response(status, ERROR_BODIES.get(status, b"error\n"), date_line, close, extra, http10,
+                           lines)
 
 
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -175,6 +183,58 @@ class RequestRefused(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
+
+
+# --------------------------------------------------------------------------------------------
+# One reading of the request target and Host (issue 11: rules must match what the app reads)
+
+# A percent-escape in the path that apps decode differently, or that has no business there:
+# control characters (%00-%1f, %7f), a backslash (%5c: Windows and some routers read `/`), and
+# an escaped percent followed by hex digits (%2561 is `%61` after one decoding, `a` after two).
+_AMBIGUOUS_ESCAPE: Final = re.compile(
+    rb"%(?:[01][0-9a-fA-F]|7[fF]|5[cC]|25[0-9a-fA-F]{2}|(?![0-9a-fA-F]{2}))")
+# RFC 3986 reg-name as hosts are really named (letters, digits, `-`, `.`, `_`, `~`), or an IP
+# literal in brackets, then an optional port. Stricter than the RFC's sub-delims on purpose: a
+# comma, quote, semicolon or space in Host only ever serves to forge a list element in
+# X-Forwarded-Host or Forwarded, or to bend the HTTPS redirect's Location.
+_VALID_HOST: Final = re.compile(rb"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def check_target(target: bytes) -> None:
+    """Refuse a request target that a route rule and the app could read as two paths.
+
+    The proxy normalises nothing itself (the target is forwarded as received); it refuses what
+    has no single reading, so edge rules and the app always see the same path:
+    1. a fragment (`#`): never part of a request target (RFC 9112 §3.2), and apps drop it;
+    2. a backslash in the path, raw or `%5c`: Windows servers and some routers read it as `/`;
+    3. an escaped control character (`%00`..`%1f`, `%7f`): truncates paths in C-based servers;
+    4. a double escape (`%25` + two hex digits) and a `%` not followed by two hex digits.
+    The query is left alone except for the fragment: it is data for the app, not a route.
+
+    Raises RequestRefused(400); the caller answers and closes the connection.
+    """
+    if b"#" in target:
+        raise RequestRefused(400, "fragment in request target")
+    q = target.find(b"?")
+    path = target if q < 0 else target[:q]
+    if b"\\" in path:
+        raise RequestRefused(400, "backslash in request path")
+    if b"%" in path and _AMBIGUOUS_ESCAPE.search(path) is not None:
+        raise RequestRefused(400, "ambiguous percent-escape in request path")
+
+
+def check_host(host: bytes) -> None:
+    """Refuse a Host that is not one host name or IP literal with an optional port (RFC 9112
+    §3.2: an invalid Host gets 400). An empty Host is allowed (RFC 9112 §3.2: a target URI
+    without authority). Raises RequestRefused(400)."""
+    if host and _VALID_HOST.fullmatch(host) is None:
+        raise RequestRefused(400, "invalid Host")
+
+
+# An X-Request-Id a client may choose: what UUIDs, hex ids, base64 and the usual trace ids use.
+# Anything else (tabs, quotes, high bytes, very long values) is replaced with taxiway's own, so a
+# log line or a downstream header cannot be bent by it.
+_VALID_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._~:+/=@-]{1,128}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,12 +255,31 @@ _R_VIA: Final = 9
 _R_EXPECT: Final = 10
 _R_UPGRADE: Final = 11
 _R_RID: Final = 12
+_R_TRUSTED: Final = 13
+# Fields that claim something about the client, its connection or the URL it used, which apps and
+# frameworks believe (nginx's realip module, Rails, Express, Spring, IIS's URL rewrite): only a
+# trusted proxy may send them; from anyone else they are dropped. (X-Forwarded-For, -Proto,
+# -Host and Forwarded are rewritten by taxiway instead.)
+CLIENT_CLAIMS: Final = frozenset({
+    b"x-real-ip", b"true-client-ip", b"x-client-ip", b"x-cluster-client-ip", b"cf-connecting-ip",
+    b"fastly-client-ip", b"x-original-forwarded-for", b"x-forwarded-port", b"x-forwarded-prefix",
+    b"x-forwarded-server", b"x-forwarded-scheme", b"x-forwarded-ssl", b"x-url-scheme",
+    b"front-end-https", b"x-original-url", b"x-rewrite-url", b"x-http-method-override",
+    b"x-http-method", b"x-method-override",
+})
 _REQ_SPECIAL: Final[dict[bytes, int]] = {
     b"connection": _R_CONN, b"keep-alive": _R_DROP, b"proxy-connection": _R_DROP, b"te": _R_DROP,
     b"trailer": _R_DROP, b"transfer-encoding": _R_TE, b"upgrade": _R_UPGRADE,
     b"proxy-authorization": _R_DROP, b"content-length": _R_CL, b"host": _R_HOST,
     b"x-forwarded-for": _R_XFF, b"x-forwarded-proto": _R_XFP, b"x-forwarded-host": _R_XFH,
     b"forwarded": _R_FWD, b"via": _R_VIA, b"expect": _R_EXPECT,
+    **dict.fromkeys(CLIENT_CLAIMS, _R_TRUSTED),
+}
+# Request trailer fields dropped on top of those no trailer may carry (forward.TRAILER_FORBIDDEN):
+# a trailer must not smuggle in what the head's rules strip or check.
+REQUEST_TRAILER_FORBIDDEN: Final = CLIENT_CLAIMS | {
+    b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"via",
+    b"x-request-id", b"x-api-key",
 }
 
 
@@ -218,6 +297,7 @@ class RequestInfo:
     upgrade = False
     request_id = b""
     host = b""
+    client_ip = ""         # set when a trusted proxy reported the client (X-Forwarded-For)
     close = False          # client asked for Connection: close
     keep_alive = False     # client asked for Connection: keep-alive (what HTTP/1.0 needs for it)
 
@@ -308,12 +388,16 @@ class RequestRewriter:
         if hosts > 1 or (hosts == 0 and http11):
             raise RequestRefused(400, "missing or repeated Host")
         info.host = host
+        if b"#" in target or b"\\" in target or b"%" in target:
+            check_target(target)
         if odd is None:
-            # The common request: nothing to merge, the per-connection tail is cached per Host.
+            # The common request: nothing to merge, the per-connection tail is cached per Host
+            # (a cached Host was checked when it was cached).
             tail_key = conn_ctx._tail_host
             if tail_key is not None and tail_key[0] == host and tail_key[1] == self.via:
                 parts.append(conn_ctx._tail)
             else:
+                check_host(host)
                 parts.append(conn_ctx.tail_for(host, self.via))
             info.request_id = rid = self.new_request_id()
             parts.append(self.rid_prefix)
@@ -326,10 +410,12 @@ class RequestRewriter:
     def _rewrite_odd(self, info: RequestInfo, parts: list[bytes], odd: list[tuple[int, bytes, bytes]],
                      conn_ctx: ConnContext) -> RequestInfo:
         """Requests with framing, hop-by-hop, forwarding or request-id headers (the slow path)."""
-        xff = xfh = fwd = via = b""
+        check_host(info.host)
+        xff = xfh = fwd = via = xfp = b""
+        trusted = conn_ctx.trusted
         conn_tokens: list[bytes] = []
         upgrade_value = b""
-        for code, _name, value in odd:
+        for code, name, value in odd:
             if code == _R_CL:
                 info.content_length = int(value)   # httptools already checked digits/duplicates
             elif code == _R_TE:
@@ -363,9 +449,17 @@ class RequestRewriter:
                 if value.lower() != b"100-continue":
                     raise RequestRefused(417, "unsupported Expect")
                 info.expect_continue = True
-            elif code == _R_RID and not info.request_id and 0 < len(value) <= 200:
-                info.request_id = value
-            # _R_DROP, _R_XFP (set by taxiway alone): not forwarded
+            elif code == _R_RID:
+                if not info.request_id and _VALID_REQUEST_ID.fullmatch(value) is not None:
+                    info.request_id = value
+            elif code == _R_XFP:
+                xfp = value
+            elif code == _R_TRUSTED and trusted:
+                parts.append(name)
+                parts.append(b": ")
+                parts.append(value)
+                parts.append(CRLF)
+            # _R_DROP, and _R_TRUSTED from an untrusted peer: not forwarded
         if info.content_length >= 0 and self.max_body_bytes and info.content_length > self.max_body_bytes:
             raise RequestRefused(413, "body larger than limits.max_body_bytes")
         if conn_tokens:
@@ -377,11 +471,16 @@ class RequestRewriter:
             parts.append(b"Connection: upgrade\r\nUpgrade: " + upgrade_value + CRLF)
         else:
             info.upgrade = False
-        trusted = conn_ctx.trusted
         ip = conn_ctx.ip_bytes
         host = info.host
         parts.append(b"X-Forwarded-For: " + (xff + b", " + ip if (trusted and xff) else ip) + CRLF)
-        parts.append(conn_ctx.xfp_line)
+        if trusted and xff:
+            info.client_ip = conn_ctx.client_from_chain(xff)
+        if trusted and xfp.strip().lower() in (b"http", b"https"):
+            # A trusted proxy terminated TLS in front of us: its scheme is the client's.
+            parts.append(b"X-Forwarded-Proto: " + xfp.strip().lower() + CRLF)
+        else:
+            parts.append(conn_ctx.xfp_line)
         xf_host = xfh if (trusted and xfh) else host
         if xf_host:
             parts.append(b"X-Forwarded-Host: " + xf_host + CRLF)
@@ -404,17 +503,39 @@ class RequestRewriter:
 class ConnContext:
     """Per-client-connection bytes precomputed once at accept time."""
 
-    __slots__ = ("_tail", "_tail_host", "forwarded_for", "ip", "ip_bytes", "trusted", "xfp_line")
+    __slots__ = ("_tail", "_tail_host", "forwarded_for", "ip", "ip_bytes", "is_trusted", "trusted",
+                 "xfp_line")
 
-    def __init__(self, ip: str, scheme: str, trusted: bool) -> None:
+    def __init__(self, ip: str, scheme: str, trusted: bool,
+                 is_trusted: Callable[[str], bool] | None = None) -> None:
         self.ip = ip
         self.ip_bytes = ip.encode()
         self.trusted = trusted
+        self.is_trusted = is_trusted
         self.xfp_line = b"X-Forwarded-Proto: " + scheme.encode() + CRLF
         node = f'"[{ip}]"' if ":" in ip else ip
         self.forwarded_for = f"for={node};proto={scheme}".encode()
         self._tail = b""
         self._tail_host: tuple[bytes, bool] | None = None
+
+    def client_from_chain(self, xff: bytes) -> str:
+        """The client a trusted proxy reports: the right-most X-Forwarded-For address that is
+        not itself a trusted proxy (nginx's `real_ip_recursive on`). Addresses further left were
+        written by whoever the first untrusted hop was, so they prove nothing. "" when the chain
+        holds no usable address (the peer's own address then stands)."""
+        for raw in reversed(xff.split(b",")):
+            addr = raw.strip().decode("latin-1")
+            if addr.startswith("[") and "]" in addr:
+                addr = addr[1:addr.index("]")]
+            elif addr.count(":") == 1:
+                addr = addr.partition(":")[0]   # IPv4 with a port
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                return ""
+            if self.is_trusted is None or not self.is_trusted(addr):
+                return addr
+        return ""
 
     def tail_for(self, host: bytes, via: bool) -> bytes:
         """X-Forwarded-*, Forwarded and Via for a request that carried none: cached per Host."""
@@ -451,11 +572,15 @@ _HEX3: Final = [b"%03x" % i for i in range(4096)]   # request id suffixes
 class ResponseRewriter:
     """Precomputed per-config pieces of the client response head (rebuilt on reload)."""
 
-    def __init__(self, security: dict[str, str], served_by_header: str, hsts_max_age_s: float) -> None:
+    def __init__(self, security: dict[str, str], served_by_header: str, hsts_max_age_s: float,
+                 max_head_bytes: int = 64 * 1024) -> None:
+        # A response head longer than this is refused (502) as it arrives, like nginx's "upstream
+        # sent too big header": a server must not make the balancer buffer without bound.
+        self.max_head_bytes = max_head_bytes
         self.special: dict[bytes, int] = {
             b"connection": _S_CONN, b"keep-alive": _S_DROP, b"proxy-connection": _S_DROP,
             b"transfer-encoding": _S_TE, b"trailer": _S_DROP, b"upgrade": _S_DROP, b"te": _S_DROP,
-            b"content-length": _S_CL, b"date": _S_DATE,
+            b"proxy-authenticate": _S_DROP, b"content-length": _S_CL, b"date": _S_DATE,
         }
         self.security: list[tuple[bytes, bytes]] = []
         for name, value in security.items():
@@ -523,9 +648,18 @@ class ResponseRewriter:
         parts: list[bytes] = [STATUS_LINES.get(status) or status_line(status)]
         seen_sec: list[bytes] | None = None
         has_date = False
+        # Fields the server named in Connection are hop-by-hop too (RFC 9110 §7.6.1); on a 101
+        # they describe the upgrade and are the client's to read.
+        named: set[bytes] = set()
+        if status != 101:
+            for name, value in headers:
+                if name.lower() == b"connection":
+                    named.update(t.strip() for t in value.lower().split(b","))
         for name, value in headers:
             code = special.get(name.lower())
             if code is None:
+                if named and name.lower() in named:
+                    continue
                 parts.extend((name, b": ", value, CRLF))
             elif code == _S_CL:
                 ctx.content_length = int(value)
@@ -534,7 +668,13 @@ class ResponseRewriter:
                 has_date = True
                 parts.extend((name, b": ", value, CRLF))
             elif code == _S_TE:
-                ctx.upstream_chunked = b"chunked" in value.lower()
+                codings = [c.strip() for c in value.lower().split(b",") if c.strip()]
+                ctx.upstream_chunked = bool(codings) and codings[-1] == b"chunked"
+                # Codings other than chunked (gzip, ...) describe the body the client gets: kept,
+                # with the body re-chunked after them (RFC 9112 §6.1).
+                other = [c for c in codings if c != b"chunked"]
+                if other:
+                    ctx.te_codings = b", ".join(other)
             elif code == _S_SEC:
                 if seen_sec is None:
                     seen_sec = [name.lower()]
@@ -568,6 +708,10 @@ class ResponseRewriter:
             parts.extend(ctx.extra)
         if ctx.no_body or status == 101:
             pass
+        elif ctx.te_codings:
+            # (An HTTP/1.0 client cannot be sent a transfer coding: forward.py answers it 502.)
+            ctx.chunked_out = True
+            parts.append(b"Transfer-Encoding: " + ctx.te_codings + b", chunked\r\n")
         elif ctx.content_length < 0:
             if ctx.client_http11:
                 ctx.chunked_out = True
@@ -603,6 +747,7 @@ class ResponseContext:
 
     content_length = -1
     upstream_chunked = False
+    te_codings = b""          # transfer codings other than chunked the server applied
     chunked_out = False
     https = False
     extra: list[bytes] | None = None

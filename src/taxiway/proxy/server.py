@@ -12,6 +12,10 @@ Rules of this module (driver, uvicorn's httptools protocol made stricter):
    it (slowloris); the idle deadline closes a quiet keep-alive connection silently.
 5. Reading pauses for several reasons at once (bit mask, PAUSE_* in upstream.py); it resumes only
    when all of them are gone. Client write pressure pauses the bound upstream's reading.
+6. After an Upgrade request, bytes from the client are held (reading paused) until the server
+   answers 101; on any other answer they are dropped with the connection, never forwarded.
+7. The request head is bounded by `limits.max_header_bytes` as bytes arrive, not only when a
+   field completes: a header line that never ends costs one 431, not the event loop.
 """
 
 from __future__ import annotations
@@ -19,13 +23,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from time import monotonic  # (a module attribute lookup less per call, compiled)
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 
 from taxiway.proxy.forward import Exchange
 from taxiway.proxy.http1 import ConnContext, RequestHead, RequestRefused, error_response
-from taxiway.proxy.upstream import PAUSE_BUFFER, PAUSE_DONE, PAUSE_PIPELINE, PAUSE_UPSTREAM
+from taxiway.proxy.upstream import (
+    PAUSE_BUFFER,
+    PAUSE_DONE,
+    PAUSE_PIPELINE,
+    PAUSE_UPGRADE,
+    PAUSE_UPSTREAM,
+)
+
+UPGRADE_HOLD_MAX_BYTES: Final = 64 * 1024   # client bytes held while an upgrade is answered
 
 if TYPE_CHECKING:
     from taxiway.proxy.app import Balancer
@@ -36,10 +48,11 @@ class ClientProtocol(asyncio.Protocol):
 
     # Slots: thousands of idle keep-alive connections each hold one of these.
     __slots__ = (
-        "_conn_header", "_header_bytes", "_headers", "_refuse_status", "_url", "bal", "body_deadline",
-        "client_ip", "closed", "closing", "counted_client", "ctx", "current", "dead", "header_deadline",
-        "https", "idle_deadline", "parser", "parsing", "paused", "pipeline", "redirect_https", "scheme",
-        "transport", "tunnel_ex", "wbuf", "wbuf_big", "write_paused",
+        "_conn_header", "_head_seen", "_header_bytes", "_headers", "_in_head", "_refuse_status", "_url",
+        "bal", "body_deadline", "client_ip", "closed", "closing", "counted_client", "ctx", "current",
+        "dead", "header_deadline", "held", "https", "idle_deadline", "parser", "parsing", "paused",
+        "pipeline", "redirect_https", "scheme", "transport", "tunnel_ex", "upgrade_ex", "wbuf",
+        "wbuf_big", "write_paused",
     )
 
     def __init__(self, bal: Balancer, scheme: str,
@@ -58,6 +71,9 @@ class ClientProtocol(asyncio.Protocol):
         self.pipeline: list[Exchange | int] = []  # later requests (int: a refusal status); short
         self.parsing: Exchange | None = None          # the request whose body is being read
         self.tunnel_ex: Exchange | None = None
+        # An Upgrade request waiting for its answer, and the client bytes that followed it.
+        self.upgrade_ex: Exchange | None = None
+        self.held: list[bytes] = []
         self.paused = 0
         self.write_paused = False
         self.closing = False
@@ -75,6 +91,8 @@ class ClientProtocol(asyncio.Protocol):
         self._header_bytes = 0
         self._refuse_status = 0
         self._conn_header = False   # the head has a Connection field (see on_headers_complete)
+        self._in_head = False       # between the first byte of a request and the end of its head
+        self._head_seen = 0         # bytes of whole reads that fell inside the head
 
     # -- asyncio callbacks --------------------------------------------------------------------
 
@@ -102,7 +120,7 @@ class ClientProtocol(asyncio.Protocol):
                 self.closed = True
                 tr.abort()
                 return
-        self.ctx = ConnContext(ip, self.scheme, s.is_trusted(ip))
+        self.ctx = ConnContext(ip, self.scheme, s.is_trusted(ip), s.is_trusted)
         self.header_deadline = monotonic() + s.client_header_s
         bal.protocols.add(self)
 
@@ -136,14 +154,25 @@ class ClientProtocol(asyncio.Protocol):
         if tex is not None:
             tex.on_tunnel_client_data(data)
             return
+        if self.upgrade_ex is not None:
+            self._hold(data)
+            return
         if self.dead:
             return
+        in_head = self._in_head
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._on_upgrade(data[exc.args[0]:])
         except httptools.HttpParserError:
             self._on_client_error(self._refuse_status or 400)
+        else:
+            if in_head and self._in_head:
+                # The whole read belonged to one unfinished head: count it (httptools reports a
+                # field only when it ends, and grows it by concatenation until then).
+                n = self._head_seen = self._head_seen + len(data)
+                if n > self.bal.settings.max_header_bytes:
+                    self._on_client_error(431)
         if self.wbuf:
             self.flush()
 
@@ -169,6 +198,8 @@ class ClientProtocol(asyncio.Protocol):
         self._header_bytes = 0
         self._refuse_status = 0
         self._conn_header = False
+        self._in_head = True
+        self._head_seen = 0
         self.idle_deadline = 0.0
         if not self.header_deadline:
             self.header_deadline = monotonic() + self.bal.settings.client_header_s
@@ -193,6 +224,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.header_deadline = 0.0
+        self._in_head = False
         parser = self.parser
         method = parser.get_method()
         bal = self.bal
@@ -206,6 +238,10 @@ class ClientProtocol(asyncio.Protocol):
         # version, without get_http_version's string formatting (the usual request).
         version = "1.1" if not self._conn_header and parser.should_keep_alive() else parser.get_http_version()
         http11 = version == "1.1"
+        if not http11 and version != "1.0":
+            # llhttp also reads HTTP/0.9 and HTTP/2.0 request lines; neither is spoken here.
+            self._refuse_status = 505
+            raise RequestRefused(505, "HTTP version not supported")
         assert self.ctx is not None
         if self._url[:1] != b"/" and self._url != b"*":
             self._to_origin_form()
@@ -214,15 +250,17 @@ class ClientProtocol(asyncio.Protocol):
         except RequestRefused as exc:
             self._refuse_status = exc.status
             raise
-        head = RequestHead(method.decode("ascii"), self._url, self._headers, self.client_ip,
-                           self.scheme, version)
+        head = RequestHead(method.decode("ascii"), self._url, self._headers,
+                           info.client_ip or self.client_ip, self.scheme, version)
         if info.chunked:
             # Header fields after a chunked body are trailers: collect them apart from the head
             # (which routing and retries read), for `on_message_complete`.
             self._headers = []
         # Keep the connection: HTTP/1.1 unless the client said close; HTTP/1.0 only when it
         # asked for keep-alive (what `ab -k` sends), and the answer then says so.
-        keep_alive = not info.close and (http11 or info.keep_alive)
+        # An Upgrade request keeps nothing: either the server switches protocols (a tunnel
+        # follows) or its answer is the last thing this connection carries (rule 6).
+        keep_alive = not info.close and (http11 or info.keep_alive) and not info.upgrade
         ex = Exchange(self, head, info, method, keep_alive, http11)
         self.parsing = ex
         now = monotonic()
@@ -243,14 +281,21 @@ class ClientProtocol(asyncio.Protocol):
         except httptools.HttpParserInvalidURLError:
             self._refuse_status = 400
             raise RequestRefused(400, "bad request target") from None
-        if not url.host or url.schema not in (b"http", b"https"):
+        # Read untyped: httptools' stubs say `port: int` and `path: bytes`, but either may be None,
+        # and the compiled build checks declared types (a None port was a silent 400 there).
+        parsed: Any = url
+        host: bytes | None = parsed.host
+        if not host or parsed.schema not in (b"http", b"https"):
             self._refuse_status = 400
             raise RequestRefused(400, "bad request target")
-        target = url.path or b"/"
-        if url.query:
-            target += b"?" + url.query
+        port: int | None = parsed.port
+        path: bytes | None = parsed.path
+        query: bytes | None = parsed.query
+        target = path or b"/"
+        if query:
+            target += b"?" + query
         self._url = target
-        authority = url.host + (b":%d" % url.port if url.port else b"")
+        authority = host + (b":%d" % port if port else b"")
         self._headers = [(n, v) for n, v in self._headers if n.lower() != b"host"] + [(b"Host", authority)]
 
     def on_body(self, body: bytes) -> None:
@@ -303,28 +348,54 @@ class ClientProtocol(asyncio.Protocol):
     def _refuse_now(self, status: int) -> None:
         bal = self.bal
         bal.counters[f"error_{status}"] += 1
-        bal.counters["responses_4xx"] += 1
-        self.queue(error_response(status, bal.date.line, close=True))
+        bal.counters["responses_4xx" if status < 500 else "responses_5xx"] += 1
+        self.queue(error_response(status, bal.date.line, close=True, lines=self.own_lines()))
         self.close()
 
+    def own_lines(self) -> bytes:
+        """Header lines every answer taxiway writes itself carries on this listener (HSTS on
+        HTTPS, as the app's answers get it)."""
+        return self.bal.settings.response_rewriter.hsts_line if self.https else b""
+
     def _on_upgrade(self, rest: bytes) -> None:
-        """httptools stopped at an Upgrade request: the rest of the stream is not HTTP."""
+        """httptools stopped at an Upgrade request. What follows is another protocol only if the
+        server agrees (101): until then it is held, unread by anyone (issue 11: forwarding it at
+        once let a second request reach the app unchecked, and its answer reach another client).
+        The parser is done with this connection either way: after a refused upgrade the
+        connection closes with the answer (`Exchange.on_upstream_head`)."""
         ex = self.current if self.current is not None and self.current.info.upgrade else None
         if ex is None and self.pipeline and isinstance(self.pipeline[-1], Exchange):
             ex = self.pipeline[-1]
         if ex is None or not ex.info.upgrade:
             self._on_client_error(400)
             return
-        self.tunnel_ex = ex
+        self.dead = True
+        self.upgrade_ex = ex
         ex.replay = None
+        self.pause_reading(PAUSE_UPGRADE)
         if rest:
-            ex.on_tunnel_client_data(rest)
+            self._hold(rest)
+
+    def _hold(self, data: bytes) -> None:
+        """Keep client bytes that arrived after an Upgrade request (bounded: reading is paused,
+        so at most what was already on its way arrives)."""
+        self.held.append(data)
+        if sum(map(len, self.held)) > UPGRADE_HOLD_MAX_BYTES:
+            self.bal.counters["upgrade_hold_overflow"] += 1
+            self.abort()
 
     def start_tunnel(self, ex: Exchange) -> None:
-        """Called by the exchange when the server answered 101 Switching Protocols."""
+        """Called by the exchange when the server answered 101 Switching Protocols: the held
+        bytes go first, then everything the client sends."""
         self.tunnel_ex = ex
+        self.upgrade_ex = None
         self.header_deadline = self.idle_deadline = self.body_deadline = 0.0
         self.bal.counters["tunnels"] += 1
+        held = self.held
+        self.held = []
+        for data in held:
+            ex.on_tunnel_client_data(data)
+        self.resume_reading(PAUSE_UPGRADE)
 
     # -- output -------------------------------------------------------------------------------
 
@@ -426,10 +497,20 @@ class ClientProtocol(asyncio.Protocol):
         if self.closed or self.tunnel_ex is not None:
             return
         ex = self.current
-        if ex is not None and ex.deadline and now > ex.deadline:
-            ex.on_upstream_timeout()
-            self.flush()
-            return
+        if ex is not None:
+            if ex.deadline and now > ex.deadline:
+                ex.on_upstream_timeout()
+                self.flush()
+                return
+            if ex.response_started and not ex.finished:
+                # A response body must keep moving (nginx's proxy_read_timeout): progress is
+                # measured per tick from the bytes relayed, so the body path reads no clock.
+                if ex.body_out != ex.read_mark or not ex.read_deadline:
+                    ex.read_mark = ex.body_out
+                    ex.read_deadline = now + self.bal.settings.upstream_read_s
+                elif now > ex.read_deadline:
+                    ex.on_read_timeout(self.write_paused)
+                    return
         if self.header_deadline and now > self.header_deadline and ex is None:
             self._on_client_error(408)
             self.flush()

@@ -4,9 +4,15 @@ Rules of this module (driver):
 1. One `UpstreamConnection` (asyncio Protocol) per TCP connection. While bound to an exchange it
    forwards every parser event to it (`exchange.on_upstream_*`); while idle in the pool any byte
    or close from the server just retires it.
-2. `UpstreamPool.acquire_idle()` is synchronous (the hot path: no task, no await). Only opening a
+2. A connection goes back to the pool only at a provable message boundary with nothing unread:
+   a byte after the end of a response in the same read (a body longer than its Content-Length,
+   a 204 with a body) retires it, so a server's extra bytes can never become another client's
+   response. The decision waits until the read has been parsed whole (`on_upstream_complete`).
+3. A response head is bounded (`ResponseRewriter.max_head_bytes`) as its bytes arrive, and a
+   status outside 100-599, or a 101 nobody asked for, is an invalid response (502).
+4. `UpstreamPool.acquire_idle()` is synchronous (the hot path: no task, no await). Only opening a
    new connection uses a task, because `loop.create_connection` is a coroutine.
-3. The pool keeps at most `limits.upstream_pool_size` idle connections per server (LIFO: the most
+5. The pool keeps at most `limits.upstream_pool_size` idle connections per server (LIFO: the most
    recently used one is the least likely to have been closed by the server); the balancer's tick
    closes those idle longer than `timeouts.upstream_idle`.
 """
@@ -30,6 +36,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("taxiway.proxy")
 
 
+class _StopParsing(Exception):
+    """Raised in a parser callback to make httptools stop at once (it reports a callback error)."""
+
+
 class ConnectionOwner(Protocol):
     def on_connected(self, conn: UpstreamConnection) -> None: ...
     def on_connect_failed(self, timed_out: bool) -> None: ...
@@ -48,10 +58,13 @@ class UpstreamConnection(asyncio.Protocol):
         "head_flags",
         "idle_since",
         "informational",
+        "message_done",
+        "overrun",
         "parser",
         "pool",
         "reading_paused",
         "rewriter",
+        "server_keeps",
         "status",
         "trailers",
         "transport",
@@ -80,6 +93,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel = False
         self.reading_paused = False
         self.informational = False
+        self.message_done = False   # the response ended in the read being parsed
+        self.overrun = False        # ... and bytes followed it
+        self.server_keeps = False   # ... and the server keeps the connection open (read then:
+        #                             llhttp resets what it knows once the message is done)
         self.got_bytes = False   # any response byte for the current exchange (no retry after)
         self.uses = 0            # exchanges bound so far (> 1: a reused keep-alive connection)
 
@@ -122,6 +139,14 @@ class UpstreamConnection(asyncio.Protocol):
                 self.head_buf = bytearray(buf) + data
             else:
                 buf += data   # type: ignore[operator]
+            rw = self.rewriter
+            if rw is not None and len(self.head_buf) > rw.max_head_bytes and \
+                    self.head_buf.find(b"\r\n\r\n", 0, rw.max_head_bytes) < 0:
+                self.exchange = None
+                self.close()
+                ex.on_upstream_invalid(self)
+                ex.proto.flush()
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -129,10 +154,19 @@ class UpstreamConnection(asyncio.Protocol):
                 self.tunnel = True
                 ex.on_upstream_upgraded(data[exc.args[0]:])
         except httptools.HttpParserError:
-            if self.exchange is ex:
+            if self.message_done:
+                self.overrun = True    # what followed the response is not ours to read
+            elif self.exchange is ex:
                 self.exchange = None
                 self.close()
                 ex.on_upstream_invalid(self)
+        if self.message_done:
+            self.message_done = False
+            if self.exchange is ex:
+                self.exchange = None
+                ex.on_upstream_complete(self, self.server_keeps and not self.overrun)
+            if self.overrun:
+                self.close()
         ex.proto.flush()
 
     def pause_writing(self) -> None:
@@ -148,6 +182,12 @@ class UpstreamConnection(asyncio.Protocol):
             ex.proto.resume_reading(PAUSE_UPSTREAM)
 
     # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.message_done:
+            # A byte after the end of the response (CRLFs alone are skipped by llhttp): the
+            # connection is not at a boundary any more. Stop here; data_received retires it.
+            raise _StopParsing
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """Every response header field, and the trailer fields of a chunked response. For the
@@ -166,6 +206,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.status = self.parser.get_status_code()
+        if status < 100 or status > 599:
+            raise _StopParsing   # (no such status: an invalid response, 502)
+        ex = self.exchange
+        if status == 101 and ex is not None and not ex.info.upgrade:
+            raise _StopParsing   # a protocol switch the client did not ask for
         buf = self.head_buf
         # The head starts at buf[0] and llhttp accepted it, so its first empty line ends it.
         end = buf.find(b"\r\n\r\n")
@@ -176,7 +221,6 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.head_buf = b""
         self.head_done = True
-        ex = self.exchange
         if ex is not None:
             head = buf[:end + 2]
             ex.on_upstream_head(self, status, head if type(head) is bytes else bytes(head), self.head_flags)
@@ -192,9 +236,10 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.status == 101:
             return   # llhttp ends the 101 message, then raises HttpParserUpgrade: a tunnel follows
-        ex = self.exchange
-        if ex is not None:
-            ex.on_upstream_complete(self)
+        # The exchange hears of it once the whole read is parsed (data_received): only then is
+        # it known whether anything followed.
+        self.message_done = True
+        self.server_keeps = self.parser.should_keep_alive()
 
     # -- used by the exchange ---------------------------------------------------------------
 
@@ -206,6 +251,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_flags = 0
         self.rewriter = ex.bal.settings.response_rewriter
         self.trailers = None
+        self.message_done = self.overrun = False
         self.uses += 1
         if client_write_paused:
             self.pause_reading()
@@ -235,6 +281,7 @@ PAUSE_UPSTREAM: Final = 1    # the upstream's send buffer is full
 PAUSE_BUFFER: Final = 2      # body buffered while connecting is above the high-water mark
 PAUSE_PIPELINE: Final = 4    # a later pipelined request waits for the current response
 PAUSE_DONE: Final = 8        # Connection: close / parse error: nothing more is read
+PAUSE_UPGRADE: Final = 16    # an Upgrade request waits for the server's 101
 
 
 class UpstreamPool:

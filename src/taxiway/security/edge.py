@@ -12,9 +12,15 @@ Order of checks, and why:
    (a request refused by one rule does not use up another's allowance). 429 with Retry-After and
    the IETF draft's RateLimit-* headers.
 
-Paths are matched after normalisation (percent-decoding, `//`, `.` and `..` segments), so
-`/%61pi/x` or `/public/../api/x` cannot slip past a rule for `/api`. A prefix matches whole
-segments: `/api` covers `/api` and `/api/...` but not `/apix`.
+Paths are matched after normalisation (see `normalize_path`), so `/%61pi/x`, `/public/../api/x`,
+`/API/x`, `/api;x/y`, `/api./x` or `/api%20/x` cannot slip past a rule for `/api`: the matcher
+over-matches on purpose. Whatever one app server reads as `/api`, the guard does too; a path that
+no app reads as `/api` but that the guard takes for it only costs its sender a key check. A prefix
+matches whole segments: `/api` covers `/api` and `/api/...` but not `/apix`. Rule prefixes go
+through the same normalisation when the guard is built.
+
+Methods: a rule or route for GET also covers HEAD (RFC 9110 §9.3.2: HEAD is GET without the body,
+and most app servers answer it with the GET handler).
 
 Keys never appear in logs or in `Rejection.reason`; the key's name does.
 """
@@ -65,19 +71,67 @@ class Rejection:
 
 
 def normalize_path(path: str) -> str:
-    """The path as an app server will most likely route it: decoded, without empty/dot segments."""
-    decoded = unquote(path, errors="replace") if "%" in path else path
+    """The path a rule is matched against: a superset of the ways app servers route `path`.
+
+    Steps, each one there because some server reads the path that way:
+    1. Percent-decoding, repeated until nothing decodes (an app that decodes twice reads
+       `%2561` as `a`; the proxy refuses `%25XX`, this keeps the function idempotent anyway).
+    2. Lower-casing: case-insensitive routers (IIS, Spring with case-insensitive matching,
+       macOS/Windows file systems) read `/API` as `/api`.
+    3. Per segment, everything from the first `;` on is dropped: matrix parameters, which
+       Tomcat/Spring strip before routing (`/api;x=1/y` and `/public/..;/api` reach `/api`).
+    4. Empty and `.` segments are dropped and `..` removes the previous one (RFC 3986 §5.2.4),
+       after trailing blanks are cut, so `.. ` counts as `..`.
+    5. Trailing spaces, tabs and dots of a segment are dropped (Windows/IIS map `api.` and
+       `api ` to `api`); a segment that is nothing but dots and blanks (`...`) is dropped.
+
+    Args:
+        path: the request path without the query (any string: never raises).
+    Returns:
+        A string that starts with "/", ends with "/" only when the decoded `path` did,
+        and is a fixed point: `normalize_path(normalize_path(p)) == normalize_path(p)`.
+    """
+    decoded = path
+    while "%" in decoded:
+        again = unquote(decoded, errors="replace")
+        if again == decoded:
+            break
+        decoded = again
+    decoded = decoded.lower()
     out: list[str] = []
-    for seg in decoded.split("/"):
+    for raw in decoded.split("/"):
+        seg = raw.partition(";")[0].rstrip(" \t")
         if seg in ("", "."):
             continue
         if seg == "..":
             if out:
                 out.pop()
             continue
-        out.append(seg)
+        seg = seg.rstrip(" \t.")
+        if seg:
+            out.append(seg)
     tail = "/" if decoded.endswith("/") and out else ""
     return "/" + "/".join(out) + tail
+
+
+def needs_normalizing(path: str) -> bool:
+    """False for the common plain path (`/api/v1/flights`), which `normalize_path` leaves as is.
+
+    The hot path asks this before paying for `normalize_path`: a few `in` scans, and for a path with
+    letters `islower()` answers the case question without building a lower-cased copy.
+    """
+    return ("%" in path or "." in path or ";" in path or "//" in path or " " in path or "\t" in path
+            or not (path.islower() or path == path.lower()))
+
+
+def method_set(methods: list[str]) -> frozenset[str]:
+    """The methods a rule covers (empty = all). GET implies HEAD (RFC 9110 §9.3.2), so a
+    `methods = ["GET"]` key route cannot be skipped by asking HEAD, which apps answer with GET's
+    handler."""
+    out = {m.upper() for m in methods}
+    if "GET" in out:
+        out.add("HEAD")
+    return frozenset(out)
 
 
 def prefix_matches(prefix: str, path: str) -> bool:
@@ -111,7 +165,7 @@ class _Route:
 
     def __init__(self, cfg: ApiKeyRoute) -> None:
         self.prefix = normalize_path(cfg.path_prefix)
-        self.methods = frozenset(m.upper() for m in cfg.methods)
+        self.methods = method_set(cfg.methods)
         self.scopes = tuple(cfg.scopes)
 
     def matches(self, method: str, path: str) -> bool:
@@ -125,7 +179,7 @@ class _Rule:
         self.name = cfg.name
         self.key = cfg.key
         self.prefix = normalize_path(cfg.path_prefix)
-        self.methods = frozenset(m.upper() for m in cfg.methods)
+        self.methods = method_set(cfg.methods)
         self.limit = Limit.from_rate(cfg.rate.count, cfg.rate.period_s, cfg.burst)
         self.limit_header = str(cfg.rate.count).encode()
         self.policy_header = f"{cfg.rate.count};w={cfg.rate.period_s:g};burst={cfg.burst}".encode()
@@ -191,7 +245,7 @@ class EdgeGuard:
     def check(self, head: Head) -> Rejection | Awaitable[Rejection | None] | None:
         """Called by the proxy for each request before it is forwarded."""
         path = head.path
-        if "%" in path or "/." in path or "//" in path:
+        if needs_normalizing(path):
             path = normalize_path(path)
         method = head.method
         key_rec: ApiKey | None = None
