@@ -112,7 +112,7 @@ class AccessLog:
         if server_json is None:
             server_json = self._names[server] = enc(server)
         target = head.raw_target
-        if b"?" in target or b"tw_" in target:
+        if _MAY_HOLD_SECRET.search(target) is not None:
             target = redact_target(target)
         self.buf.append(_LINE % (
             now + self.wall_offset, head.client_ip.encode(), ex.method, enc(target.decode("latin-1")),
@@ -146,6 +146,7 @@ _SECRET_PARAM: Final = re.compile(
     rb"(?i)([?&;](?:api[_-]?key|key|token|access[_-]?token|auth|password|passwd|secret|"
     rb"signature|sig|session|sessionid)=)[^&;#]*")
 _API_KEY: Final = re.compile(rb"tw_[0-9a-f]{8}_[A-Za-z0-9_-]+")
+_MAY_HOLD_SECRET: Final = re.compile(rb"\?|tw_")
 
 
 def redact_target(target: bytes) -> bytes:
