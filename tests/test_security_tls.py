@@ -167,3 +167,79 @@ def test_cert_dev_bad_hosts_is_one_line(tmp_path: Path) -> None:
                           "--hosts", "bad host!"], env=taxiway_env(), capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 2 and "--hosts" in res.stderr and "Traceback" not in res.stderr
+
+
+# -- handshakes count, are bounded, and never see clear text (issue 11, C11) ------------------
+
+
+def _https_balancer(certs: Path, **sections: dict[str, object]) -> tuple[object, int]:
+    from tests.test_proxy_support import InProcess, Origin, make_config, ok_response
+
+    origin = Origin(lambda req: ok_response(b"ok"))
+    port = __import__("tests.conftest", fromlist=["free_port"]).free_port()
+    cfg = make_config([origin.port], **sections)
+    cfg = cfg.replace('[listen]\n', f'[listen]\nhttps = "127.0.0.1:{port}"\n', 1) + (
+        f'[listen.tls]\ncert = "{certs / "cert.pem"}"\nkey = "{certs / "key.pem"}"\n')
+    lb = InProcess(cfg)
+    lb.origin = origin   # type: ignore[attr-defined]
+    return lb, port
+
+
+def test_tls_handshakes_count_against_limits_and_time_out(certs: Path) -> None:
+    import time
+
+    lb, port = _https_balancer(certs, limits={"max_connections_per_client": 5},
+                               timeouts={"client_header": "1s"})
+    try:
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(5)]
+        time.sleep(0.3)
+        assert lb.run(lambda: lb.bal.connections) == 5     # seen (and in /status) before any hello
+        sixth = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert sixth.recv(10) == b""                       # over the per-client cap: cut at once
+        sixth.close()
+        t0 = time.monotonic()
+        for s in silent:                                   # cut at timeouts.client_header
+            s.settimeout(5)
+            try:
+                assert s.recv(10) == b""
+            except ConnectionResetError:
+                pass
+            s.close()
+        assert time.monotonic() - t0 < 4
+        ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"GET /a#b HTTP/1.1\r\nHost: localhost\r\n\r\n")   # refused by taxiway itself
+            answer = tls.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        assert b"\r\nStrict-Transport-Security: max-age=" in answer       # HSTS on its own answers too
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert tls.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert lb.run(lambda: lb.bal.fold_counters()["tls_handshake_failed"]) >= 5
+    finally:
+        lb.stop()
+        lb.origin.close()   # type: ignore[attr-defined]
+
+
+def test_request_in_the_first_tls_flight_is_answered_over_tls(certs: Path) -> None:
+    """A client that sends its request right behind the handshake (the bytes may reach taxiway
+    before start_tls hands back the TLS transport) still gets its answer encrypted."""
+    lb, port = _https_balancer(certs)
+    try:
+        ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="localhost",
+                                    do_handshake_on_connect=True) as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\nGET / HTTP/1.1\r\nHost: localhost\r\n"
+                            b"Connection: close\r\n\r\n")
+                out = b""
+                while out.count(b"HTTP/1.1 200 ") < 2:
+                    d = tls.recv(65536)
+                    assert d, out
+                    out += d
+    finally:
+        lb.stop()
+        lb.origin.close()   # type: ignore[attr-defined]

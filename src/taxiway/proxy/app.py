@@ -19,6 +19,8 @@ import logging
 import math
 import random
 import re
+import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -200,6 +202,8 @@ class Balancer:
         self.admin_port: int | None = None
         self.health: HealthChecker | None = None
         self._listeners: list[asyncio.Server] = []
+        self._tls_sockets: list[socket.socket] = []          # the HTTPS listener (_accept_tls)
+        self._acceptors: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tick_handle: asyncio.TimerHandle | None = None
         self._to_remove: set[str] = set()
@@ -272,6 +276,64 @@ class Balancer:
         self.counters["upstream_failures"] += 1
         self.event("upstream_failure", server.name if server is not None else None, what)
 
+    # -- connection limits (both listeners) -----------------------------------------------------
+
+    def admit(self, ip: str) -> bool:
+        """Count a new client connection from `ip`, or refuse it (False: the caller closes it)
+        when `limits.max_connections` or `limits.max_connections_per_client` is reached. Every
+        admitted connection is `release`d exactly once."""
+        s = self.settings
+        self.counters["connections_total"] += 1
+        n = self.per_client.get(ip, 0)
+        if self.connections >= s.max_connections or \
+                (s.max_connections_per_client and n >= s.max_connections_per_client):
+            self.counters["connections_refused"] += 1
+            return False
+        self.connections += 1
+        self.per_client[ip] = n + 1
+        return True
+
+    def release(self, ip: str) -> None:
+        """An admitted connection is gone."""
+        self.connections -= 1
+        n = self.per_client.get(ip, 1) - 1
+        if n <= 0:
+            self.per_client.pop(ip, None)
+        else:
+            self.per_client[ip] = n
+
+    async def _accept_tls(self, lsock: socket.socket, ssl_ctx: ssl.SSLContext) -> None:
+        """The HTTPS listener: accept, admit by peer address, then hand the socket to a TLS
+        handshake bounded by `timeouts.client_header`. Accepting here (not `create_server(ssl=)`,
+        whose protocol first hears of a connection after its handshake) makes a connection count
+        against the limits and in /status from its first moment: a ClientHello that never comes
+        used to hold a socket for uvloop's 60 s, unseen."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, addr = await loop.sock_accept(lsock)
+            except OSError as exc:   # (EMFILE and friends: keep the listener, slow down)
+                log.warning("HTTPS accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            ip = str(addr[0])
+            if not self.admit(ip):
+                sock.close()
+                continue
+            self.spawn(self._handshake(sock, ip, ssl_ctx))
+
+    async def _handshake(self, sock: socket.socket, ip: str, ssl_ctx: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                lambda: ClientProtocol(self, "https", admitted=True), sock, ssl=ssl_ctx,
+                ssl_handshake_timeout=self.settings.client_header_s)
+        except Exception as exc:   # (SSLError, OSError, a timeout: the client failed its handshake)
+            self.counters["tls_handshake_failed"] += 1
+            log.debug("TLS handshake with %s failed: %r", ip, exc)
+            self.release(ip)
+            sock.close()
+
     def upstream_pool(self, server: Server) -> UpstreamPool:
         up = self.upstreams.get(server)
         if up is None:
@@ -298,10 +360,12 @@ class Balancer:
 
             ssl_ctx = make_server_context(cfg.listen.tls)
             host, port = split_hostport(cfg.listen.https, "listen.https")
-            srv = await loop.create_server(lambda: ClientProtocol(self, "https"), host, port,
-                                           ssl=ssl_ctx, backlog=BACKLOG, reuse_port=reuse_port)
-            self._listeners.append(srv)
-            self.bound_https_port = _bound_port(srv)
+            lsock = socket.create_server((host, port), family=_family(host), backlog=BACKLOG,
+                                         reuse_port=reuse_port)
+            lsock.setblocking(False)
+            self._tls_sockets.append(lsock)
+            self._acceptors.append(loop.create_task(self._accept_tls(lsock, ssl_ctx)))
+            self.bound_https_port = int(lsock.getsockname()[1])
         if cfg.listen.http is not None:
             redirect = self._redirect_location if (cfg.listen.redirect_to_https and self.bound_https_port) \
                 else None
@@ -337,6 +401,12 @@ class Balancer:
         for srv in self._listeners:
             srv.close()
         self._listeners = []
+        for acceptor in self._acceptors:
+            acceptor.cancel()
+        self._acceptors = []
+        for lsock in self._tls_sockets:
+            lsock.close()
+        self._tls_sockets = []
         for p in list(self.protocols):
             p.shutdown()
         end = time.monotonic() + deadline_s
@@ -484,6 +554,11 @@ class Balancer:
         self.router.invalidate()
         self.event("reload", None, f"{len(wanted)} static server(s)")
         log.info("config reloaded: %d static server(s)", len(wanted))
+
+
+def _family(host: str) -> socket.AddressFamily:
+    """The address family a listen host needs (an IPv6 literal, else IPv4)."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def _bound_port(srv: Any) -> int:

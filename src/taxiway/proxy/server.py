@@ -16,6 +16,8 @@ Rules of this module (driver, uvicorn's httptools protocol made stricter):
    answers 101; on any other answer they are dropped with the connection, never forwarded.
 7. The request head is bounded by `limits.max_header_bytes` as bytes arrive, not only when a
    field completes: a header line that never ends costs one 431, not the event loop.
+8. Connection limits are the balancer's (`admit` / `release`). A TLS connection was admitted by
+   the HTTPS acceptor before its handshake (`admitted=True`), so it is not counted twice.
 """
 
 from __future__ import annotations
@@ -49,14 +51,15 @@ class ClientProtocol(asyncio.Protocol):
     # Slots: thousands of idle keep-alive connections each hold one of these.
     __slots__ = (
         "_conn_header", "_head_seen", "_header_bytes", "_headers", "_in_head", "_refuse_status", "_url",
-        "bal", "body_deadline", "client_ip", "closed", "closing", "counted_client", "ctx", "current",
+        "admitted", "bal", "body_deadline", "client_ip", "closed", "closing", "ctx", "current",
         "dead", "header_deadline", "held", "https", "idle_deadline", "parser", "parsing", "paused",
         "pipeline", "redirect_https", "scheme", "transport", "tunnel_ex", "upgrade_ex", "wbuf",
         "wbuf_big", "write_paused",
     )
 
     def __init__(self, bal: Balancer, scheme: str,
-                 redirect_https: Callable[[RequestHead], bytes] | None = None) -> None:
+                 redirect_https: Callable[[RequestHead], bytes] | None = None,
+                 admitted: bool = False) -> None:
         # Shared
         self.bal = bal
         self.scheme = scheme
@@ -84,7 +87,7 @@ class ClientProtocol(asyncio.Protocol):
         self.header_deadline = 0.0
         self.idle_deadline = 0.0
         self.body_deadline = 0.0
-        self.counted_client = False
+        self.admitted = admitted   # counted by Balancer.admit (released in connection_lost)
         # Per-request (the head being parsed)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -101,25 +104,15 @@ class ClientProtocol(asyncio.Protocol):
         tr = self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         bal = self.bal
         s = bal.settings
-        bal.connections += 1
-        bal.counters["connections_total"] += 1
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else "unknown"
         self.client_ip = ip
-        if bal.connections > s.max_connections:
-            bal.counters["connections_refused"] += 1
-            self.closed = True
-            tr.abort()
-            return
-        if s.max_connections_per_client:
-            n = bal.per_client.get(ip, 0) + 1
-            bal.per_client[ip] = n
-            self.counted_client = True
-            if n > s.max_connections_per_client:
-                bal.counters["connections_refused"] += 1
+        if not self.admitted:
+            if not bal.admit(ip):
                 self.closed = True
                 tr.abort()
                 return
+            self.admitted = True
         self.ctx = ConnContext(ip, self.scheme, s.is_trusted(ip), s.is_trusted)
         self.header_deadline = monotonic() + s.client_header_s
         bal.protocols.add(self)
@@ -128,14 +121,10 @@ class ClientProtocol(asyncio.Protocol):
         """Called by the loop when the client closed or the connection broke."""
         self.closed = True
         bal = self.bal
-        bal.connections -= 1
         bal.protocols.discard(self)
-        if self.counted_client:
-            n = bal.per_client.get(self.client_ip, 1) - 1
-            if n <= 0:
-                bal.per_client.pop(self.client_ip, None)
-            else:
-                bal.per_client[self.client_ip] = n
+        if self.admitted:
+            self.admitted = False
+            bal.release(self.client_ip)
         ex = self.current
         self.current = None
         if ex is not None:
