@@ -13,7 +13,9 @@ hides any single hot-path change. This drives the real `ClientProtocol` and `Ups
 backend`. Syscalls and uvloop are left out, so the numbers are the Python part only; `--ops`
 counts executed bytecodes, which is deterministic (use it to compare two versions), but sees
 only interpreted code. `--callgrind` counts the machine instructions spent inside the two
-`data_received` entry points (valgrind's callgrind, collection toggled on those functions only),
+entry points (the client's `data_received`; the upstream's `get_buffer` + `buffer_updated`, or
+`data_received` in checkouts before the shared read buffer; valgrind's callgrind, collection
+toggled on those functions only),
 compiled or not: the same number on every run of the same build, whatever else the machine does.
 """
 
@@ -62,6 +64,9 @@ class NullTransport:
     def get_extra_info(self, key: str, default: Any = None) -> Any:
         return self.peer if key == "peername" else default
 
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
 
 def build(log: bool, strategy: str) -> Callable[[], None]:
     """A balancer with two servers and idle upstream connections; returns one request's driver."""
@@ -88,11 +93,18 @@ def build(log: bool, strategy: str) -> Callable[[], None]:
     client = ClientProtocol(bal, "http")
     client.connection_made(NullTransport(("127.0.0.1", 5555)))  # type: ignore[arg-type]
 
+    buffered = hasattr(UpstreamConnection, "buffer_updated")   # (as uvloop drives it)
+
     def one() -> None:
         client.data_received(REQUEST)
         ex = client.current
         assert ex is not None and ex.conn is not None
-        ex.conn.data_received(RESPONSE)
+        if buffered:
+            view = ex.conn.get_buffer(-1)
+            view[:len(RESPONSE)] = RESPONSE
+            ex.conn.buffer_updated(len(RESPONSE))
+        else:
+            ex.conn.data_received(RESPONSE)
 
     def flush() -> None:
         if bal.access_log is not None:
@@ -160,7 +172,13 @@ def main() -> int:
 
 
 # The proxy's two entry points: everything a request costs happens inside one of them.
-ENTRY_POINTS = ("server___ClientProtocol___data_received", "upstream___UpstreamConnection___data_received")
+# (Toggles nest: a toggled function called from another would switch collection off, so the
+# upstream's data_received, which buffer_updated calls for a head, is an entry point only in
+# checkouts without buffer_updated.)
+ENTRY_POINTS = ("server___ClientProtocol___data_received", "upstream___UpstreamConnection___get_buffer",
+                "upstream___UpstreamConnection___buffer_updated")
+ENTRY_POINTS_BEFORE_BUFFER = ("server___ClientProtocol___data_received",
+                              "upstream___UpstreamConnection___data_received")
 
 
 def run_callgrind(a: argparse.Namespace) -> int:
@@ -174,7 +192,9 @@ def run_callgrind(a: argparse.Namespace) -> int:
         return 2
     n = a.n if a.n != 100_000 else 2000
     rounds = 2000 + 5 * n     # the warm-up and the five timed rounds all run the entry points
-    toggles = [f"--toggle-collect=CPyDef_{name}" for name in ENTRY_POINTS]   # mypyc's C names
+    with open(os.path.join(a.src, "taxiway", "proxy", "upstream.py")) as f:
+        entry = ENTRY_POINTS if "def buffer_updated" in f.read() else ENTRY_POINTS_BEFORE_BUFFER
+    toggles = [f"--toggle-collect=CPyDef_{name}" for name in entry]   # mypyc's C names
     args = [sys.argv[0], "-n", str(n), "--strategy", a.strategy, "--src", a.src]
     if a.log:
         args.append("--log")

@@ -50,8 +50,9 @@ def test_upgrade_fed_byte_by_byte_with_a_request_behind_it() -> None:
     b = InProcess(make_config([o.port]))
     try:
         c = Client(b.port)
-        for ch in (b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n" + SMUGGLED):
+        for ch in b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n":
             c.send(bytes([ch]))
+        c.send(SMUGGLED)   # at once: the refusal closes the connection, a later byte would be reset
         assert c.read_response().status == 403
         assert c.is_closed()
         assert o.paths() == [b"/ws"]

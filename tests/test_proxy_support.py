@@ -262,6 +262,9 @@ class RawServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            if self._stop:
+                conn.close()
+                return
             self.accepted += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
@@ -275,6 +278,12 @@ class RawServer:
 
     def close(self) -> None:
         self._stop = True
+        # shutdown first: a thread blocked in accept() is not woken by close() on Linux, and
+        # would go on accepting on the fd number once another test's listener reuses it.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
 
 

@@ -35,6 +35,7 @@ from taxiway.config import Config, parse_server_url, split_hostport
 from taxiway.errors import ConfigError
 from taxiway.proxy.forward import Exchange, Router, WaitQueue
 from taxiway.proxy.healthcheck import HealthChecker
+from taxiway.proxy.heap import TrimPolicy, load_malloc_trim
 from taxiway.proxy.http1 import DateCache, RequestHead, RequestRewriter, ResponseRewriter
 from taxiway.proxy.server import ClientProtocol
 from taxiway.proxy.upstream import UpstreamPool
@@ -179,6 +180,9 @@ class Balancer:
         self.hot_2xx = 0
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
         self.connections = 0
+        self.paused_writers = 0          # client connections whose reading made taxiway wait
+        self.heap_policy = TrimPolicy()
+        self._malloc_trim = load_malloc_trim()
         self.started_at = time.time()
         # Set by `taxiway up` (the autoscaler): the "autoscale" section of /status.
         self.autoscale_status: Callable[[], dict[str, Any]] | None = None
@@ -462,6 +466,10 @@ class Balancer:
                         self.remove_server(name)
         if self.access_log is not None:
             self.access_log.flush()
+        if self._malloc_trim is not None and self.heap_policy.should_trim(self.paused_writers, now):
+            # A burst of slow readers is over: give its buffers back (heap.py), off the loop.
+            self.counters["heap_trims"] += 1
+            self._loop.run_in_executor(None, self._malloc_trim)
 
     # -- pool management (autoscaler, reload) -------------------------------------------------
 

@@ -40,6 +40,9 @@ from taxiway.proxy.upstream import (
 )
 
 UPGRADE_HOLD_MAX_BYTES: Final = 64 * 1024   # client bytes held while an upgrade is answered
+# Bytes queued for a client before its upstream stops being read (HAProxy's 16k buffers; nginx's
+# busy buffers 8-16k): with one upstream read (64 KiB) on top, what a slow reader can pin.
+CLIENT_WRITE_HIGH_BYTES: Final = 16 * 1024
 
 if TYPE_CHECKING:
     from taxiway.proxy.app import Balancer
@@ -113,6 +116,7 @@ class ClientProtocol(asyncio.Protocol):
                 tr.abort()
                 return
             self.admitted = True
+        tr.set_write_buffer_limits(high=CLIENT_WRITE_HIGH_BYTES)
         self.ctx = ConnContext(ip, self.scheme, s.is_trusted(ip), s.is_trusted)
         self.header_deadline = monotonic() + s.client_header_s
         bal.protocols.add(self)
@@ -125,6 +129,9 @@ class ClientProtocol(asyncio.Protocol):
         if self.admitted:
             self.admitted = False
             bal.release(self.client_ip)
+        if self.write_paused:
+            self.write_paused = False
+            bal.paused_writers -= 1
         ex = self.current
         self.current = None
         if ex is not None:
@@ -167,6 +174,8 @@ class ClientProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """Called by the transport when the client reads slower than we write."""
+        if not self.write_paused:
+            self.bal.paused_writers += 1
         self.write_paused = True
         ex = self.current
         if ex is not None and ex.conn is not None:
@@ -174,6 +183,8 @@ class ClientProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         """Called by the transport when the client's buffer drained below the low-water mark."""
+        if self.write_paused:
+            self.bal.paused_writers -= 1
         self.write_paused = False
         ex = self.current
         if ex is not None and ex.conn is not None:

@@ -12,7 +12,13 @@ Rules of this module (driver):
    status outside 100-599, or a 101 nobody asked for, is an invalid response (502).
 4. `UpstreamPool.acquire_idle()` is synchronous (the hot path: no task, no await). Only opening a
    new connection uses a task, because `loop.create_connection` is a coroutine.
-5. The pool keeps at most `limits.upstream_pool_size` idle connections per server (LIFO: the most
+5. Reads land in one buffer shared by every upstream connection (`asyncio.BufferedProtocol`,
+   READ_BUFFER_BYTES): uvloop would allocate a fresh 256 KB `bytes` per read, which a slow
+   client then pins (one read plus the write high-water mark per reader: 264 KiB each with
+   1,000 slow readers, and glibc kept the heap afterwards). Body bytes are parsed straight from
+   the buffer (httptools copies each body piece it reports); a head, a tunnel and the bytes
+   after an upgrade are copied out, since they outlive the read.
+6. The pool keeps at most `limits.upstream_pool_size` idle connections per server (LIFO: the most
    recently used one is the least likely to have been closed by the server); the balancer's tick
    closes those idle longer than `timeouts.upstream_idle`.
 """
@@ -46,7 +52,12 @@ class ConnectionOwner(Protocol):
     def on_internal_error(self) -> None: ...
 
 
-class UpstreamConnection(asyncio.Protocol):
+READ_BUFFER_BYTES: Final = 64 * 1024   # one read from an upstream at most (HAProxy: 16k buffers)
+_READ_BUFFER: Final = bytearray(READ_BUFFER_BYTES)
+_READ_VIEW: Final = memoryview(_READ_BUFFER)
+
+
+class UpstreamConnection(asyncio.BufferedProtocol):
     """One keep-alive connection to a server. Called by the event loop; never awaits."""
 
     __slots__ = (
@@ -122,15 +133,32 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange = None
             ex.on_upstream_lost(self)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Called by the loop before each read: where to put the bytes (rule 5)."""
+        return _READ_VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Called by the loop after a read of `nbytes` into the shared buffer."""
         ex = self.exchange
         if ex is None:
             self.close()   # unsolicited bytes on an idle connection: it cannot be reused safely
             return
+        if self.head_done and not self.tunnel:
+            # A body (the usual case for large answers): parsed in place, no copy here.
+            self._feed(ex, _READ_VIEW[:nbytes])
+            return
+        self.data_received(bytes(_READ_VIEW[:nbytes]))
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes that must outlive the read: a response head (kept until it is whole), tunnel data.
+        (Also what a plain `asyncio.Protocol` transport would call.)"""
+        ex = self.exchange
+        if ex is None:
+            self.close()
+            return
         if self.tunnel:
             ex.on_tunnel_upstream_data(data)
             return
-        self.got_bytes = True
         if not self.head_done:
             buf = self.head_buf
             if not buf:
@@ -147,12 +175,17 @@ class UpstreamConnection(asyncio.Protocol):
                 ex.on_upstream_invalid(self)
                 ex.proto.flush()
                 return
+        self._feed(ex, data)
+
+    def _feed(self, ex: Exchange, data: bytes | memoryview) -> None:
+        """Parse one read for exchange `ex`; decide reuse once it is parsed whole (rule 2)."""
+        self.got_bytes = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             if self.exchange is ex:
                 self.tunnel = True
-                ex.on_upstream_upgraded(data[exc.args[0]:])
+                ex.on_upstream_upgraded(bytes(data[exc.args[0]:]))
         except httptools.HttpParserError:
             if self.message_done:
                 self.overrun = True    # what followed the response is not ours to read
