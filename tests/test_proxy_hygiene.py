@@ -521,3 +521,94 @@ def test_query_key_never_reaches_the_access_log(origin, tmp_path: Path) -> None:
         assert "api_key=***" in text
     finally:
         b.stop()
+
+
+# -- what the fuzzers found (tests/fuzz) ----------------------------------------------------------
+
+
+def test_http10_request_without_host_reaches_the_app_with_one_empty_host(lb, origin) -> None:
+    c, out = raw(lb.port, b"GET /old HTTP/1.0\r\n\r\n")
+    c.close()
+    assert out.startswith(b"HTTP/1.1 200 ")
+    assert origin.got[0].all("host") == [""]
+
+
+def test_connection_cannot_take_host_away(lb, origin) -> None:
+    c = Client(lb.port)
+    assert c.get("/", {"Connection": "host, x-drop", "X-Drop": "1"}).status == 200
+    assert origin.got[0].all("host") == ["test"]
+    assert origin.got[0].header("x-drop") is None
+
+
+def test_body_delimited_by_close_reaches_an_http11_client_whole() -> None:
+    class CloseDelimited(Origin):
+        def _handle(self, conn: socket.socket) -> None:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
+
+    o = CloseDelimited(lambda req: None)
+    b = InProcess(make_config([o.port]))
+    try:
+        r = Client(b.port, timeout_s=5).get("/eof")
+        assert r.complete and r.status == 200 and bytes(r.body) == b"until the end"
+    finally:
+        b.stop()
+        o.close()
+
+
+@pytest.mark.parametrize("request_bytes", [
+    pytest.param(b"POST /ws HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", id="chunked-body"),
+    pytest.param(b"POST /ws HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+                 b"Content-Length: 3\r\n\r\nabc", id="length-body"),
+    pytest.param(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: \r\n\r\n",
+                 id="empty-upgrade"),
+])
+def test_upgrades_two_parsers_could_read_differently_get_400(lb, origin, request_bytes: bytes) -> None:
+    c, out = raw(lb.port, request_bytes)
+    c.close()
+    assert out.startswith(b"HTTP/1.1 400 "), out[:80]
+    assert origin.got == []
+
+
+def test_upgrade_fields_are_one_list(lb, origin) -> None:
+    """llhttp upgrades on any Upgrade field; the forwarded request must say upgrade too (it was
+    sent as a plain request with the last, empty value, and answered twice)."""
+    c, out = raw(lb.port, b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+                          b"Upgrade:\r\n\r\n")
+    c.close()
+    assert out.count(b"HTTP/1.1 ") == 1 and out.startswith(b"HTTP/1.1 200 ")
+    assert origin.got[0].upgrade and origin.got[0].header("upgrade") == "websocket"
+
+
+def test_taxiways_own_answers_to_head_carry_no_body(origin) -> None:
+    from tests.test_proxy_support import refused_port
+
+    b = InProcess(make_config([refused_port()], balancer={"retries": 0}))
+    try:
+        c = Client(b.port)
+        r = c.get("/", method="HEAD")            # the server is down: 502, kept connection
+        assert r.status == 502 and int(r.header("Content-Length") or 0) > 0
+        c.send(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n")
+        second = c.read_response(head=True)       # starts right after the first head
+        assert second.status == 502               # not the first one's body read as a status line
+        c2, out = raw(b.port, b"HEAD / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        c2.close()
+        assert out.startswith(b"HTTP/1.1 400 ") and out.endswith(b"\r\n\r\n")
+    finally:
+        b.stop()
+
+
+def test_asterisk_form_only_for_options(lb, origin) -> None:
+    c, out = raw(lb.port, b"GET * HTTP/1.1\r\nHost: t\r\n\r\n")
+    c.close()
+    assert out.startswith(b"HTTP/1.1 400 ")
+    c = Client(lb.port)
+    c.send(b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert c.read_response().status == 200
+    assert [r.target for r in origin.got] == [b"*"]
+
+
+def test_backslash_in_the_query_is_the_apps_data(lb, origin) -> None:
+    assert Client(lb.port).get("/ok?path=a\\b").status == 200
+    assert origin.got[0].target == b"/ok?path=a\\b"

@@ -534,6 +534,7 @@ class Exchange(ResponseContext):
                     self.proto.queue(LAST_CHUNK)
                 self.keep_alive = self.keep_alive and not self.body_pending()
                 self._complete(ok=True)
+                self.proto.flush()   # (called by the loop, not inside a read: nothing else flushes)
                 return
             # Cut in the middle of a response we already started: the client must see a cut too.
             self.bal.counters["upstream_aborted"] += 1
@@ -634,7 +635,8 @@ class Exchange(ResponseContext):
         close = not self.keep_alive or self.body_pending() or self.proto.closing
         self.bal.counters[f"rejected_{rej.status}"] += 1
         self.proto.queue(simple_response(rej.status, rej.body, self.bal.date.line, close, rej.headers,
-                                         not self.client_http11, self.proto.own_lines()))
+                                         not self.client_http11, self.proto.own_lines(),
+                                         self.method == b"HEAD"))
         self.keep_alive = not close
         self._finish()
 
@@ -646,7 +648,7 @@ class Exchange(ResponseContext):
         close = not self.keep_alive or self.body_pending() or self.proto.closing
         extra = bal.settings.retry_after if status == 503 else ()
         self.proto.queue(error_response(status, bal.date.line, close, extra, not self.client_http11,
-                                        self.proto.own_lines()))
+                                        self.proto.own_lines(), self.method == b"HEAD"))
         self.keep_alive = not close
         if self.conn is not None:
             self.conn.close()

@@ -149,10 +149,12 @@ ERROR_BODIES: Final[dict[int, bytes]] = {
 
 def simple_response(status: int, body: bytes, date_line: bytes, close: bool,
                     extra: list[tuple[bytes, bytes]] | tuple[()] = (), http10: bool = False,
-                    lines: bytes = b"") -> bytes:
+                    lines: bytes = b"", head: bool = False) -> bytes:
     """A complete answer from taxiway itself. `http10`: the client spoke HTTP/1.0, so a kept
     connection must be announced (`Connection: keep-alive`), not implied. `lines`: complete
-    header lines to add (the HSTS line on an HTTPS listener)."""
+    header lines to add (the HSTS line on an HTTPS listener). `head`: the answer to a HEAD
+    request, which has the Content-Length of the body it does not carry (RFC 9110 §9.3.2; a body
+    there would be read as the next response on a kept connection)."""
     parts = [status_line(status), date_line, b"Server: taxiway\r\n",
              b"Content-Type: text/plain; charset=utf-8\r\n",
              b"Content-Length: %d\r\n" % len(body), lines]
@@ -163,15 +165,16 @@ def simple_response(status: int, body: bytes, date_line: bytes, close: bool,
     elif http10:
         parts.append(b"Connection: keep-alive\r\n")
     parts.append(CRLF)
-    parts.append(body)
+    if not head:
+        parts.append(body)
     return b"".join(parts)
 
 
 def error_response(status: int, date_line: bytes, close: bool = True,
                    extra: list[tuple[bytes, bytes]] | tuple[()] = (), http10: bool = False,
-                   lines: bytes = b"") -> bytes:
+                   lines: bytes = b"", head: bool = False) -> bytes:
     return simple_response(status, ERROR_BODIES.get(status, b"error\n"), date_line, close, extra, http10,
-                           lines)
+                           lines, head)
 
 
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -391,6 +394,10 @@ class RequestRewriter:
             parts.append(CRLF)
         if hosts > 1 or (hosts == 0 and http11):
             raise RequestRefused(400, "missing or repeated Host")
+        if hosts == 0:
+            # An HTTP/1.0 request without Host goes upstream as HTTP/1.1, which needs one: empty,
+            # as RFC 9112 §3.2 has a client send for a target without authority.
+            parts += (b"Host", b": ", b"", CRLF)
         info.host = host
         # (One regex search: `bytes in bytes` first tries its argument as an int, raising and
         # clearing a TypeError each time, and `bytes.find` parses its arguments the slow way.)
@@ -421,6 +428,7 @@ class RequestRewriter:
         trusted = conn_ctx.trusted
         conn_tokens: list[bytes] = []
         upgrade_value = b""
+        upgrade_fields = 0
         for code, name, value in odd:
             if code == _R_CL:
                 info.content_length = int(value)   # httptools already checked digits/duplicates
@@ -442,7 +450,9 @@ class RequestRewriter:
                     elif tok:
                         conn_tokens.append(tok)
             elif code == _R_UPGRADE:
-                upgrade_value = value
+                upgrade_fields += 1
+                if value.strip():   # (one list: empty elements are allowed and mean nothing)
+                    upgrade_value = value if not upgrade_value else upgrade_value + b", " + value
             elif code == _R_XFF:
                 xff = value if not xff else xff + b", " + value
             elif code == _R_XFH:
@@ -468,9 +478,19 @@ class RequestRewriter:
             # _R_DROP, and _R_TRUSTED from an untrusted peer: not forwarded
         if info.content_length >= 0 and self.max_body_bytes and info.content_length > self.max_body_bytes:
             raise RequestRefused(413, "body larger than limits.max_body_bytes")
+        if info.upgrade and upgrade_fields:
+            # llhttp switches protocols on `Connection: upgrade` plus any Upgrade field: both
+            # readers must agree, so the upgrade must name a protocol and carry no body (a body
+            # would be read as the new protocol's bytes by one and as HTTP by the other).
+            if not upgrade_value.strip(b" \t,"):
+                raise RequestRefused(400, "empty Upgrade")
+            if info.chunked or info.content_length > 0:
+                raise RequestRefused(400, "Upgrade request with a body")
         if conn_tokens:
             # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1): rare, so rebuild.
+            # Never Host: it is not the hop's to take away (and the app needs it).
             drop = set(conn_tokens)
+            drop.discard(b"host")
             kept = [b"".join(parts[i:i + 4]) for i in range(4, len(parts), 4)]
             parts[4:] = [h for h in kept if h.split(b":", 1)[0].lower() not in drop]
         if info.upgrade and upgrade_value:

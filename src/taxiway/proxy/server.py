@@ -53,7 +53,8 @@ class ClientProtocol(asyncio.Protocol):
 
     # Slots: thousands of idle keep-alive connections each hold one of these.
     __slots__ = (
-        "_conn_header", "_head_seen", "_header_bytes", "_headers", "_in_head", "_refuse_status", "_url",
+        "_conn_header", "_head_seen", "_header_bytes", "_headers", "_in_head", "_refuse_head",
+        "_refuse_status", "_url",
         "admitted", "bal", "body_deadline", "client_ip", "closed", "closing", "ctx", "current",
         "dead", "header_deadline", "held", "https", "idle_deadline", "parser", "parsing", "paused",
         "pipeline", "redirect_https", "scheme", "transport", "tunnel_ex", "upgrade_ex", "wbuf",
@@ -97,6 +98,7 @@ class ClientProtocol(asyncio.Protocol):
         self._header_bytes = 0
         self._refuse_status = 0
         self._conn_header = False   # the head has a Connection field (see on_headers_complete)
+        self._refuse_head = False   # the head being refused is a HEAD request's
         self._in_head = False       # between the first byte of a request and the end of its head
         self._head_seen = 0         # bytes of whole reads that fell inside the head
 
@@ -198,6 +200,7 @@ class ClientProtocol(asyncio.Protocol):
         self._header_bytes = 0
         self._refuse_status = 0
         self._conn_header = False
+        self._refuse_head = False
         self._in_head = True
         self._head_seen = 0
         self.idle_deadline = 0.0
@@ -227,6 +230,9 @@ class ClientProtocol(asyncio.Protocol):
         self._in_head = False
         parser = self.parser
         method = parser.get_method()
+        # A refusal of a whole, valid head answers HEAD without a body (a malformed request line
+        # that starts with HEAD is no HEAD request).
+        self._refuse_head = method == b"HEAD"
         bal = self.bal
         if len(self._headers) > bal.settings.max_headers:
             self._refuse_status = 431
@@ -243,8 +249,13 @@ class ClientProtocol(asyncio.Protocol):
             self._refuse_status = 505
             raise RequestRefused(505, "HTTP version not supported")
         assert self.ctx is not None
-        if self._url[:1] != b"/" and self._url != b"*":
-            self._to_origin_form()
+        if self._url[:1] != b"/":
+            if self._url == b"*":
+                if method != b"OPTIONS":   # (RFC 9112 §3.2.4: asterisk-form is for OPTIONS only)
+                    self._refuse_status = 400
+                    raise RequestRefused(400, "asterisk-form target for a method other than OPTIONS")
+            else:
+                self._to_origin_form()
         try:
             info = bal.settings.request_rewriter.rewrite(method, self._url, self._headers, http11, self.ctx)
         except RequestRefused as exc:
@@ -349,7 +360,8 @@ class ClientProtocol(asyncio.Protocol):
         bal = self.bal
         bal.counters[f"error_{status}"] += 1
         bal.counters["responses_4xx" if status < 500 else "responses_5xx"] += 1
-        self.queue(error_response(status, bal.date.line, close=True, lines=self.own_lines()))
+        self.queue(error_response(status, bal.date.line, close=True, lines=self.own_lines(),
+                                  head=self._refuse_head))
         self.close()
 
     def own_lines(self) -> bytes:

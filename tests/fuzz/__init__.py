@@ -1,0 +1,1 @@
+"""Fuzz targets (atheris) for the proxy's request path; see tests/fuzz/README.md."""
