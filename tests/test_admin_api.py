@@ -343,3 +343,21 @@ def test_status_verb_when_admin_is_off_in_config(tmp_path: object) -> None:
     out = _status_cli("--config", str(cfg))
     assert out.returncode == 2 and "admin API is off" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_admin_allowed_hosts_from_the_config() -> None:
+    """`admin.allowed_hosts` reaches the admin listener: a listed name is served, others get 421."""
+    from tests.test_proxy_support import InProcess, make_config
+
+    b = InProcess(make_config([], admin={"listen": "127.0.0.1:0", "allowed_hosts": ["lb1.internal"]}))
+    try:
+        port = b.bal.admin_port
+        assert port is not None
+        answers = []
+        for host in (b"lb1.internal:9901", b"evil.example"):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"GET /status HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
+                answers.append(s.recv(65536).split(b" ", 2)[1])
+        assert answers == [b"200", b"421"]
+    finally:
+        b.stop()

@@ -213,3 +213,18 @@ def test_readme_reference_is_the_schema() -> None:
     table = table.split("\n<!-- config-reference:end -->")[0]
     assert table == reference_markdown(), "README's table is stale: paste `taxiway check --reference`"
     assert "| `servers[].name` | str | (unset) |" in table
+
+
+def test_redis_url_schemes_and_a_refused_url_hides_its_password() -> None:
+    ok = parse_config({"ratelimit": {"store": "redis", "redis_url": "rediss://:pw@cache.internal:6380/0"}})
+    assert ok.ratelimit.redis_url.startswith("rediss://")
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"ratelimit": {"store": "redis", "redis_url": "unix://:hunter2@/run/redis.sock"}})
+    assert "ratelimit.redis_url" in str(exc.value) and "rediss://" in str(exc.value)
+    assert "hunter2" not in str(exc.value) and "***" in str(exc.value)
+
+
+def test_admin_allowed_hosts() -> None:
+    assert parse_config({}).admin.allowed_hosts == []
+    cfg = parse_config({"admin": {"allowed_hosts": ["lb1.internal"]}})
+    assert cfg.admin.allowed_hosts == ["lb1.internal"]

@@ -23,6 +23,7 @@ import shlex
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import msgspec
 import msgspec.inspect
@@ -162,10 +163,41 @@ class ListenConfig(_Section):
     redirect_to_https: bool = False
 
 
+def redact_url(url: str) -> str:
+    """`url` fit for a log line: a password in the userinfo (or a `password=` query parameter, the
+    redis-py form) becomes `***`, the rest is kept.
+
+    `redis://:secret@host:6379/0` -> `redis://:***@host:6379/0`, `redis://app:secret@host/0` ->
+    `redis://app:***@host/0`: the username helps find the account; the password must never reach a
+    log, an error message or /status. A URL that does not parse is shown as `<unparsable URL>`
+    rather than risk printing a password inside it.
+    """
+    try:
+        parts = urlsplit(url)
+        has_password = parts.password is not None
+    except ValueError:
+        return "<unparsable URL>"
+    netloc, query = parts.netloc, parts.query
+    if has_password:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    if "password=" in query.lower():
+        query = urlencode([(k, "***" if k.lower() == "password" else v)
+                           for k, v in parse_qsl(query, keep_blank_values=True)], safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    # Rebuilt by hand: urlunsplit would turn "unix:///x" into "unix:/x".
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "") \
+        + (f"#{parts.fragment}" if parts.fragment else "")
+
+
 class AdminConfig(_Section):
     # /status and /metrics; loopback by default (it names every server). "" turns it off
     # (TOML has no null).
     listen: str | None = "127.0.0.1:9901"
+    # Host names the admin API answers to besides IP literals and localhost (DNS rebinding:
+    # any other name gets 421), e.g. the name Prometheus scrapes it by.
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
 
 
 class BalancerConfig(_Section):
@@ -667,8 +699,8 @@ def _check(cfg: Config, source: str | None, base: Path) -> None:
     if not af.cookie_name.isascii() or not _TOKEN.match(af.cookie_name.replace("_", "-")):
         fail("affinity.cookie_name", "letters, digits, '_' or '-'", af.cookie_name)
     rl = cfg.ratelimit
-    if rl.store == "redis" and not rl.redis_url.startswith(("redis://", "unix://")):
-        fail("ratelimit.redis_url", "a redis:// or unix:// URL", rl.redis_url)
+    if rl.store == "redis" and not rl.redis_url.startswith(("redis://", "rediss://")):
+        fail("ratelimit.redis_url", "a redis:// or rediss:// (TLS) URL", redact_url(rl.redis_url))
     rule_names: set[str] = set()
     for i, r in enumerate(rl.rules):
         if r.name in rule_names:

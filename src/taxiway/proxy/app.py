@@ -380,7 +380,7 @@ class Balancer:
             self.bound_http_port = _bound_port(srv)
         self._tick_handle = loop.call_later(TICK_S, self._tick)
         if cfg.admin.listen:
-            self.admin = AdminServer(self)
+            self.admin = AdminServer(self, cfg.admin.allowed_hosts)
             host, port = split_hostport(cfg.admin.listen, "admin.listen")
             self.admin_port = await self.admin.start(host, port)
         if cfg.health.enabled:

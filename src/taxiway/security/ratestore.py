@@ -20,8 +20,8 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from taxiway.config import redact_url
 from taxiway.errors import TaxiwayError
 from taxiway.security.ratelimit import Limit, Verdict, check_all, gcra_check
 from taxiway.security.resp import RespClient, RespError
@@ -36,34 +36,6 @@ REDIS_RETRY_AFTER_ERROR_S = 1.0  # after a failure, skip Redis this long (no tim
 
 class RateStoreError(TaxiwayError):
     """The shared rate-limit store cannot answer. The caller applies `ratelimit.on_store_error`."""
-
-
-def redact_url(url: str) -> str:
-    """`url` fit for a log line: a password in the userinfo (or a `password=` query parameter, the
-    redis-py form) becomes `***`, the rest is kept.
-
-    `redis://:secret@host:6379/0` -> `redis://:***@host:6379/0`, `redis://app:secret@host/0` ->
-    `redis://app:***@host/0`: the username helps find the account; the password must never reach a
-    log, an error message or /status. A URL that does not parse is shown as `<unparsable URL>`
-    rather than risk printing a password inside it.
-    """
-    try:
-        parts = urlsplit(url)
-        has_password = parts.password is not None
-    except ValueError:
-        return "<unparsable URL>"
-    netloc, query = parts.netloc, parts.query
-    if has_password:
-        userinfo, _, hostport = netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
-    if "password=" in query.lower():
-        query = urlencode([(k, "***" if k.lower() == "password" else v)
-                           for k, v in parse_qsl(query, keep_blank_values=True)], safe="*")
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url
-    # Rebuilt by hand: urlunsplit would turn "unix:///x" into "unix:/x".
-    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "") \
-        + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 class MemoryStore:
