@@ -5,6 +5,7 @@ performs the attack through a real balancer against a real origin on loopback.""
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import time
@@ -612,3 +613,149 @@ def test_asterisk_form_only_for_options(lb, origin) -> None:
 def test_backslash_in_the_query_is_the_apps_data(lb, origin) -> None:
     assert Client(lb.port).get("/ok?path=a\\b").status == 200
     assert origin.got[0].target == b"/ok?path=a\\b"
+
+
+# -- what the review found --------------------------------------------------------------------
+
+
+def test_endless_trailer_field_gets_431(lb, origin) -> None:
+    """The trailer section (and long chunk lines) are bounded like a head: before, a trailer
+    field that never ended grew by concatenation and stalled the event loop."""
+    c = Client(lb.port)
+    c.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\nX-T: ")
+    t0 = time.monotonic()
+    got = b""
+    c.sock.settimeout(0.0)
+    while time.monotonic() - t0 < 8 and not got:
+        try:
+            c.sock.send(b"a" * 16384)
+        except BlockingIOError:
+            time.sleep(0.001)
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        try:
+            got = c.sock.recv(65536)
+        except BlockingIOError:
+            pass
+    c.sock.settimeout(5.0)
+    if not got:
+        got = c.read_all()
+    assert got.startswith(b"HTTP/1.1 431 "), got[:80]
+    assert time.monotonic() - t0 < 5
+
+
+def test_endless_response_trailer_is_cut() -> None:
+    class Trailing(Origin):
+        def _handle(self, conn: socket.socket) -> None:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: ")
+            try:
+                for _ in range(400):
+                    conn.sendall(b"a" * 65536)
+            except OSError:
+                pass
+
+    o = Trailing(lambda req: None)
+    b = InProcess(make_config([o.port]))
+    try:
+        c = Client(b.port, timeout_s=10)
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        t0 = time.monotonic()
+        c.read_all()                              # cut: the response had started
+        assert time.monotonic() - t0 < 5
+        assert b.bal.fold_counters()["upstream_aborted"] == 1
+    finally:
+        b.stop()
+        o.close()
+
+
+def test_pipelined_burst_split_mid_head_is_answered_whole(lb, origin) -> None:
+    """Before: a read that began inside one head and ended inside a later one counted whole for
+    the later head, so a long pipelined burst got a false 431."""
+    reqs = b"".join(b"GET /p%03d HTTP/1.1\r\nHost: t\r\nX-Pad: %s\r\n\r\n" % (i, b"x" * 150)
+                    for i in range(200))
+    c = Client(lb.port, timeout_s=20)
+    cut = [0, 37, 40_000, 40_019, len(reqs)]   # reads ending mid-head
+    for a, z in itertools.pairwise(cut):
+        c.send(reqs[a:z])
+        time.sleep(0.05)
+    answers = [c.read_response() for _ in range(200)]
+    assert [bytes(r.body) for r in answers] == [b"/p%03d" % i for i in range(200)]
+
+
+def test_upgrade_answered_at_once_gets_one_answer() -> None:
+    """An Upgrade request answered in the read that parsed it (no server: 503; a redirect or an
+    edge refusal alike) gets that answer only: no 400 after it."""
+    b = InProcess(make_config([]))
+    try:
+        c, out = raw(b.port, b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\n"
+                             b"Upgrade: websocket\r\n\r\n")
+        c.close()
+        assert out.count(b"HTTP/1.1 ") == 1 and out.startswith(b"HTTP/1.1 503 "), out
+        assert b.bal.fold_counters()["error_400"] == 0
+    finally:
+        b.stop()
+
+
+def test_proxy_connection_is_read_as_llhttp_reads_it(lb, origin) -> None:
+    c, out = raw(lb.port, b"GET /a HTTP/1.1\r\nHost: t\r\nProxy-Connection: close\r\n\r\n")
+    c.close()
+    assert out.count(b"HTTP/1.1 ") == 1 and b"\r\nConnection: close\r\n" in out
+    c, out = raw(lb.port, b"GET /ws HTTP/1.1\r\nHost: t\r\nProxy-Connection: upgrade\r\n"
+                          b"Upgrade: websocket\r\n\r\n")
+    c.close()
+    assert out.count(b"HTTP/1.1 ") == 1, out
+    assert origin.got[-1].upgrade
+
+
+def test_upstream_reset_mid_close_delimited_body_is_a_cut() -> None:
+    class Resets(Origin):
+        def _handle(self, conn: socket.socket) -> None:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial-bo")
+            time.sleep(0.2)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            conn.close()                           # RST, not FIN
+
+    o = Resets(lambda req: None)
+    b = InProcess(make_config([o.port]))
+    try:
+        r = Client(b.port).get("/")
+        assert r.status == 200 and not r.complete   # the client sees the cut, not a whole body
+    finally:
+        b.stop()
+        o.close()
+
+
+@pytest.mark.parametrize("prefix", [b"\r\n", b"\r\n\r\n"])
+def test_crlf_before_a_response_head(prefix: bytes) -> None:
+    o = Origin(lambda req: prefix + ok_response(b"hi", "Set-Cookie: a=b\r\n"))
+    b = InProcess(make_config([o.port]))
+    try:
+        c = Client(b.port)
+        for _ in range(2):
+            r = c.get("/")
+            assert r.status == 200 and bytes(r.body) == b"hi" and r.header("Set-Cookie") == "a=b"
+            assert all(not n.startswith(b"HTTP/") for n, _ in r.headers)
+    finally:
+        b.stop()
+        o.close()
+
+
+def test_absolute_form_with_an_ipv6_literal(lb, origin) -> None:
+    c = Client(lb.port)
+    c.send(b"GET http://[::1]:8080/x HTTP/1.1\r\nHost: other\r\n\r\n")
+    assert c.read_response().status == 200
+    assert origin.got[0].all("host") == ["[::1]:8080"]
+
+
+def test_renamed_request_id_cannot_ride_in_a_trailer(origin) -> None:
+    b = InProcess(make_config([origin.port], headers={"request_id": "X-Correlation-Id"}))
+    try:
+        c = Client(b.port)
+        c.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"1\r\na\r\n0\r\nX-Correlation-Id: forged\r\nX-Ok: 1\r\n\r\n")
+        assert c.read_response().status == 200
+        assert {n.lower() for n, _ in origin.got[0].trailers} == {b"x-ok"}
+    finally:
+        b.stop()

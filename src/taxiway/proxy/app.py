@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import ipaddress
 import logging
 import math
@@ -45,6 +46,9 @@ log = logging.getLogger("taxiway.proxy")
 
 TICK_S: Final = 0.25
 BACKLOG: Final = 2048
+ACCEPT_BATCH: Final = 64   # HTTPS connections taken per wakeup of the acceptor
+# accept() errors that mean "out of descriptors or memory": back off instead of spinning
+_OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class Settings:
@@ -208,6 +212,7 @@ class Balancer:
         self._listeners: list[asyncio.Server] = []
         self._tls_sockets: list[socket.socket] = []          # the HTTPS listener (_accept_tls)
         self._acceptors: list[asyncio.Task[None]] = []
+        self._handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes under way
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tick_handle: asyncio.TimerHandle | None = None
         self._to_remove: set[str] = set()
@@ -313,18 +318,35 @@ class Balancer:
         against the limits and in /status from its first moment: a ClientHello that never comes
         used to hold a socket for uvloop's 60 s, unseen."""
         loop = asyncio.get_running_loop()
+        next_warning = 0.0
         while True:
             try:
                 sock, addr = await loop.sock_accept(lsock)
-            except OSError as exc:   # (EMFILE and friends: keep the listener, slow down)
-                log.warning("HTTPS accept failed: %s", exc)
-                await asyncio.sleep(0.1)
-                continue
-            ip = str(addr[0])
-            if not self.admit(ip):
-                sock.close()
-                continue
-            self.spawn(self._handshake(sock, ip, ssl_ctx))
+                batch = [(sock, addr)]
+                # sock_accept takes one connection per wakeup: take what else is waiting too
+                # (as the HTTP listener does), so a burst does not fill the backlog.
+                while len(batch) < ACCEPT_BATCH:
+                    try:
+                        batch.append(lsock.accept())
+                    except (BlockingIOError, InterruptedError):
+                        break
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:   # keep the listener, slow down, say so rarely
+                    now = time.monotonic()
+                    if now >= next_warning:
+                        log.warning("HTTPS accept failed: %s (retrying every 0.1 s)", exc)
+                        next_warning = now + 10.0
+                    await asyncio.sleep(0.1)
+                continue   # (ECONNABORTED and the like: that client is gone, take the next)
+            for sock, addr in batch:
+                ip = str(addr[0])
+                if not self.admit(ip):
+                    sock.close()
+                    continue
+                sock.setblocking(False)
+                task = loop.create_task(self._handshake(sock, ip, ssl_ctx))
+                self._handshakes.add(task)
+                task.add_done_callback(self._handshakes.discard)
 
     async def _handshake(self, sock: socket.socket, ip: str, ssl_ctx: ssl.SSLContext) -> None:
         loop = asyncio.get_running_loop()
@@ -332,6 +354,10 @@ class Balancer:
             await loop.connect_accepted_socket(
                 lambda: ClientProtocol(self, "https", admitted=True), sock, ssl=ssl_ctx,
                 ssl_handshake_timeout=self.settings.client_header_s)
+        except asyncio.CancelledError:   # (stop: the connection is given up, its count too)
+            self.release(ip)
+            sock.close()
+            raise
         except Exception as exc:   # (SSLError, OSError, a timeout: the client failed its handshake)
             self.counters["tls_handshake_failed"] += 1
             log.debug("TLS handshake with %s failed: %r", ip, exc)
@@ -405,8 +431,8 @@ class Balancer:
         for srv in self._listeners:
             srv.close()
         self._listeners = []
-        for acceptor in self._acceptors:
-            acceptor.cancel()
+        for task in [*self._acceptors, *self._handshakes]:
+            task.cancel()   # (no new connection may appear while the others drain)
         self._acceptors = []
         for lsock in self._tls_sockets:
             lsock.close()

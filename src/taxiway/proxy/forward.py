@@ -28,7 +28,6 @@ from taxiway.balancing.strategies import Strategy, make_strategy
 from taxiway.proxy.http1 import (
     CONTINUE_100,
     CRLF,
-    REQUEST_TRAILER_FORBIDDEN,
     Rejection,
     RequestHead,
     RequestInfo,
@@ -423,7 +422,8 @@ class Exchange(ResponseContext):
         if self.finished:
             return
         if self.info.chunked:
-            self._send_upstream([last_chunk(trailers, REQUEST_TRAILER_FORBIDDEN) if trailers else LAST_CHUNK])
+            self._send_upstream([last_chunk(trailers, self.bal.settings.request_rewriter.trailer_forbidden)
+                                 if trailers else LAST_CHUNK])
         if self.conn is not None and not self.response_started:
             # A body-less request completes in the read that started it: t_start is "now".
             now = self.t_start if not self.body_in else monotonic()
@@ -518,8 +518,9 @@ class Exchange(ResponseContext):
         self.body_out += len(data)
         self.proto.write_now(data)
 
-    def on_upstream_lost(self, conn: UpstreamConnection) -> None:
-        """The upstream connection closed while bound to this exchange."""
+    def on_upstream_lost(self, conn: UpstreamConnection, reset: bool = False) -> None:
+        """The upstream connection closed while bound to this exchange (`reset`: not a clean
+        close, so a body delimited by the close was cut, not ended)."""
         self.conn = None
         if self.finished:
             return
@@ -528,7 +529,7 @@ class Exchange(ResponseContext):
             self._account(ok=True)
             return
         if self.response_started:
-            if self.content_length < 0 and not self.upstream_chunked and not self.no_body:
+            if self.content_length < 0 and not self.upstream_chunked and not self.no_body and not reset:
                 # Body delimited by the close (RFC 9112 §6.3 rule 8): that was its end.
                 if self.chunked_out:
                     self.proto.queue(LAST_CHUNK)

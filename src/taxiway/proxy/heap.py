@@ -14,7 +14,8 @@ Rules of this module:
    of at least `min_peak` to a quarter of it, at most once per `interval_s`.
 2. `load_malloc_trim` finds glibc's function (None elsewhere: musl, macOS); the balancer calls
    it in a worker thread, since returning 250 MB takes up to ~170 ms and ctypes releases the
-   GIL, so the event loop never waits for it.
+   GIL. The loop can still wait on an arena lock the trim holds when it allocates at that
+   moment, which is why it runs only after a burst and at most every `interval_s`.
 """
 
 from __future__ import annotations

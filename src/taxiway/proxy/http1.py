@@ -275,7 +275,9 @@ CLIENT_CLAIMS: Final = frozenset({
     b"x-http-method", b"x-method-override",
 })
 _REQ_SPECIAL: Final[dict[bytes, int]] = {
-    b"connection": _R_CONN, b"keep-alive": _R_DROP, b"proxy-connection": _R_DROP, b"te": _R_DROP,
+    # (Proxy-Connection is read like Connection, as llhttp reads it: its close, upgrade and
+    # keep-alive must mean to taxiway what they mean to the parser. Neither is forwarded.)
+    b"connection": _R_CONN, b"keep-alive": _R_DROP, b"proxy-connection": _R_CONN, b"te": _R_DROP,
     b"trailer": _R_DROP, b"transfer-encoding": _R_TE, b"upgrade": _R_UPGRADE,
     b"proxy-authorization": _R_DROP, b"content-length": _R_CL, b"host": _R_HOST,
     b"x-forwarded-for": _R_XFF, b"x-forwarded-proto": _R_XFP, b"x-forwarded-host": _R_XFH,
@@ -350,6 +352,8 @@ class RequestRewriter:
         self.special = dict(_REQ_SPECIAL)
         if self.rid_name:
             self.special[self.rid_name] = _R_RID
+        # What a request's trailers may not carry, with this config's request-id name.
+        self.trailer_forbidden = REQUEST_TRAILER_FORBIDDEN | ({self.rid_name} if self.rid_name else set())
         self._names = NameCodes(self.special)   # _R_* code per header name, -1: copied as is
 
     def new_request_id(self) -> bytes:

@@ -53,6 +53,7 @@ class ClientProtocol(asyncio.Protocol):
 
     # Slots: thousands of idle keep-alive connections each hold one of these.
     __slots__ = (
+        "_began",
         "_conn_header", "_head_seen", "_header_bytes", "_headers", "_in_head", "_refuse_head",
         "_refuse_status", "_url",
         "admitted", "bal", "body_deadline", "client_ip", "closed", "closing", "ctx", "current",
@@ -100,6 +101,7 @@ class ClientProtocol(asyncio.Protocol):
         self._conn_header = False   # the head has a Connection field (see on_headers_complete)
         self._refuse_head = False   # the head being refused is a HEAD request's
         self._in_head = False       # between the first byte of a request and the end of its head
+        self._began = False         # a message began in the read being parsed
         self._head_seen = 0         # bytes of whole reads that fell inside the head
 
     # -- asyncio callbacks --------------------------------------------------------------------
@@ -158,6 +160,9 @@ class ClientProtocol(asyncio.Protocol):
         if self.dead:
             return
         in_head = self._in_head
+        ex = self.parsing
+        moved = ex.body_in if ex is not None and ex.info.chunked else -1
+        self._began = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -165,12 +170,22 @@ class ClientProtocol(asyncio.Protocol):
         except httptools.HttpParserError:
             self._on_client_error(self._refuse_status or 400)
         else:
-            if in_head and self._in_head:
+            if in_head and self._in_head and not self._began:
                 # The whole read belonged to one unfinished head: count it (httptools reports a
-                # field only when it ends, and grows it by concatenation until then).
+                # field only when it ends, and grows it by concatenation until then). A read in
+                # which a message began is not counted: part of it was the previous message.
                 n = self._head_seen = self._head_seen + len(data)
                 if n > self.bal.settings.max_header_bytes:
                     self._on_client_error(431)
+            elif moved >= 0 and self.parsing is ex and ex is not None:
+                # A chunked body: reads that move no body byte (chunk-size lines, extensions,
+                # the trailer section) are bounded like a head.
+                if ex.body_in == moved:
+                    n = self._head_seen = self._head_seen + len(data)
+                    if n > self.bal.settings.max_header_bytes:
+                        self._on_client_error(431)
+                else:
+                    self._head_seen = 0
         if self.wbuf:
             self.flush()
 
@@ -201,6 +216,7 @@ class ClientProtocol(asyncio.Protocol):
         self._refuse_status = 0
         self._conn_header = False
         self._refuse_head = False
+        self._began = True
         self._in_head = True
         self._head_seen = 0
         self.idle_deadline = 0.0
@@ -306,6 +322,8 @@ class ClientProtocol(asyncio.Protocol):
         if query:
             target += b"?" + query
         self._url = target
+        if b":" in host:
+            host = b"[" + host + b"]"   # (httptools gives an IPv6 literal without its brackets)
         authority = host + (b":%d" % port if port else b"")
         self._headers = [(n, v) for n, v in self._headers if n.lower() != b"host"] + [(b"Host", authority)]
 
@@ -379,7 +397,15 @@ class ClientProtocol(asyncio.Protocol):
         if ex is None and self.pipeline and isinstance(self.pipeline[-1], Exchange):
             ex = self.pipeline[-1]
         if ex is None or not ex.info.upgrade:
-            self._on_client_error(400)
+            # llhttp saw an upgrade but no exchange waits for one: its answer was given at once
+            # (a redirect, an edge refusal, 503) or the request went out without one. Nothing
+            # more is read; the connection closes after what is being answered, with no answer
+            # that nobody asked for.
+            self.dead = True
+            self.pause_reading(PAUSE_DONE)
+            self.closing = True
+            if self.current is None and not self.pipeline:
+                self.close()
             return
         self.dead = True
         self.upgrade_ex = ex

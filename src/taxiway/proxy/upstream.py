@@ -77,6 +77,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "rewriter",
         "server_keeps",
         "status",
+        "tail_seen",
         "trailers",
         "transport",
         "tunnel",
@@ -98,6 +99,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.head_flags = 0
         self.rewriter: ResponseRewriter | None = None
         self.trailers: list[tuple[bytes, bytes]] | None = None   # of a chunked response
+        self.tail_seen = 0   # bytes of reads that moved no body byte of a chunked response
         self.status = 0   # of the response being read (from on_headers_complete)
         self.closed = False
         self.idle_since = 0.0
@@ -131,7 +133,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         ex = self.exchange
         if ex is not None:
             self.exchange = None
-            ex.on_upstream_lost(self)
+            ex.on_upstream_lost(self, exc is not None)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         """Called by the loop before each read: where to put the bytes (rule 5)."""
@@ -145,7 +147,19 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             return
         if self.head_done and not self.tunnel:
             # A body (the usual case for large answers): parsed in place, no copy here.
+            moved = ex.body_out
             self._feed(ex, _READ_VIEW[:nbytes])
+            if ex.upstream_chunked and self.exchange is ex and ex.body_out == moved:
+                # A read that moved no body byte: chunk-size lines, extensions or trailers. They
+                # are bounded like a head (httptools grows an unfinished field by concatenation).
+                self.tail_seen += nbytes
+                if self.rewriter is not None and self.tail_seen > self.rewriter.max_head_bytes:
+                    self.exchange = None
+                    self.close()
+                    ex.on_upstream_invalid(self)
+                    ex.proto.flush()
+            else:
+                self.tail_seen = 0
             return
         self.data_received(bytes(_READ_VIEW[:nbytes]))
 
@@ -162,6 +176,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if not self.head_done:
             buf = self.head_buf
             if not buf:
+                if data[:1] in (b"\r", b"\n"):
+                    data = data.lstrip(b"\r\n")   # (llhttp skips CRLFs before a status line)
                 self.head_buf = data
             elif type(buf) is bytes:
                 self.head_buf = bytearray(buf) + data
@@ -249,7 +265,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         end = buf.find(b"\r\n\r\n")
         if 100 <= status < 200 and status != 101:
             self.informational = True   # 100 Continue etc.: taxiway answered 100 itself
-            self.head_buf = buf[end + 4:]
+            self.head_buf = buf[end + 4:].lstrip(b"\r\n")
             self.head_flags = 0
             return
         self.head_buf = b""
@@ -284,6 +300,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.head_flags = 0
         self.rewriter = ex.bal.settings.response_rewriter
         self.trailers = None
+        self.tail_seen = 0
         self.message_done = self.overrun = False
         self.uses += 1
         if client_write_paused:
