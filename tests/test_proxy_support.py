@@ -315,22 +315,15 @@ def refused_port() -> int:
 # A scripted origin: parses every request it gets (httptools), records it, answers by script
 
 
-class OriginRequest:
-    """One request as the origin received it."""
+class OriginRequest(Response):
+    """One request as the origin received it (header lookups as on a Response)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.method = ""
         self.target = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body = bytearray()
         self.trailers: list[tuple[bytes, bytes]] = []
         self.upgrade = False
-
-    def header(self, name: str) -> str | None:
-        for n, v in self.headers:
-            if n.decode().lower() == name.lower():
-                return v.decode("latin-1")
-        return None
 
     def all(self, name: str) -> list[str]:
         return [v.decode("latin-1") for n, v in self.headers if n.decode().lower() == name.lower()]

@@ -189,7 +189,7 @@ class RequestRefused(Exception):
 
 
 # --------------------------------------------------------------------------------------------
-# One reading of the request target and Host (issue 11: rules must match what the app reads)
+# One reading of the request target and Host (edge rules must match what the app reads)
 
 # A percent-escape in the path that apps decode differently, or that has no business there:
 # control characters (%00-%1f, %7f), a backslash (%5c: Windows and some routers read `/`), and

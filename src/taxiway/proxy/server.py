@@ -389,7 +389,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def _on_upgrade(self, rest: bytes) -> None:
         """httptools stopped at an Upgrade request. What follows is another protocol only if the
-        server agrees (101): until then it is held, unread by anyone (issue 11: forwarding it at
+        server agrees (101): until then it is held, unread by anyone (forwarding it at
         once let a second request reach the app unchecked, and its answer reach another client).
         The parser is done with this connection either way: after a refused upgrade the
         connection closes with the answer (`Exchange.on_upstream_head`)."""
