@@ -171,23 +171,26 @@ class ClientProtocol(asyncio.Protocol):
             self._on_client_error(self._refuse_status or 400)
         else:
             if in_head and self._in_head and not self._began:
-                # The whole read belonged to one unfinished head: count it (httptools reports a
-                # field only when it ends, and grows it by concatenation until then). A read in
-                # which a message began is not counted: part of it was the previous message.
-                n = self._head_seen = self._head_seen + len(data)
-                if n > self.bal.settings.max_header_bytes:
-                    self._on_client_error(431)
+                # The whole read belonged to one unfinished head (a read in which a message
+                # began is not counted: part of it was the previous message).
+                self._count_unreported(len(data))
             elif moved >= 0 and self.parsing is ex and ex is not None:
                 # A chunked body: reads that move no body byte (chunk-size lines, extensions,
                 # the trailer section) are bounded like a head.
                 if ex.body_in == moved:
-                    n = self._head_seen = self._head_seen + len(data)
-                    if n > self.bal.settings.max_header_bytes:
-                        self._on_client_error(431)
+                    self._count_unreported(len(data))
                 else:
                     self._head_seen = 0
         if self.wbuf:
             self.flush()
+
+    def _count_unreported(self, n: int) -> None:
+        """Count `n` bytes httptools has not reported as anything yet (it reports a field only
+        when it ends, and grows it by concatenation until then): past `limits.max_header_bytes`,
+        431 (rule 7)."""
+        total = self._head_seen = self._head_seen + n
+        if total > self.bal.settings.max_header_bytes:
+            self._on_client_error(431)
 
     def pause_writing(self) -> None:
         """Called by the transport when the client reads slower than we write."""

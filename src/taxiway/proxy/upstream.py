@@ -154,9 +154,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 # are bounded like a head (httptools grows an unfinished field by concatenation).
                 self.tail_seen += nbytes
                 if self.rewriter is not None and self.tail_seen > self.rewriter.max_head_bytes:
-                    self.exchange = None
-                    self.close()
-                    ex.on_upstream_invalid(self)
+                    self._invalid(ex)
                     ex.proto.flush()
             else:
                 self.tail_seen = 0
@@ -186,9 +184,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             rw = self.rewriter
             if rw is not None and len(self.head_buf) > rw.max_head_bytes and \
                     self.head_buf.find(b"\r\n\r\n", 0, rw.max_head_bytes) < 0:
-                self.exchange = None
-                self.close()
-                ex.on_upstream_invalid(self)
+                self._invalid(ex)
                 ex.proto.flush()
                 return
         self._feed(ex, data)
@@ -206,9 +202,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             if self.message_done:
                 self.overrun = True    # what followed the response is not ours to read
             elif self.exchange is ex:
-                self.exchange = None
-                self.close()
-                ex.on_upstream_invalid(self)
+                self._invalid(ex)
         if self.message_done:
             self.message_done = False
             if self.exchange is ex:
@@ -217,6 +211,11 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             if self.overrun:
                 self.close()
         ex.proto.flush()
+
+    def _invalid(self, ex: Exchange) -> None:
+        """The server broke HTTP or a bound (rule 3): retire the connection, tell the exchange."""
+        self.close()
+        ex.on_upstream_invalid(self)
 
     def pause_writing(self) -> None:
         """Called by the transport when the server stops reading: stop reading the client."""
