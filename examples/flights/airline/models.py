@@ -17,6 +17,8 @@ import enum
 from django.conf import settings
 from django.db import models
 
+from airline import labels
+
 
 class Kind(enum.Enum):
     DOMESTIC = "D"
@@ -69,6 +71,15 @@ class FlightBase(models.Model):
     @property
     def price(self) -> str:
         return f"{self.price_cents // 100}.{self.price_cents % 100:02d}"
+
+    @property
+    def arrival_days_label(self) -> str:
+        """"+1 day" when the flight lands on a later (UTC) date than it leaves, else ""."""
+        return labels.day_offset_label(labels.arrival_day_offset(self.departs_at, self.arrives_at))
+
+    @property
+    def duration(self) -> str:
+        return labels.duration_label(int((self.arrives_at - self.departs_at).total_seconds() // 60))
 
     def __str__(self) -> str:
         return f"{self.number} {self.origin_id}->{self.destination_id} {self.departs_at:%Y-%m-%d %H:%M}"
@@ -139,6 +150,11 @@ class Booking(models.Model):
             models.UniqueConstraint(fields=["domestic_flight", "seat"], name="uniq_domestic_seat"),
             models.UniqueConstraint(fields=["international_flight", "seat"], name="uniq_international_seat"),
         ]
+
+    @property
+    def code(self) -> str:
+        """The confirmation code shown after booking and on "My bookings" (derived from the id)."""
+        return labels.booking_code(self.pk)
 
     @property
     def flight(self) -> FlightBase:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from django.db import connection
 
+from airline import labels
 from airline.models import PARTITIONS, Airport, Kind
 
 # ORDER BY whitelist: the request picks a key, never SQL text.
@@ -56,6 +57,10 @@ class Row:
     @property
     def price(self) -> str:
         return f"{self.price_cents // 100}.{self.price_cents % 100:02d}"
+
+    @property
+    def arrival_days_label(self) -> str:
+        return labels.day_offset_label(labels.arrival_day_offset(self.departs_at, self.arrives_at))
 
 
 def _partition_select(kind: Kind, q: Query, params: list[object]) -> str:

@@ -2,7 +2,8 @@
 
 Rules of this module:
 1. No state change on GET: booking, logout and register/login submissions are POST-only
-   (`require_POST` / method checks), and CSRF-protected by CsrfViewMiddleware.
+   (`require_POST` / method checks), and CSRF-protected by CsrfViewMiddleware. A booking answers
+   with a redirect to "My bookings" (POST-redirect-GET), which shows its confirmation once.
 2. Output is escaped by Django templates (autoescape on; no `|safe`, no `mark_safe` on user data).
 3. The anonymous flight list is the same page for everyone, so it is cached whole (per-view cache);
    logged-in users get a fresh page (it names them and carries their CSRF token).
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.decorators import login_required
 from django.db import IntegrityError, transaction
@@ -145,12 +147,20 @@ def _seat_names(capacity: int) -> list[str]:
     return [f"{i // 6 + 1}{'ABCDEF'[i % 6]}" for i in range(capacity)]
 
 
+def confirmation(booking: Booking, flight: FlightBase) -> str:
+    """The notice a user sees after booking: what they booked and the code to quote."""
+    return (f"Booked: seat {booking.seat} on {flight.number} ({flight.origin.code} to "
+            f"{flight.destination.code}, departs {flight.departs_at:%Y-%m-%d %H:%M} UTC). "
+            f"Confirmation code {booking.code}.")
+
+
 @require_POST
 @login_required
 def book(request: HttpRequest, ref: str) -> HttpResponse:
     flight = _flight_or_404(ref)
     form = BookingForm(request.POST, international=flight.KIND is Kind.INTERNATIONAL)
     error = ""
+    booking: Booking | None = None
     if form.is_valid():
         try:
             with transaction.atomic():
@@ -168,12 +178,17 @@ def book(request: HttpRequest, ref: str) -> HttpResponse:
                     passenger = Passenger.objects.create(
                         account=request.user, full_name=form.cleaned_data["full_name"],
                         passport_number=form.cleaned_data["passport_number"])
-                    Booking.objects.create(passenger=passenger, seat=seat,
-                                           **{BOOKING_FIELD[flight.KIND]: locked})
+                    booking = Booking.objects.create(passenger=passenger, seat=seat,
+                                                     **{BOOKING_FIELD[flight.KIND]: locked})
                     availability.booked(locked)
-                    return redirect("my-bookings")
         except IntegrityError:
             error = "That seat was just taken; please choose another."
+            booking = None
+    if booking is not None:
+        # Only after the commit: a booking that rolled back must not leave a "Booked" notice behind.
+        # POST-redirect-GET: reloading the bookings page cannot book twice.
+        messages.success(request, confirmation(booking, flight))
+        return redirect("my-bookings")
     return render(request, "airline/flight_detail.html", {
         "flight": flight, "seats_left": availability.seats_left(flight), "form": form, "error": error,
         "route": LazyRouteSummary(flight), "fragment_cache_s": 0,
@@ -186,7 +201,10 @@ def my_bookings(request: HttpRequest) -> HttpResponse:
     bookings = (Booking.objects.filter(passenger__account=request.user)
                 .select_related("passenger", "domestic_flight__origin", "domestic_flight__destination",
                                 "international_flight__origin", "international_flight__destination"))
-    return render(request, "airline/my_bookings.html", {"bookings": bookings})
+    # The notices are read here only (not in base.html): the anonymous list page is cached whole,
+    # and a page that reads them must never be one that is cached.
+    return render(request, "airline/my_bookings.html",
+                  {"bookings": bookings, "notices": messages.get_messages(request)})
 
 
 def _safe_next(request: HttpRequest) -> str:

@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
+    "django.contrib.messages",
     "django.contrib.staticfiles",
     "airline",
 ]
@@ -86,8 +87,14 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+# One-time notices ("Booked: seat 12C ...") after a POST-redirect-GET ride in a signed cookie (with
+# the session cookie's Secure/HttpOnly/SameSite flags), not in the session: they reach the next page
+# whichever server renders it, under every TAXIWAY_SESSIONS design (even per-process memory).
+# Only the page a redirect lands on reads them (my_bookings), so no cached page ever contains one.
+MESSAGE_STORAGE = "django.contrib.messages.storage.cookie.CookieStorage"
 
 ROOT_URLCONF = "flights.urls"
 WSGI_APPLICATION = "flights.wsgi.application"

@@ -1,7 +1,9 @@
 """`manage.py seed --flights 10000`: realistic data of a chosen size, fast (bulk_create in batches).
 
-Deterministic for a given --seed. Flights between real airports; same-country routes go into the
-domestic partition, the rest into the international one. Optional demo users share ONE Argon2 hash
+Deterministic for a given --seed (all randomness comes from one random.Random). Flights between real
+airports (airline.geo: coordinates); a flight's duration follows the great-circle distance of its
+route (geo.block_minutes), and its aircraft is one that has the range. Same-country routes go into
+the domestic partition, the rest into the international one. Optional demo users share ONE Argon2 hash
 computed once (hashing is deliberately slow: 10k hashes would take minutes), and random bookings
 make seat availability non-trivial.
 """
@@ -19,6 +21,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
+from airline.geo import AIRPORTS, block_minutes, route_km
 from airline.models import (
     BOOKING_FIELD,
     Airport,
@@ -29,31 +32,12 @@ from airline.models import (
     Passenger,
 )
 
-AIRPORTS = [
-    ("ATL", "Hartsfield-Jackson", "Atlanta", "US"), ("LAX", "Los Angeles Intl", "Los Angeles", "US"),
-    ("ORD", "O'Hare", "Chicago", "US"), ("DFW", "Dallas/Fort Worth", "Dallas", "US"),
-    ("DEN", "Denver Intl", "Denver", "US"), ("JFK", "John F. Kennedy", "New York", "US"),
-    ("SFO", "San Francisco Intl", "San Francisco", "US"), ("SEA", "Seattle-Tacoma", "Seattle", "US"),
-    ("BOS", "Logan", "Boston", "US"), ("MIA", "Miami Intl", "Miami", "US"),
-    ("LHR", "Heathrow", "London", "GB"), ("MAN", "Manchester", "Manchester", "GB"),
-    ("EDI", "Edinburgh", "Edinburgh", "GB"), ("CDG", "Charles de Gaulle", "Paris", "FR"),
-    ("NCE", "Cote d'Azur", "Nice", "FR"), ("LYS", "Saint-Exupery", "Lyon", "FR"),
-    ("FRA", "Frankfurt", "Frankfurt", "DE"), ("MUC", "Munich", "Munich", "DE"),
-    ("BER", "Brandenburg", "Berlin", "DE"), ("HAM", "Hamburg", "Hamburg", "DE"),
-    ("MAD", "Barajas", "Madrid", "ES"), ("BCN", "El Prat", "Barcelona", "ES"),
-    ("FCO", "Fiumicino", "Rome", "IT"), ("MXP", "Malpensa", "Milan", "IT"),
-    ("AMS", "Schiphol", "Amsterdam", "NL"), ("ZRH", "Zurich", "Zurich", "CH"),
-    ("HND", "Haneda", "Tokyo", "JP"), ("KIX", "Kansai", "Osaka", "JP"),
-    ("CTS", "New Chitose", "Sapporo", "JP"),
-    ("SYD", "Kingsford Smith", "Sydney", "AU"), ("MEL", "Tullamarine", "Melbourne", "AU"),
-    ("BNE", "Brisbane", "Brisbane", "AU"), ("YYZ", "Pearson", "Toronto", "CA"),
-    ("YVR", "Vancouver Intl", "Vancouver", "CA"), ("GRU", "Guarulhos", "Sao Paulo", "BR"),
-    ("GIG", "Galeao", "Rio de Janeiro", "BR"), ("DXB", "Dubai Intl", "Dubai", "AE"),
-    ("SIN", "Changi", "Singapore", "SG"), ("DEL", "Indira Gandhi", "Delhi", "IN"),
-    ("BOM", "Chhatrapati Shivaji", "Mumbai", "IN"),
-]
-AIRCRAFT = [("A320", 180), ("B737-800", 189), ("A321neo", 220), ("E190", 100), ("B787-9", 290),
-            ("A350-900", 315), ("B777-300ER", 396)]
+# (type, seats, typical range in km). The first four are narrow-bodies, the only ones flown domestic.
+AIRCRAFT = [("A320", 180, 6100), ("B737-800", 189, 5400), ("A321neo", 220, 7400), ("E190", 100, 4500),
+            ("B787-9", 290, 14000), ("A350-900", 315, 15000), ("B777-300ER", 396, 13600)]
+# Demo accounts are exactly user1, user2, ...: never a registered "userbob" (seed gives demo users
+# random bookings; demo_password sets their password).
+DEMO_USERNAME_REGEX = r"^user[1-9][0-9]*$"
 FIRST_NAMES = ["Ada", "Alan", "Grace", "Linus", "Ken", "Barbara", "Edsger", "Margaret", "Dennis", "Radia",
                "Tim", "Frances", "John", "Hedy", "Donald", "Sophie", "Niklaus", "Adele", "Leslie", "Karen"]
 LAST_NAMES = ["Lovelace", "Turing", "Hopper", "Torvalds", "Thompson", "Liskov", "Dijkstra", "Hamilton",
@@ -90,9 +74,11 @@ class Command(BaseCommand):
 
     def _airports(self) -> list[Airport]:
         existing = set(Airport.objects.values_list("code", flat=True))
-        Airport.objects.bulk_create([Airport(code=c, name=n, city=city, country=cc)
-                                     for c, n, city, cc in AIRPORTS if c not in existing])
-        return list(Airport.objects.all())
+        Airport.objects.bulk_create([Airport(code=a.code, name=a.name, city=a.city, country=a.country)
+                                     for a in AIRPORTS if a.code not in existing])
+        # Only airports with known coordinates get flights (a duration needs a distance).
+        known = {a.code for a in AIRPORTS}
+        return [a for a in Airport.objects.all() if a.code in known]
 
     def _flights(self, rng: random.Random, airports: list[Airport], n: int, days: int) -> list[object]:
         by_country: dict[str, list[Airport]] = {}
@@ -108,10 +94,11 @@ class Command(BaseCommand):
             else:
                 origin, dest = rng.sample(airports, 2)
             domestic = origin.country == dest.country
-            minutes = 5 * (rng.randrange(10, 66) if domestic else rng.randrange(18, 180))
+            km = route_km(origin.code, dest.code)
+            minutes = block_minutes(km)
             hours = minutes / 60
             departs = start + dt.timedelta(minutes=5 * rng.randrange(days * 24 * 12))
-            aircraft, capacity = rng.choice(AIRCRAFT[:4] if domestic else AIRCRAFT)
+            aircraft, capacity = pick_aircraft(rng, km, domestic)
             fields = dict(number=f"TX{rng.randrange(100, 10000)}", origin=origin, destination=dest,
                           departs_at=departs, arrives_at=departs + dt.timedelta(minutes=minutes),
                           aircraft=aircraft, capacity=capacity,
@@ -125,16 +112,24 @@ class Command(BaseCommand):
     def _users(self, n: int) -> list[User]:
         if n <= 0:
             return []
-        # One hash for all demo users: the password comes from the environment or is random (and
-        # printed), never from the repository.
-        password = os.environ.get("FLIGHTS_DEMO_PASSWORD") or secrets.token_urlsafe(12)
-        hashed = make_password(password)
-        existing = set(User.objects.values_list("username", flat=True))
-        User.objects.bulk_create([User(username=f"user{i}", password=hashed, first_name=rng_name(i))
-                                  for i in range(1, n + 1) if f"user{i}" not in existing], batch_size=BATCH)
-        if not os.environ.get("FLIGHTS_DEMO_PASSWORD"):
-            self.stdout.write(f"demo users user1..user{n} have the password: {password}")
-        return list(User.objects.filter(username__startswith="user"))
+        demo = User.objects.filter(username__regex=DEMO_USERNAME_REGEX)
+        existing = {f"user{i}" for i in range(1, n + 1)} & set(demo.values_list("username", flat=True))
+        missing = [i for i in range(1, n + 1) if f"user{i}" not in existing]
+        if missing:
+            # One hash for all new demo users: the password comes from the environment or is random
+            # (and printed), never from the repository.
+            from_env = os.environ.get("FLIGHTS_DEMO_PASSWORD", "")
+            password = from_env or secrets.token_urlsafe(12)
+            hashed = make_password(password)
+            User.objects.bulk_create([User(username=f"user{i}", password=hashed, first_name=rng_name(i))
+                                      for i in missing], batch_size=BATCH)
+            names = user_range(missing)
+            self.stdout.write(f"demo users {names}: password from FLIGHTS_DEMO_PASSWORD" if from_env
+                              else f"demo users {names} have the password: {password}")
+        if existing:
+            self.stdout.write(f"{len(existing)} demo users existed already and keep their password "
+                              "(manage.py demo_password sets FLIGHTS_DEMO_PASSWORD on all of them)")
+        return list(demo.order_by("id"))
 
     def _bookings(self, rng: random.Random, users: list[User], flights: list[object], n: int) -> int:
         if not users or not flights or n <= 0:
@@ -162,3 +157,21 @@ class Command(BaseCommand):
 
 def rng_name(i: int) -> str:
     return FIRST_NAMES[i % len(FIRST_NAMES)]
+
+
+def pick_aircraft(rng: random.Random, km: float, domestic: bool) -> tuple[str, int]:
+    """A random type that can fly `km` nonstop (domestic: narrow-bodies only); when none can (the
+    seed keeps some routes longer than any airliner flies), the longest-range type of the choice."""
+    choice = AIRCRAFT[:4] if domestic else AIRCRAFT
+    able = [a for a in choice if a[2] >= km] or [max(choice, key=lambda a: a[2])]
+    name, seats, _ = rng.choice(able)
+    return name, seats
+
+
+def user_range(numbers: list[int]) -> str:
+    """How the commands name a set of demo users: "user3", "user1..user20", "3 of user1..user9"."""
+    lo, hi = min(numbers), max(numbers)
+    if lo == hi:
+        return f"user{lo}"
+    span = f"user{lo}..user{hi}"
+    return span if len(set(numbers)) == hi - lo + 1 else f"{len(set(numbers))} of {span}"
