@@ -227,7 +227,7 @@ def test_counters_and_server_stats():
         counters = lb.run(lb.bal.fold_counters)
         assert counters["requests"] == 4 and counters["responses_2xx"] == 4
         assert lb.bal.counters["connections_total"] == 1
-        assert srv.requests == 4 and srv.inflight == 0 and srv.bytes_in == 20
+        assert srv.requests == 4 and srv.inflight == 0 and srv.bytes_out == 20
         assert len(srv.recent) == 4 and srv.ewma_s > 0
     finally:
         lb.stop()

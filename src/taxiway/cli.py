@@ -29,7 +29,7 @@ VERBS: dict[str, tuple[str, str]] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="taxiway",
-        description="Run a web application on many servers: balance, scale, cache, secure, measure.",
+        description="Run a web application on many servers: balance, scale, secure, measure.",
     )
     parser.add_argument("--version", action="version", version=f"taxiway {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")

@@ -105,8 +105,8 @@ class BalancerCollector(Collector):
 
         requests = counter("taxiway_server_requests", "Requests sent to this server.")
         failures = counter("taxiway_server_failures", "Failed exchanges with this server.")
-        bytes_in = counter("taxiway_server_bytes_in", "Response bytes received from this server.")
-        bytes_out = counter("taxiway_server_bytes_out", "Request bytes sent to this server.")
+        bytes_in = counter("taxiway_server_bytes_in", "Request body bytes sent to this server.")
+        bytes_out = counter("taxiway_server_bytes_out", "Response body bytes received from this server.")
         inflight = gauge("taxiway_server_inflight", "Requests in flight on this server.")
         up = gauge("taxiway_server_up", "1 if the server may take new requests now.")
         weight = gauge("taxiway_server_weight", "Configured weight.")

@@ -48,6 +48,15 @@ def last_scaling(sup: Supervisor) -> str:
     return "none yet"
 
 
+def shown_state(server: Server, process_state: str | None, now: float) -> str:
+    """The state the view shows: the balancer's (the one /status reports), so a process that is
+    running but failing its health checks reads `down`, not `ready`. Only the process states the
+    balancer has no word for (`stopping`, `exited`) come from the supervisor."""
+    if process_state in ("stopping", "exited"):
+        return process_state
+    return server.state(now).value
+
+
 def render(servers: list[Server], sup: Supervisor, rates: dict[str, float], where: str) -> Group:
     st: dict[str, Any] = sup.status()
     states = {row["name"]: row["state"] for row in st["servers"]}
@@ -56,9 +65,9 @@ def render(servers: list[Server], sup: Supervisor, rates: dict[str, float], wher
     for col, justify in (("server", "left"), ("state", "left"), ("in-flight", "right"),
                          ("req/s", "right"), ("requests", "right")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    styles = {"ready": "green", "up": "green", "starting": "yellow", "draining": "magenta"}
+    styles = {"up": "green", "starting": "yellow", "draining": "magenta", "stopping": "magenta"}
     for s in servers:
-        state = states.get(s.name) or s.state(now).value
+        state = shown_state(s, states.get(s.name), now)
         table.add_row(s.name + (" (static)" if s.static else ""), Text(state, style=styles.get(state, "red")),
                       str(s.inflight), f"{rates.get(s.name, 0.0):.0f}", str(s.requests))
     total_rps = sum(rates.values())

@@ -92,6 +92,27 @@ class Settings:
         return any(addr in net for net in self._trusted)
 
 
+def pool_event_detail(event: PoolEvent, server: Server, now: float) -> str:
+    """What an operator reading `/status` events wants next to a pool event: where the server
+    is and what the event means for its traffic (the cause of a health transition is the
+    `health` event just before it)."""
+    where = f"{server.address}, {'static' if server.static else 'pool'}"
+    if event is PoolEvent.ADDED:
+        return f"{where}, weight {server.weight}" + ("" if server.ready else "; not ready yet")
+    if event is PoolEvent.READY:
+        return f"{where}: taking traffic"
+    if event is PoolEvent.DOWN:
+        return f"{where}: failing health checks, no new requests"
+    if event is PoolEvent.EJECTED:
+        return (f"{where}: {server.consecutive_failures} failures in a row; out for "
+                f"{max(0.0, server.ejected_until - now):.1f}s (ejection {server.ejections})")
+    if event is PoolEvent.DRAINING:
+        return f"{where}: no new requests, {server.inflight} in flight"
+    if event is PoolEvent.REMOVED:
+        return f"{where}: left the pool"
+    return f"{where}, weight {server.weight}"   # CHANGED (a reload)
+
+
 _LINE: Final = (b'{"ts":%.3f,"client":"%s","method":"%s","path":%s,"status":%d,"server":%s,"bytes":%d,'
          b'"bytes_in":%d,"duration_ms":%.3f,"request_id":%s}')
 
@@ -245,7 +266,7 @@ class Balancer:
         self.events.append({"at": time.time(), "kind": kind, "server": server, "detail": detail})
 
     def _on_pool_event(self, event: PoolEvent, server: Server) -> None:
-        self.event(event.value, server.name)
+        self.event(event.value, server.name, pool_event_detail(event, server, time.monotonic()))
         self.router.invalidate()
         if event is PoolEvent.EJECTED:
             log.warning("server %s ejected until +%.1fs", server.name,
@@ -412,7 +433,10 @@ class Balancer:
         if cfg.health.enabled:
             self.health = HealthChecker(self)
             self.health.start()
-        self.event("started", None, f"http={self.bound_http_port} https={self.bound_https_port}")
+        self.event("started", None, " ".join(
+            f"{scheme} port {port}" for scheme, port in (("http", self.bound_http_port),
+                                                         ("https", self.bound_https_port))
+            if port is not None))
 
     def _redirect_location(self, head: RequestHead) -> bytes:
         host = (head.header(b"host") or b"localhost").decode("latin-1")

@@ -28,6 +28,7 @@ from taxiway.balancing.strategies import Strategy, make_strategy
 from taxiway.proxy.http1 import (
     CONTINUE_100,
     CRLF,
+    ERROR_BODIES,
     Rejection,
     RequestHead,
     RequestInfo,
@@ -633,6 +634,8 @@ class Exchange(ResponseContext):
     def reject_with(self, rej: Any) -> None:
         """Answer with a Rejection (edge guard, redirect) without contacting any server."""
         self.status = rej.status
+        if self.method != b"HEAD":
+            self.body_out = len(rej.body)
         close = not self.keep_alive or self.body_pending() or self.proto.closing
         self.bal.counters[f"rejected_{rej.status}"] += 1
         self.proto.queue(simple_response(rej.status, rej.body, self.bal.date.line, close, rej.headers,
@@ -644,6 +647,8 @@ class Exchange(ResponseContext):
     def answer_error(self, status: int) -> None:
         """Answer with taxiway's own error page (no response byte was sent yet)."""
         self.status = status
+        if self.method != b"HEAD":
+            self.body_out = len(ERROR_BODIES.get(status, b"error\n"))
         bal = self.bal
         bal.counters[f"error_{status}"] += 1
         close = not self.keep_alive or self.body_pending() or self.proto.closing
@@ -682,8 +687,8 @@ class Exchange(ResponseContext):
         if server is not None:
             if count_server:
                 server.process_latency(now - self.t_start, now)
-                server.bytes_out += self.body_in
-                server.bytes_in += self.body_out
+                server.bytes_in += self.body_in     # HAProxy's bin/bout: in = request,
+                server.bytes_out += self.body_out   # out = response, as in the access log
             if ok and not server.consecutive_failures and not server.ejections:
                 # `_release_server`'s common case inlined (hot path): nothing for the outlier detector.
                 self.server = None

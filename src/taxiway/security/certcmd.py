@@ -119,6 +119,12 @@ def make_dev_certs(out_dir: Path, hosts: str) -> dict[str, Path]:
     return paths
 
 
+def tls_table(cert: Path, key: Path) -> str:
+    """The `[listen.tls]` table for the new files: a table of its own, so it pastes into a file
+    that already has a `[listen]` table (printing `[listen]` again would be a duplicate table)."""
+    return f'[listen.tls]\ncert = "{cert}"\nkey = "{key}"'
+
+
 def run(args: argparse.Namespace) -> int:
     if args.action != "dev":
         raise UsageError(f"unknown action {args.action!r}")
@@ -127,9 +133,10 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot write certificates in {args.dir}: {exc.strerror}") from None
     print(f"wrote {paths['cert']} and {paths['key']} for {args.hosts}, signed by the local CA {paths['ca']}")
-    print("\nuse them in your config:\n")
-    print('[listen]\nhttps = "127.0.0.1:8443"\n\n[listen.tls]')
-    print(f'cert = "{paths["cert"].resolve()}"\nkey = "{paths["key"].resolve()}"')
+    print("\nuse them in your config: in the [listen] table you have (or a new one), add")
+    print('  https = "127.0.0.1:8443"')
+    print("and append this table to the file:\n")
+    print(tls_table(paths["cert"].resolve(), paths["key"].resolve()))
     first = args.hosts.split(",")[0].strip()
     first = "www" + first[1:] if first.startswith("*.") else first   # a name the wildcard covers
     first = f"[{first}]" if ":" in first else first
