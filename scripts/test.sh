@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh test
+# The README's walkthrough, run by tests/test_docs.py, uses curl.
+command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; } || true
 .venv/bin/ruff check src tests benchmarks examples setup.py
+.venv/bin/mypy src/taxiway
 .venv/bin/python -c 'import taxiway; print("hot path:", taxiway.BUILD)'
 if [ $# -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"

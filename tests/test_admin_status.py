@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import collections
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +16,8 @@ from taxiway.admin.metrics import make_registry, render
 from taxiway.admin.status import MAX_EVENTS, RECENT_WINDOW_S, build_status, percentile
 from taxiway.balancing.model import Pool, Server
 from taxiway.config import Config, parse_config
+
+from .conftest import Processes, free_port, taxiway_env, wait_for_port
 
 
 class StandIn:
@@ -153,3 +159,50 @@ def test_metrics_read_counters_at_scrape_time() -> None:
     assert m[("taxiway_servers", (("state", "up"),))] == 1
     assert m[("taxiway_server_latency_seconds", (("quantile", "0.5"), ("server", "a")))] == 0.02
     assert m[("taxiway_server_latency_ewma_seconds", (("server", "a"),))] == 0.02
+
+
+# -- `taxiway status -c FILE`: the admin address from the file the balancer runs with -------------
+
+def _status(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "taxiway", "status", *args], capture_output=True, text=True,
+                          env=env or taxiway_env(), timeout=60, cwd=cwd)
+
+
+def test_status_reads_admin_listen_from_the_config_file(procs: Processes, tmp_path: Path) -> None:
+    admin = free_port()
+    cfg = tmp_path / "lb.toml"
+    # A secret the operator's shell does not hold must not stop `status` from finding the address.
+    cfg.write_text(f'[listen]\nhttp = "127.0.0.1:{free_port()}"\n[admin]\nlisten = "0.0.0.0:{admin}"\n'
+                   '[affinity]\nmode = "cookie"\nsecret = "${TAXIWAY_AFFINITY_SECRET}"\n'
+                   '[[servers]]\nurl = "http://127.0.0.1:9"\nname = "only-one"\n')
+    lb = procs.taxiway("lb", "-c", str(cfg), env=taxiway_env() | {"TAXIWAY_AFFINITY_SECRET": "x" * 32})
+    wait_for_port(admin, proc=lb)
+    env = {k: v for k, v in taxiway_env().items() if k != "TAXIWAY_AFFINITY_SECRET"}
+    for flag in ("-c", "--config"):
+        r = _status(flag, str(cfg), "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        assert [s["name"] for s in json.loads(r.stdout)["servers"]] == ["only-one"]
+    table = _status("-c", str(cfg), env=env)
+    assert table.returncode == 0 and "only-one" in table.stdout
+    # In a directory with a taxiway.toml (as `lb` and `up` default to), no flag is needed.
+    (tmp_path / "taxiway.toml").write_text(cfg.read_text())
+    here = _status("--json", env=env, cwd=tmp_path)
+    assert here.returncode == 0, here.stderr
+    assert [s["name"] for s in json.loads(here.stdout)["servers"]] == ["only-one"]
+    # --admin still wins over the file.
+    other = _status("-c", str(cfg), "--admin", f"127.0.0.1:{free_port()}", "--timeout", "1")
+    assert other.returncode == 2 and "no taxiway admin API answers" in other.stderr
+
+
+@pytest.mark.parametrize(("admin", "message"), [
+    pytest.param('listen = ""', "{cfg} has no [admin] listen address: the admin API is off", id="admin-off"),
+    pytest.param('listen = "${ADMIN_ADDR}"', "{cfg}: admin.listen is ${ADMIN_ADDR}, and ADMIN_ADDR is not "
+                 "set here; set it, or give the address with --admin HOST:PORT", id="unset-variable"),
+])
+def test_status_c_without_an_address_says_why(tmp_path: Path, admin: str, message: str) -> None:
+    cfg = tmp_path / "lb.toml"
+    cfg.write_text(f"[admin]\n{admin}\n")
+    r = _status("-c", str(cfg))
+    assert r.returncode == 2
+    assert r.stderr == "taxiway: " + message.replace("{cfg}", str(cfg)) + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -34,6 +35,7 @@ MARKER = "{marker}"
     assert httpx.get(up.url + "/", timeout=10).status_code == 200
     out = up.output()
     assert out.index("setup:") < out.index("connect to")
+    assert len(re.findall(r"setup: done in \d+\.\ds", out)) == 2, out   # each step says how long it took
 
 
 def test_failing_setup_stops_before_anything_listens(tmp_path: Path) -> None:

@@ -271,7 +271,7 @@ def test_live_view_on_a_terminal(procs: Processes, tmp_path: Path) -> None:
     assert "2 ready / 2 desired" in text, text[-2000:]
     for column in ("server", "state", "in-flight", "req/s", "last scaling"):
         assert column in text
-    assert re.search(r"app-\d+\s+ready", text)
+    assert re.search(r"app-\d+\s+up", text)   # the balancer's state, as in /status
     proc.send_signal(signal.SIGINT)
     while proc.poll() is None and time.monotonic() < deadline + 60:
         if select.select([master], [], [], 0.5)[0]:
@@ -418,3 +418,14 @@ def test_sighup_reloads_pool_bounds_and_keeps_serving(procs: Processes, tmp_path
     assert httpx.get(up.url + "/", timeout=10).status_code == 200
     up.proc.send_signal(signal.SIGINT)
     assert up.proc.wait(timeout=60) == 0
+
+
+
+def test_connect_is_printed_once_a_server_answers(procs: Processes, tmp_path: Path) -> None:
+    """A user who opens the printed address at once gets the app, not a 503 from an empty pool:
+    the line comes after the first server is ready, and says how long that took."""
+    up = Up(procs, write_config(tmp_path, min_=1))
+    assert httpx.get(up.url + "/", timeout=10).status_code == 200
+    out = up.output()
+    assert re.search(r"ready after \d+\.\ds: connect to http://", out), out
+    assert out.index("ready app-") < out.index("connect to"), out

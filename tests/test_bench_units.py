@@ -126,6 +126,17 @@ def test_scenario_parses_weights_methods_headers_bodies_and_login() -> None:
     assert picks.count("/") == 600 and picks.count("/api") == 200 and picks.count("/form") == 200
 
 
+def test_scenario_login_password_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = {"request": [{"path": "/"}],
+            "login": {"page": "/login/", "form": {"username": "user1", "password": "${DEMO_PW}"}}}
+    monkeypatch.setenv("DEMO_PW", "s3cret-from-env")
+    sc = scn.parse_scenario(data, HOST)
+    assert sc.login is not None and sc.login.form == {"username": "user1", "password": "s3cret-from-env"}
+    monkeypatch.delenv("DEMO_PW")
+    with pytest.raises(UsageError, match=r"login.form.password: expected the environment variable DEMO_PW"):
+        scn.parse_scenario(data, HOST, source="s.toml")
+
+
 @pytest.mark.parametrize(("data", "message"), [
     pytest.param({}, "request: expected at least one", id="no-requests"),
     pytest.param({"request": [{"path": "x"}]}, r"request\[0\].path", id="relative-path"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -45,7 +46,7 @@ def test_sizes_and_rates() -> None:
 
 @pytest.mark.parametrize(("raw", "key", "fragment"), [
     pytest.param({"health": {"interval": "soon"}}, "health.interval", "duration", id="bad-duration"),
-    pytest.param({"balancer": {"retries": "two"}}, "balancer.retries", "int", id="wrong-type"),
+    pytest.param({"balancer": {"retries": "two"}}, "balancer.retries", "whole number", id="wrong-type"),
     pytest.param({"balancer": {"strategy": "fastest"}}, "balancer.strategy", "least-connections",
                  id="unknown-strategy"),
     pytest.param({"balancr": {}}, "balancr", "not a known setting", id="typo-section"),
@@ -190,7 +191,7 @@ def test_errors_quote_the_value_and_name_the_file(tmp_path) -> None:  # type: ig
     f.write_text('[balancer]\nworkers = "four"\n')
     with pytest.raises(ConfigError) as info:
         load_config(f)
-    assert str(info.value) == f"{f}: balancer.workers: expected int (got 'four')"
+    assert str(info.value) == f"{f}: balancer.workers: expected a whole number, got 'four'"
     f.write_text('[[servers]]\nurl = "ftp://x:1"\n')
     with pytest.raises(ConfigError, match=r"x\.toml: servers\[0\]\.url: expected an http:// URL"):
         load_config(f)
@@ -203,15 +204,16 @@ def test_relative_paths_are_next_to_the_config_file(tmp_path) -> None:  # type: 
     assert load_config(f).access_log.path == str(tmp_path / "logs" / "access.log")
 
 
-def test_readme_reference_is_the_schema() -> None:
+def test_docs_reference_is_the_schema() -> None:
     from taxiway.checkcmd import reference_markdown
 
     from .conftest import ROOT
 
-    readme = (ROOT / "README.md").read_text()
-    table = readme.split("<!-- config-reference:start -->\n", 1)[1]
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    table = page.split("<!-- config-reference:start -->\n", 1)[1]
     table = table.split("\n<!-- config-reference:end -->")[0]
-    assert table == reference_markdown(), "README's table is stale: paste `taxiway check --reference`"
+    assert table == reference_markdown(), \
+        "docs/configuration.md's table is stale: paste `taxiway check --reference`"
     assert "| `servers[].name` | str | (unset) |" in table
 
 
@@ -228,3 +230,153 @@ def test_admin_allowed_hosts() -> None:
     assert parse_config({}).admin.allowed_hosts == []
     cfg = parse_config({"admin": {"allowed_hosts": ["lb1.internal"]}})
     assert cfg.admin.allowed_hosts == ["lb1.internal"]
+
+
+# -- schema errors in taxiway's words, not msgspec's --------------------------------------------
+
+_P = pytest.param
+_LIST = ("consistent-hash | least-connections | peak-ewma | power-of-two | random | round-robin | "
+         "weighted-round-robin")
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    # a required setting: the key down to the field, and an example of what goes there
+    _P({"servers": [{}]}, "servers[0].url: required (expected a URL like 'http://127.0.0.1:8001')",
+       id="server-without-url"),
+    _P({"servers": [{"url": "http://127.0.0.1:1"}, {"weight": 2}]},
+       "servers[1].url: required (expected a URL like 'http://127.0.0.1:8001')", id="second-server"),
+    _P({"pool": {"min": 2}}, "pool.command: required (expected a command line with {port}, like "
+       "'{python} -m gunicorn app.wsgi -b {host}:{port}')", id="pool-without-command"),
+    _P({"ratelimit": {"rules": [{"name": "login"}]}},
+       "ratelimit.rules[0].rate: required (expected a rate like '100/m' or '10/s')", id="rule-no-rate"),
+    _P({"listen": {"tls": {"cert": "c.pem"}}},
+       "listen.tls.key: required (expected the path of the certificate's PEM private key file)",
+       id="tls-no-key"),
+    # the wrong type: plain words for the type, the value as the file wrote it
+    _P({"balancer": {"retries": "two"}}, "balancer.retries: expected a whole number, got 'two'",
+       id="int-given-string"),
+    _P({"balancer": {"retries": 2.5}}, "balancer.retries: expected a whole number, got 2.5",
+       id="int-given-float"),
+    _P({"balancer": {"retry_budget": "lots"}}, "balancer.retry_budget: expected a number, got 'lots'",
+       id="float-given-string"),
+    _P({"health": {"enabled": "yes"}}, "health.enabled: expected true or false, got 'yes'",
+       id="bool-given-string"),
+    _P({"health": {"enabled": 1}}, "health.enabled: expected true or false, got 1", id="bool-given-int"),
+    _P({"pool": {"command": 3}}, "pool.command: expected a string, got 3", id="str-given-int"),
+    _P({"listen": {"http": 8080}}, "listen.http: expected a string, got 8080", id="optional-str"),
+    _P({"balancer": {"seed": "x"}}, "balancer.seed: expected a whole number, got 'x'", id="optional-int"),
+    _P({"health": {"expected_status": 200}},
+       "health.expected_status: expected a list of whole numbers, got 200",
+       id="list-given-int"),
+    _P({"health": {"expected_status": ["200"]}},
+       "health.expected_status[0]: expected a whole number, got '200'",
+       id="list-item"),
+    _P({"admin": {"allowed_hosts": "lb1.internal"}},
+       "admin.allowed_hosts: expected a list of strings, got 'lb1.internal'", id="list-of-strings"),
+    _P({"servers": "http://127.0.0.1:9001"},
+       "servers: expected a list of tables ([[servers]] entries), got 'http://127.0.0.1:9001'",
+       id="servers-given-string"),
+    _P({"servers": ["http://127.0.0.1:9001"]},
+       "servers[0]: expected a table ([[servers]] entry), got 'http://127.0.0.1:9001'",
+       id="server-given-string"),
+    _P({"balancer": "round-robin"}, "balancer: expected a table ([balancer] section), got 'round-robin'",
+       id="section-given-string"),
+    _P({"pool": "gunicorn"}, "pool: expected a table ([pool] section), got 'gunicorn'",
+       id="optional-section"),
+    _P({"pool": {"command": "a {port}", "env": "X=1"}},
+       "pool.env: expected a table of strings ([pool.env] with NAME = \"value\" lines), got 'X=1'",
+       id="table-given-string"),
+    _P({"pool": {"command": "a {port}", "env": {"OK": "1", "WORKERS": 4}}},
+       "pool.env.WORKERS: expected a string, got 4", id="table-entry-named"),
+    _P({"headers": {"security": {"X-Frame-Options": {"a": 1}}}},
+       "headers.security.X-Frame-Options: expected a string, got a table", id="entry-given-table"),
+    _P({"ratelimit": {"rules": {"name": "x"}}},
+       "ratelimit.rules: expected a list of tables ([[ratelimit.rules]] entries), got a table",
+       id="list-given-table"),
+    _P({"balancer": {"strategy": 3}}, f"balancer.strategy: expected one of {_LIST}, got 3",
+       id="choice-given-int"),
+    _P({"affinity": {"mode": "sticky"}}, "affinity.mode: expected one of cookie | ip | none, got 'sticky'",
+       id="unknown-choice"),
+    # our own value syntaxes, with TOML's spelling of what was given
+    _P({"health": {"interval": True}}, "health.interval: expected a duration like '2s' or '150ms', got true",
+       id="duration-given-bool"),
+    _P({"health": {"interval": [1]}}, "health.interval: expected a duration like '2s' or '150ms', got a list",
+       id="duration-given-list"),
+    _P({"limits": {"max_body_bytes": {"mb": 1}}},
+       "limits.max_body_bytes: expected a size like 65536, '64k' or '1m', got a table",
+       id="size-given-table"),
+    # unknown settings: a suggestion
+    _P({"health": {"intervall": "2s"}},
+       "health.intervall: is not a known setting (did you mean health.interval? see docs/configuration.md)",
+       id="typo-suggests"),
+    _P({"server": [{"url": "http://127.0.0.1:1"}]},
+       "server: is not a known setting (did you mean servers? see docs/configuration.md)",
+       id="section-typo"),
+    _P({"pool": {"command": "a {port}", "strategy": "random"}},
+       "pool.strategy: is not a known setting (it belongs in [balancer]; see docs/configuration.md)",
+       id="wrong-section"),
+    _P({"servers": [{"url": "http://127.0.0.1:1", "wieght": 2}]},
+       "servers[0].wieght: is not a known setting (did you mean servers[0].weight? see "
+       "docs/configuration.md)",
+       id="typo-in-list-entry"),
+])
+def test_schema_errors_read_as_taxiway_words(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, env={})
+    assert str(info.value) == message
+    # msgspec's JSON vocabulary never reaches the reader.
+    assert not re.search(r"`|\b(Object|object|array|null|int|str|bool|float|Expected)\b", message), message
+
+
+def test_every_required_setting_has_an_example() -> None:
+    """A new required field without an entry in config._REQUIRED would fall back to a bare type."""
+    import msgspec
+
+    from taxiway.config import _REQUIRED, Config
+
+    def required(info: object, prefix: str) -> list[str]:
+        out: list[str] = []
+        for f in info.fields:  # type: ignore[attr-defined]
+            t = f.type
+            t = next((x for x in getattr(t, "types", [t]) if not isinstance(x, msgspec.inspect.NoneType)), t)
+            if isinstance(t, msgspec.inspect.StructType):
+                out += required(t, f"{prefix}{f.name}.")
+            elif isinstance(t, msgspec.inspect.ListType) and \
+                    isinstance(t.item_type, msgspec.inspect.StructType):
+                out += required(t.item_type, f"{prefix}{f.name}[].")
+            elif f.required:
+                out.append(prefix + f.name)
+        return out
+
+    assert sorted(required(msgspec.inspect.type_info(Config), "")) == sorted(_REQUIRED)
+
+
+def test_unset_variables_can_be_collected_and_the_rest_is_still_checked() -> None:
+    raw: dict[str, object] = {
+        "pool": {"command": "app {port}", "env": {"DJANGO_SECRET_KEY": "${DJANGO_SECRET_KEY}"}},
+        "affinity": {"mode": "cookie", "secret": "${TAXIWAY_AFFINITY_SECRET}"},   # wants >= 16 bytes
+        "ratelimit": {"store": "redis", "redis_url": "${REDIS_URL}"},             # wants redis://
+        "balancer": {"served_by_header": "${HEADER}"},                            # wants a token
+        "servers": [{"url": "${A_URL}"}, {"url": "${B_URL}"}],                    # want unique URLs
+    }
+    unset: list[tuple[str, str]] = []
+    parse_config(raw, env={}, unset_env=unset)
+    assert sorted(unset) == [
+        ("affinity.secret", "TAXIWAY_AFFINITY_SECRET"), ("balancer.served_by_header", "HEADER"),
+        ("pool.env.DJANGO_SECRET_KEY", "DJANGO_SECRET_KEY"), ("ratelimit.redis_url", "REDIS_URL"),
+        ("servers[0].url", "A_URL"), ("servers[1].url", "B_URL")]
+    # Another mistake in the file is still found.
+    with pytest.raises(ConfigError, match=r"^balancer\.retries: expected a whole number, got 'x'$"):
+        parse_config({**raw, "balancer": {"retries": "x"}}, env={}, unset_env=[])
+    # Without a list (lb, up): the unset variable itself refuses, naming key and variable.
+    with pytest.raises(ConfigError, match=r"^pool\.env\.DJANGO_SECRET_KEY: expected the environment variable "
+                       r"DJANGO_SECRET_KEY to be set"):
+        parse_config({"pool": raw["pool"]}, env={})
+
+
+def test_a_value_that_cannot_be_checked_without_its_variable_says_so() -> None:
+    # Environment values are strings: a stand-in cannot pass for a number, so blame the variable.
+    with pytest.raises(ConfigError) as info:
+        parse_config({"balancer": {"workers": "${WORKERS}"}}, env={}, unset_env=[])
+    assert str(info.value) == ("balancer.workers: expected the environment variable WORKERS to be set: this "
+                               "setting cannot be checked without its value")

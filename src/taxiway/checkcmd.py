@@ -1,14 +1,26 @@
 """`taxiway check --config FILE`: validate without starting anything.
 
+It refuses (one line, exit 2) what `lb` or `up` would refuse at start-up: the file's rules, and a
+[pool] whose programs are not there (`check_programs`, which `up` runs too). Some things are
+warnings instead (stderr, `taxiway: warning: FILE: ...`, exit 0), because the file can be right:
+- an unset `${VAR}`: check often runs where the secrets are not (a laptop, CI); the rest of the
+  file is still checked, with a stand-in value. `lb` and `up` still refuse to start without it.
+- nothing to serve (no [[servers]], no [pool]): a balancer whose servers arrive by reload (SIGHUP)
+  is legitimate, HAProxy accepts an empty backend too, and `lb` itself starts and answers 503.
+  Refusing would turn a state the balancer supports into one `check` calls broken.
+- a pool program an earlier pool.setup step may create (a venv, `npm install`).
+The one-line ok summary stays on stdout, so scripts can keep reading it.
+
 `taxiway check --reference` prints every setting of the schema (key, type, default) as a Markdown
-table, generated from `config.Config` itself, so the README's reference cannot drift from the code
-(a test compares them).
+table, generated from `config.Config` itself, so the reference in docs/configuration.md cannot
+drift from the code (a test compares them).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 import msgspec
@@ -17,6 +29,7 @@ import msgspec.inspect as mi
 from taxiway.config import Config, Duration, Size, load_config
 
 HELP = ("Validate a configuration file and print a summary; exit 2 with one line naming the bad key. "
+        "Warnings (an unset ${VAR}, nothing to serve) go to stderr and keep exit 0. "
         "--reference prints every setting with its type and default.")
 
 
@@ -30,7 +43,19 @@ def run(args: argparse.Namespace) -> int:
     if args.reference:
         print(reference_markdown())
         return 0
-    cfg = load_config(args.config)
+    unset: list[tuple[str, str]] = []
+    cfg = load_config(args.config, unset_env=unset)
+    warnings = [f"{key}: environment variable {var} is not set; lb/up will refuse to start without it"
+                for key, var in unset]
+    if not cfg.servers and cfg.pool is None:
+        warnings.append("nothing to serve: no [[servers]] and no [pool]; every request will get 503")
+    for warning in warnings:   # before check_programs, which may refuse the file: both are news
+        print(f"taxiway: warning: {args.config}: {warning}", file=sys.stderr)
+    if cfg.pool is not None:
+        from taxiway.autoscale.command import check_programs  # uvloop & co only for a [pool]
+
+        for warning in check_programs(cfg, args.config):
+            print(f"taxiway: warning: {args.config}: {warning}", file=sys.stderr)
     pool = f", pool {cfg.pool.min}..{cfg.pool.max} x '{cfg.pool.command}'" if cfg.pool else ""
     print(f"{args.config}: ok: listen {cfg.listen.http or cfg.listen.https}, strategy "
           f"{cfg.balancer.strategy}, {len(cfg.servers)} static server(s){pool}")

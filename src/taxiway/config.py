@@ -2,19 +2,25 @@
 
 Rules of this module:
 1. Every section is a frozen msgspec Struct with `forbid_unknown_fields`, so a typo is an error
-   naming the key path, not a silently ignored setting.
+   naming the key path, not a silently ignored setting. `_translate` words msgspec's errors the
+   way the file is written (a table, a list, a whole number, true or false), never msgspec's JSON
+   terms, and names the key down to the missing field.
 2. Durations are written like "2s", "150ms", "1m30s" (or a bare number of seconds) and become
    `float` seconds; sizes like "64k", "1m", "1g" become `int` bytes; rates like "100/m" become
    (count, period_s).
 3. Values may be `${ENV_VAR}` or `file:/path` (secrets stay out of the file); a secret-looking key
-   with a literal value produces a warning from `secret_warnings`.
+   with a literal value produces a warning from `secret_warnings`. An unset variable is an error,
+   except for `taxiway check` (`unset_env=`), which warns and checks the rest with a stand-in.
 4. Range and cross-field rules (min <= max, files that must exist, unique names) live in
    `_check`, raising `ConfigError(key, expected, value)`: `taxiway check` refuses exactly what
-   `lb` and `up` would refuse at start-up.
+   `lb` and `up` would refuse at start-up. What depends on the machine rather than the file (the
+   [pool] programs on PATH) is checked by `taxiway.autoscale.command.check_programs`, which both
+   `up` and `check` call.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import logging
 import os
@@ -76,8 +82,8 @@ _SIZE_MULT = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 def parse_duration(text: str | float | int) -> float:
     """Parse "2s", "150ms", "1m30s" into seconds. Raises ValueError with the expected form."""
-    if isinstance(text, bool):
-        raise ValueError(f"expected a duration like '2s' or '150ms', got {text!r}")
+    if isinstance(text, bool) or not isinstance(text, str | int | float):   # a table, a list, a date
+        raise ValueError(f"expected a duration like '2s' or '150ms', got {_show_value(text)}")
     if isinstance(text, int | float):
         if text < 0:
             raise ValueError(f"expected a non-negative duration, got {text!r}")
@@ -95,8 +101,8 @@ def parse_duration(text: str | float | int) -> float:
 
 
 def parse_size(text: str | int) -> int:
-    if isinstance(text, bool):
-        raise ValueError(f"expected a size like 65536, '64k' or '1m', got {text!r}")
+    if isinstance(text, bool) or not isinstance(text, str | int):
+        raise ValueError(f"expected a size like 65536, '64k' or '1m', got {_show_value(text)}")
     if isinstance(text, int):
         if text < 0:
             raise ValueError(f"expected a non-negative size, got {text!r}")
@@ -113,7 +119,7 @@ _PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute
 
 def parse_rate(text: str) -> Rate:
     if not isinstance(text, str) or "/" not in text:
-        raise ValueError(f"expected a rate like '100/m' or '10/s', got {text!r}")
+        raise ValueError(f"expected a rate like '100/m' or '10/s', got {_show_value(text)}")
     count_s, period_s = (p.strip() for p in text.split("/", 1))
     if not count_s.isdigit() or int(count_s) <= 0:
         raise ValueError(f"expected a positive count before '/', got {text!r}")
@@ -127,6 +133,20 @@ def parse_rate(text: str) -> Rate:
     if period <= 0:
         raise ValueError(f"expected a positive period, got {text!r}")
     return Rate(int(count_s), period)
+
+
+def _show_value(value: object) -> str:
+    """A value as the TOML file spells it, for "got ..." in messages: true (not True), 'text',
+    and "a table" / "a list" rather than a dump of the whole thing."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str | int | float):
+        return repr(value)
+    return str(value)   # dates and times: TOML's own spelling
 
 
 def _dec_hook(tp: type, obj: Any) -> Any:
@@ -147,7 +167,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
-class TLSConfig(_Section):
+class TLSConfig(_Section, frozen=True):
     cert: str
     key: str
     min_version: Literal["1.2", "1.3"] = "1.2"
@@ -155,7 +175,7 @@ class TLSConfig(_Section):
     hsts_max_age: Duration = Duration(31536000)
 
 
-class ListenConfig(_Section):
+class ListenConfig(_Section, frozen=True):
     http: str | None = "127.0.0.1:8080"
     https: str | None = None
     tls: TLSConfig | None = None
@@ -191,7 +211,7 @@ def redact_url(url: str) -> str:
         + (f"#{parts.fragment}" if parts.fragment else "")
 
 
-class AdminConfig(_Section):
+class AdminConfig(_Section, frozen=True):
     # /status and /metrics; loopback by default (it names every server). "" turns it off
     # (TOML has no null).
     listen: str | None = "127.0.0.1:9901"
@@ -200,7 +220,7 @@ class AdminConfig(_Section):
     allowed_hosts: list[str] = msgspec.field(default_factory=list)
 
 
-class BalancerConfig(_Section):
+class BalancerConfig(_Section, frozen=True):
     strategy: Literal[
         "random", "round-robin", "weighted-round-robin", "least-connections",
         "power-of-two", "peak-ewma", "consistent-hash",
@@ -221,17 +241,19 @@ class BalancerConfig(_Section):
     seed: int | None = None
 
 
-class HealthConfig(_Section):
+class HealthConfig(_Section, frozen=True):
     path: str = "/healthz"
     interval: Duration = Duration(2)
-    timeout: Duration = Duration(1)
+    # 2 s, as HAProxy (whose check timeout is `inter` unless set): a saturated 2-worker gunicorn
+    # answered /healthz in up to 0.82 s (BENCHMARKS.md, "Health checks under load"), too close to 1 s.
+    timeout: Duration = Duration(2)
     rise: int = 2
     fall: int = 3
     expected_status: list[int] = msgspec.field(default_factory=lambda: [200])
     enabled: bool = True
 
 
-class OutlierConfig(_Section):
+class OutlierConfig(_Section, frozen=True):
     # Envoy's outlier detection defaults: 5 consecutive errors, 30 s base ejection, 10 % cap
     # (we allow 50 % by default: small pools would otherwise never eject anything).
     consecutive_failures: int = 5
@@ -241,7 +263,7 @@ class OutlierConfig(_Section):
     enabled: bool = True
 
 
-class TimeoutsConfig(_Section):
+class TimeoutsConfig(_Section, frozen=True):
     connect: Duration = Duration(2)
     client_header: Duration = Duration(10)  # whole request head; data does not extend it (slowloris)
     client_body: Duration = Duration(30)    # max gap between body reads from the client
@@ -253,7 +275,7 @@ class TimeoutsConfig(_Section):
     queue: Duration = Duration(5)           # a request waits this long for a server slot, then 503
 
 
-class LimitsConfig(_Section):
+class LimitsConfig(_Section, frozen=True):
     max_header_bytes: Size = Size(32 * 1024)   # nginx large_client_header_buffers-ish
     max_response_header_bytes: Size = Size(64 * 1024)   # an app's response head; more is a 502
     max_headers: int = 100                     # like h11/Apache's LimitRequestFields
@@ -269,7 +291,7 @@ class LimitsConfig(_Section):
     upstream_queue: int = 1024
 
 
-class HeadersConfig(_Section):
+class HeadersConfig(_Section, frozen=True):
     # Only these peers' X-Forwarded-*/Forwarded headers are believed; others are overwritten.
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
     request_id: str = "X-Request-Id"
@@ -282,13 +304,13 @@ class HeadersConfig(_Section):
     })
 
 
-class ServerConfig(_Section):
+class ServerConfig(_Section, frozen=True):
     url: str
     weight: int = 1
     name: str | None = None
 
 
-class PoolConfig(_Section):
+class PoolConfig(_Section, frozen=True):
     command: str
     # Commands run once, in order (in cwd, with env), before the first server starts: migrations,
     # seed data. Like Kubernetes init containers: a non-zero exit stops `taxiway up` before
@@ -306,7 +328,7 @@ class PoolConfig(_Section):
     host: str = "127.0.0.1"
 
 
-class AutoscaleConfig(_Section):
+class AutoscaleConfig(_Section, frozen=True):
     metric: Literal["inflight", "rps", "p95"] = "inflight"
     target: float = 10
     tolerance: float = 0.1                       # Kubernetes HPA's default band
@@ -320,14 +342,14 @@ class AutoscaleConfig(_Section):
     enabled: bool = True
 
 
-class AffinityConfig(_Section):
+class AffinityConfig(_Section, frozen=True):
     mode: Literal["none", "cookie", "ip"] = "none"
     cookie_name: str = "taxiway_srv"
     # HMAC key for the sticky cookie. Put "${TAXIWAY_AFFINITY_SECRET}" here, never a literal.
     secret: str | None = None
 
 
-class RateLimitRule(_Section):
+class RateLimitRule(_Section, frozen=True):
     name: str
     rate: Rate
     burst: int = 0                     # extra requests allowed at once on top of the rate
@@ -336,7 +358,7 @@ class RateLimitRule(_Section):
     methods: list[str] = msgspec.field(default_factory=list)  # empty = all
 
 
-class RateLimitConfig(_Section):
+class RateLimitConfig(_Section, frozen=True):
     store: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "taxiway:rl:"
@@ -344,23 +366,23 @@ class RateLimitConfig(_Section):
     rules: list[RateLimitRule] = msgspec.field(default_factory=list)
 
 
-class ApiKeyRoute(_Section):
+class ApiKeyRoute(_Section, frozen=True):
     path_prefix: str
     methods: list[str] = msgspec.field(default_factory=list)
     scopes: list[str] = msgspec.field(default_factory=list)
 
 
-class ApiKeysConfig(_Section):
+class ApiKeysConfig(_Section, frozen=True):
     file: str = ".taxiway/keys.json"
     routes: list[ApiKeyRoute] = msgspec.field(default_factory=list)
 
 
-class AccessLogConfig(_Section):
+class AccessLogConfig(_Section, frozen=True):
     enabled: bool = True
     path: str = "-"   # "-" = stderr
 
 
-class Config(_Section):
+class Config(_Section, frozen=True):
     listen: ListenConfig = msgspec.field(default_factory=ListenConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     balancer: BalancerConfig = msgspec.field(default_factory=BalancerConfig)
@@ -387,19 +409,38 @@ _URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]+@", re.IGNORE
 _SECRET_KEYS = ("secret", "password", "token", "api_key", "private")
 
 
-def _resolve_refs(node: Any, path: str, env: dict[str, str], base: Path) -> Any:
-    """Replace `${VAR}` and `file:/path` string values, so secrets live outside the file."""
+# A stand-in for an unset `${VAR}` under `taxiway check` that no rule refuses: letters and '-' only
+# (header names, cookie names) and 32 bytes (affinity.secret wants 16).
+_UNSET_STAND_IN = "unset-variable-placeholder-value"
+# Required strings with a syntax of their own get an example as the stand-in instead ({n}: each
+# one differs, as servers must).
+_UNSET_EXAMPLES = {"servers[].url": "http://127.0.0.1:{n}"}
+
+
+def _resolve_refs(node: Any, path: str, env: dict[str, str], base: Path,
+                  unset: list[tuple[str, str]] | None = None) -> Any:
+    """Replace `${VAR}` and `file:/path` string values, so secrets live outside the file.
+
+    An unset variable fails, naming the key, unless `unset` is a list: then `(key, VAR)` is appended
+    and a stand-in value takes its place. That is for `taxiway check`, which often runs where the
+    production secrets are not (a laptop, CI) and should still check the rest of the file; `lb`
+    and `up` pass no list, so they refuse to start without the value.
+    """
     if isinstance(node, dict):
-        return {k: _resolve_refs(v, f"{path}.{k}" if path else k, env, base) for k, v in node.items()}
+        return {k: _resolve_refs(v, f"{path}.{k}" if path else k, env, base, unset) for k, v in node.items()}
     if isinstance(node, list):
-        return [_resolve_refs(v, f"{path}[{i}]", env, base) for i, v in enumerate(node)]
+        return [_resolve_refs(v, f"{path}[{i}]", env, base, unset) for i, v in enumerate(node)]
     if isinstance(node, str):
         m = _ENV_REF.match(node)
         if m:
-            if m.group(1) not in env:
-                raise ConfigError(path, f"the environment variable {m.group(1)} to be set (the value "
+            var = m.group(1)
+            if var in env:
+                return env[var]
+            if unset is None:
+                raise ConfigError(path, f"the environment variable {var} to be set (the value "
                                   f"is {node})")
-            return env[m.group(1)]
+            unset.append((path, var))
+            return _stand_in(path, len(unset))
         if node.startswith("file:"):
             p = Path(node[5:])
             p = p if p.is_absolute() else base / p
@@ -408,6 +449,18 @@ def _resolve_refs(node: Any, path: str, env: dict[str, str], base: Path) -> Any:
             except OSError as exc:
                 raise ConfigError(path, f"a readable file ({exc.strerror})", str(p)) from None
     return node
+
+
+def _stand_in(key: str, n: int) -> Any:
+    """The value checked in place of an unset `${VAR}` at `key`: the setting's own default when it
+    has one (the default redis_url is a valid redis:// URL, a default duration parses), else an
+    example or `_UNSET_STAND_IN`. A rule that still refuses it is reported as the unset variable
+    (see `parse_config`), never as a complaint about a value the user did not write."""
+    field, _ = _schema_at(key)
+    default = getattr(field, "default", msgspec.NODEFAULT)
+    if isinstance(default, str | Duration | Size) and default != "":
+        return default
+    return _UNSET_EXAMPLES.get(re.sub(r"\[\d+\]", "[]", key), _UNSET_STAND_IN).format(n=n)
 
 
 def secret_warnings(raw: dict[str, Any], path: str = "") -> list[str]:
@@ -425,82 +478,253 @@ def secret_warnings(raw: dict[str, Any], path: str = "") -> list[str]:
     return out
 
 
-def _raw_value(raw: Any, key: str) -> Any:
-    """The value the file gave at `key` ("a.b[2].c"), or None: error messages quote it."""
+_MISSING = object()
+_KEY_PART = re.compile(r"[^.\[\]]+|\[[^\]]*\]")
+
+
+def _lookup(raw: Any, key: str) -> Any:
+    """The node the file gave at `key` ("a.b[2].c"), or `_MISSING`: error messages quote it."""
     node = raw
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", key):
-        if part.startswith("[") and isinstance(node, list):
-            i = int(part[1:-1])
-            node = node[i] if i < len(node) else None
-        elif isinstance(node, dict):
-            node = node.get(part)
+    for part in _KEY_PART.findall(key):
+        if part.startswith("["):
+            if not (isinstance(node, list) and part[1:-1].isdigit() and int(part[1:-1]) < len(node)):
+                return _MISSING
+            node = node[int(part[1:-1])]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
         else:
-            return None
-    return None if isinstance(node, dict | list) else node
+            return _MISSING
+    return node
+
+
+def _unwrap(t: Any) -> Any:
+    """`X | None` -> X: TOML has no null, so "or nothing" never helps the reader."""
+    if isinstance(t, msgspec.inspect.UnionType):
+        kept = [x for x in t.types if not isinstance(x, msgspec.inspect.NoneType)]
+        if len(kept) == 1:
+            return kept[0]
+    return t
+
+
+def _schema_at(key: str) -> tuple[Any, Any]:
+    """(field, type) of the setting at `key` ("pool.env.X", "servers[0].url"), found by walking the
+    schema; the field is None for a list item or table entry, both are None off the schema."""
+    info: Any = msgspec.inspect.type_info(Config)
+    field = None
+    for part in _KEY_PART.findall(key):
+        info = _unwrap(info)
+        if isinstance(info, msgspec.inspect.StructType) and not part.startswith("["):
+            field = next((f for f in info.fields if f.name == part), None)
+            if field is None:
+                return None, None
+            info = field.type
+        elif isinstance(info, msgspec.inspect.ListType) and part.startswith("["):
+            field, info = None, info.item_type
+        elif isinstance(info, msgspec.inspect.DictType):
+            field, info = None, info.value_type
+        else:
+            return None, None
+    return field, info
+
+
+_CUSTOM_WORDS = {Duration: "a duration like '2s' or '150ms'", Size: "a size like 65536, '64k' or '1m'",
+                 Rate: "a rate like '100/m' or '10/s'"}
+_PLURAL = {"str": "strings", "int": "whole numbers", "float": "numbers", "bool": "true/false values"}
+
+
+def _plain(t: Any, key: str) -> str:
+    """A schema type in plain words, the way the TOML file writes it: "a whole number", "a list of
+    strings", "a table ([health] section)"."""
+    t = _unwrap(t)
+    section = re.sub(r"\[\d+\]$", "", key)
+    section = re.sub(r"\[\d+\]", "[]", section)
+    mi = msgspec.inspect
+    if isinstance(t, mi.StrType):
+        return "a string"
+    if isinstance(t, mi.BoolType):
+        return "true or false"
+    if isinstance(t, mi.IntType):
+        return "a whole number"
+    if isinstance(t, mi.FloatType):
+        return "a number"
+    if isinstance(t, mi.LiteralType):
+        return "one of " + " | ".join(str(v) for v in t.values)
+    if isinstance(t, mi.CustomType):
+        return _CUSTOM_WORDS.get(t.cls, "a value")
+    if isinstance(t, mi.StructType):
+        return f"a table ([[{section}]] entry)" if key.endswith("]") else f"a table ([{section}] section)"
+    if isinstance(t, mi.ListType):
+        item = _unwrap(t.item_type)
+        if isinstance(item, mi.StructType):
+            return f"a list of tables ([[{section}]] entries)"
+        return "a list of " + _PLURAL.get(type(item).__name__.removesuffix("Type").lower(), "values")
+    if isinstance(t, mi.DictType):
+        return f"a table of strings ([{section}] with NAME = \"value\" lines)"
+    if isinstance(t, mi.UnionType):
+        return " or ".join(_plain(x, key) for x in t.types if not isinstance(x, mi.NoneType))
+    return "a value"
+
+
+# msgspec names JSON types; used only when the key is off the schema (it never should be).
+_JSON_WORDS = {"int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false",
+               "array": "a list", "object": "a table", "datetime": "a date-time", "date": "a date",
+               "time": "a time"}
+
+# What a required setting holds, said with an example (a type alone does not tell a new user).
+_REQUIRED = {
+    "servers[].url": "a URL like 'http://127.0.0.1:8001'",
+    "pool.command": "a command line with {port}, like '{python} -m gunicorn app.wsgi -b {host}:{port}'",
+    "listen.tls.cert": "the path of a PEM certificate file; `taxiway cert dev` makes one",
+    "listen.tls.key": "the path of the certificate's PEM private key file",
+    "ratelimit.rules[].name": "a name for the rule, like 'login'",
+    "ratelimit.rules[].rate": "a rate like '100/m' or '10/s'",
+    "apikeys.routes[].path_prefix": "a path like '/api/'",
+}
+
+
+def _all_keys(info: Any = None, prefix: str = "") -> list[str]:
+    """Every setting's key in schema order, lists written `servers[].url`."""
+    info = msgspec.inspect.type_info(Config) if info is None else info
+    out = []
+    for f in info.fields:
+        t = _unwrap(f.type)
+        item = _unwrap(t.item_type) if isinstance(t, msgspec.inspect.ListType) else None
+        if isinstance(item, msgspec.inspect.StructType):
+            out += _all_keys(item, f"{prefix}{f.name}[].")
+        elif isinstance(t, msgspec.inspect.StructType):
+            out += _all_keys(t, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def _suggest(section: str, name: str) -> str:
+    """"did you mean ...? " for an unknown setting: a close spelling in the same table, or the same
+    name in another table (a setting put under the wrong [section])."""
+    _, t = _schema_at(section) if section else (None, msgspec.inspect.type_info(Config))
+    t = _unwrap(t)
+    if isinstance(t, msgspec.inspect.ListType):
+        t = _unwrap(t.item_type)
+    if isinstance(t, msgspec.inspect.StructType):
+        close = difflib.get_close_matches(name, [f.name for f in t.fields], n=1, cutoff=0.6)
+        if close:
+            return f"did you mean {f'{section}.' if section else ''}{close[0]}? "
+    elsewhere = [k for k in _all_keys() if k.rpartition(".")[2] == name]
+    if elsewhere:
+        return f"it belongs in [{elsewhere[0].rpartition('.')[0]}]; "
+    return "check the spelling; "
+
+
+def _dict_entry(raw: Any, key: str) -> str:
+    """msgspec says `pool.env[...]` for a table entry; name the entry whose value is not a string."""
+    prefix, _, rest = key.partition("[...]")
+    node = _lookup(raw, prefix)
+    if isinstance(node, dict):
+        bad = next((k for k, v in node.items() if not isinstance(v, str)), None)
+        if bad is not None:
+            return f"{prefix}.{bad}{rest}"
+    return prefix
 
 
 def _translate(err: msgspec.ValidationError, source: str | None, raw: Any = None) -> ConfigError:
+    """msgspec's message in taxiway's words, naming the key.
+
+    msgspec speaks JSON ("Expected `object`, got `str`", "Object missing required field `url`");
+    the reader wrote TOML and may not know either. Every path ends in one of: not a known setting
+    (with a suggestion), required (with an example), one of the allowed values, or "expected <plain
+    words>, got <the value as written>". Messages from our own parsers (durations, sizes, rates)
+    already read that way and pass through.
+    """
     msg = str(err)
-    key = "(top level)"
+    key = ""
     m = re.search(r" - at `\$\.?(.*)`$", msg)
     if m:
-        key = m.group(1) or "(top level)"
-        msg = msg[: m.start()]
+        key, msg = m.group(1), msg[: m.start()]
+    if "[...]" in key:
+        key = _dict_entry(raw, key)
+    where = key or "(top level)"
+
+    def below(name: str) -> str:
+        return f"{key}.{name}" if key else name
+
     if msg.startswith("Object contains unknown field"):
-        field = msg.split("`")[1]
-        key = f"{key}.{field}" if key != "(top level)" else field
-        return ConfigError(key, "is not a known setting (check the spelling; see README 'Configuration')",
-                           source=source)
-    if msg.startswith("Invalid enum value"):
-        choices = _literal_choices(key)
-        if choices:
-            value = msg.split("'", 1)[1].rstrip("'") if "'" in msg else None
-            return ConfigError(key, "one of " + " | ".join(choices), value, source=source)
-    if msg.startswith("Expected"):
-        msg = "expected" + msg[len("Expected"):]
-        value = _raw_value(raw, key)
-        if value is not None and "got" in msg:
-            msg = msg.rsplit(", got", 1)[0]     # the value itself says more than its type
-        return ConfigError(key, msg.replace("`", ""), value, source=source)
-    return ConfigError(key, msg.replace("`", ""), source=source)
+        name = msg.split("`")[1]
+        return ConfigError(below(name), f"is not a known setting ({_suggest(key, name)}"
+                           "see docs/configuration.md)", source=source)
+    if msg.startswith("Object missing required field"):
+        name = below(msg.split("`")[1])
+        _, t = _schema_at(name)
+        what = _REQUIRED.get(re.sub(r"\[\d+\]", "[]", name)) or _plain(t, name)
+        return ConfigError(name, f"required (expected {what})", source=source)
+    value = _lookup(raw, key)
+    got = "" if value is _MISSING else f", got {_show_value(value)}"
+    _, t = _schema_at(key)
+    if msg.startswith(("Expected", "Invalid enum value")):
+        if t is not None:
+            expected = _plain(t, key)
+        else:
+            types = re.match(r"\w+ `([^`]*)`", msg)
+            names = types.group(1).split(" | ") if types else []
+            words = [_JSON_WORDS.get(x, x) for x in names if x != "null"]
+            expected = " or ".join(words) or "another value"
+        if not got and (g := re.search(r"got `(\w+)`", msg)):
+            got = f", got {_JSON_WORDS.get(g.group(1), g.group(1))}"
+        return ConfigError(where, f"expected {expected}{got}", source=source)
+    return ConfigError(where, msg.replace("`", ""), source=source)
 
 
 def _literal_choices(key: str) -> list[str]:
     """The allowed values of a Literal-typed setting, found by walking the schema along `key`."""
-    info: Any = msgspec.inspect.type_info(Config)
-    for part in re.sub(r"\[\d+\]", "", key).split("."):
-        while isinstance(info, msgspec.inspect.UnionType | msgspec.inspect.ListType):
-            info = next((t for t in info.types if isinstance(t, msgspec.inspect.StructType)), None) \
-                if isinstance(info, msgspec.inspect.UnionType) else info.item_type
-        if not isinstance(info, msgspec.inspect.StructType):
-            return []
-        info = next((f.type for f in info.fields if f.name == part), None)
-    if isinstance(info, msgspec.inspect.LiteralType):
-        return [str(v) for v in info.values]
-    return []
+    _, t = _schema_at(key)
+    t = _unwrap(t)
+    return [str(v) for v in t.values] if isinstance(t, msgspec.inspect.LiteralType) else []
+
+
+def _behind(key: str, unset: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """The unset `${VAR}` (key, VAR) that a refusal of `key` is about, if any: the setting itself,
+    one inside it, or the table it is in."""
+    for k, var in unset:
+        if k == key or k.startswith((f"{key}.", f"{key}[")) or key.startswith((f"{k}.", f"{k}[")):
+            return k, var
+    return None
 
 
 def parse_config(raw: dict[str, Any], source: str | None = None,
-                 env: dict[str, str] | None = None, base: Path | None = None) -> Config:
-    """Validate a decoded TOML document. Raises ConfigError (one line) on any problem."""
+                 env: dict[str, str] | None = None, base: Path | None = None, *,
+                 unset_env: list[tuple[str, str]] | None = None) -> Config:
+    """Validate a decoded TOML document. Raises ConfigError (one line) on any problem.
+
+    `unset_env`: a list to collect `(key, VAR)` for each `${VAR}` whose variable is unset instead
+    of refusing (see `_resolve_refs`); only `taxiway check` passes one. If a rule then refuses the
+    stand-in value, the error names the unset variable: that value cannot be checked without it.
+    """
     env = dict(os.environ) if env is None else env
+    base = base or Path.cwd()
     try:
-        resolved = _resolve_refs(raw, "", env, base or Path.cwd())
+        resolved = _resolve_refs(raw, "", env, base, unset_env)
         try:
             cfg = msgspec.convert(resolved, Config, dec_hook=_dec_hook)
         except msgspec.ValidationError as err:
             raise _translate(err, source, resolved) from None
-        cfg = _anchor_paths(cfg, base or Path.cwd())
-        _check(cfg, source, base or Path.cwd())
+        cfg = _anchor_paths(cfg, base)
+        _check(cfg, source, base)
     except ConfigError as err:
+        blocked = _behind(err.key, unset_env or [])
+        if blocked is not None:
+            raise ConfigError(blocked[0], f"the environment variable {blocked[1]} to be set: this setting "
+                              "cannot be checked without its value", source=source) from None
         if err.source is None and source is not None:   # raised by a helper that knows no file
             raise ConfigError(err.key, err.expected, err.value, source=source) from None
         raise
     return cfg
 
 
-def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
-    """Read and validate one TOML file. Raises ConfigError naming the file and key."""
+def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None, *,
+                unset_env: list[tuple[str, str]] | None = None) -> Config:
+    """Read and validate one TOML file. Raises ConfigError naming the file and key.
+
+    `unset_env`: see `parse_config` (`taxiway check` warns about unset variables and goes on).
+    """
     p = Path(path)
     try:
         text = p.read_text()
@@ -512,7 +736,7 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("(syntax)", f"valid TOML: {exc}", source=str(p)) from None
-    cfg = parse_config(raw, source=str(p), env=env, base=p.parent)
+    cfg = parse_config(raw, source=str(p), env=env, base=p.parent, unset_env=unset_env)
     # Every command that loads the file warns, not only `taxiway check`: a secret committed with a
     # config file is the leak the notes warn about.
     for warning in secret_warnings(raw):

@@ -24,8 +24,11 @@ class ConfigError(TaxiwayError):
         self.source = source
         where = f"{source}: " if source else ""
         got = f" (got {value!r})" if value is not None else ""
-        # "expected ..." reads the same for every rule; messages that already say it keep theirs.
-        wording = expected if expected.startswith(("expected", "is ")) else f"expected {expected}"
+        # "expected ..." reads the same for every rule; messages that already say it, or say what is
+        # wrong some other way ("is not a known setting", "required (...)", "program 'x' not found"),
+        # keep theirs.
+        wording = expected if expected.startswith(("expected", "is ", "required", "program ")) \
+            else f"expected {expected}"
         super().__init__(f"{where}{key}: {wording}{got}")
 
 

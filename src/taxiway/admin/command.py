@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -20,6 +21,7 @@ from rich.text import Text
 from taxiway.config import load_config, split_hostport
 from taxiway.errors import UsageError
 
+DEFAULT_CONFIG = "taxiway.toml"
 HELP = "Print a running balancer's servers, health, load and counters (from its admin API)."
 
 _STATE_STYLE = {"up": "green", "down": "red", "ejected": "yellow", "draining": "cyan", "starting": "blue"}
@@ -27,8 +29,10 @@ _STATE_STYLE = {"up": "green", "down": "red", "ejected": "yellow", "draining": "
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin", default=None, metavar="HOST:PORT",
-                   help="admin listener to ask (default: admin.listen from --config, else 127.0.0.1:9901)")
-    p.add_argument("--config", default=None, help="read the admin address from this config file")
+                   help="admin listener to ask (default: admin.listen from --config, or from ./taxiway.toml "
+                        "when it exists, else 127.0.0.1:9901)")
+    p.add_argument("--config", "-c", default=None, metavar="FILE",
+                   help="read admin.listen from this config file (the one `taxiway lb`/`up` runs with)")
     p.add_argument("--json", action="store_true", help="print the raw /status JSON")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
 
@@ -128,8 +132,16 @@ def render(status: dict[str, Any]) -> Group:
 def _admin_address(args: argparse.Namespace) -> tuple[str, int]:
     if args.admin:
         return split_hostport(args.admin, "--admin")
+    if args.config is None and os.path.exists(DEFAULT_CONFIG):
+        args.config = DEFAULT_CONFIG   # like `lb` and `up`, which default to it too
     if args.config:
-        cfg = load_config(args.config)
+        # Only the address is needed: an unset ${SECRET} in the operator's shell must not stop it.
+        unset: list[tuple[str, str]] = []
+        cfg = load_config(args.config, unset_env=unset)
+        var = next((v for key, v in unset if key == "admin.listen"), None)
+        if var is not None:
+            raise UsageError(f"{args.config}: admin.listen is ${{{var}}}, and {var} is not set here; "
+                             "set it, or give the address with --admin HOST:PORT")
         if not cfg.admin.listen:
             raise UsageError(f"{args.config} has no [admin] listen address: the admin API is off")
         host, port = split_hostport(cfg.admin.listen, "admin.listen")

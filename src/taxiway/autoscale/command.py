@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -57,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("balancer.workers", "1 under `taxiway up` (one process runs the balancer and "
                           "the pool); use `taxiway lb` for SO_REUSEPORT workers", cfg.balancer.workers,
                           source=args.config)
+    for warning in check_programs(cfg, args.config):
+        log.warning("taxiway: warning: %s: %s", args.config, warning)
     live = sys.stdout.isatty() and not args.plain
     if live and cfg.access_log.enabled and cfg.access_log.path == "-":
         # One JSON line per request would scroll the live view away; a file path keeps it.
@@ -83,6 +86,70 @@ def pool_cwd(cfg: Config, config_path: str) -> str:
     return str(base / cfg.pool.cwd) if cfg.pool.cwd else str(base)
 
 
+def check_programs(cfg: Config, config_path: str, *, setup_done: bool = False) -> list[str]:
+    """Refuse a [pool] whose programs cannot be started on this machine, before anything runs.
+
+    Why: otherwise a missing program shows up late and bare, as app servers that crash-loop with
+    `No such file or directory` (the classic: `command = "taxiway backend ..."` run as
+    `.venv/bin/taxiway up`, with no `taxiway` on PATH). The lookup is the one exec does for the
+    supervisor and for pool.setup: the first word once `command_argv` has filled the placeholders;
+    a word with a '/' is a path from pool.cwd, any other is searched on the PATH the process gets
+    (pool.env's, if it sets one; relative entries count from pool.cwd, as for the child).
+
+    Raises ConfigError naming `pool.cwd`, `pool.command` or `pool.setup[i]`. A program that an
+    earlier setup step may create (a venv, `npm install`) cannot be judged yet: that is a warning,
+    returned for the caller to print; with `setup_done` (setup has run) it is an error too. `up`
+    calls this at start-up, after setup and on SIGHUP, `taxiway check` too, so both refuse the
+    same file.
+    """
+    pool = cfg.pool
+    if pool is None:
+        return []
+    cwd = Path(pool_cwd(cfg, config_path))
+    if not cwd.is_dir():
+        raise ConfigError("pool.cwd", "an existing directory (a relative path starts at the config file's)",
+                          str(cwd), source=config_path)
+    env = {**os.environ, **pool.env}
+    steps: list[tuple[str, str, dict[str, str]]] = [] if setup_done else \
+        [(f"pool.setup[{i}]", command, {}) for i, command in enumerate(pool.setup)]
+    steps.append(("pool.command", pool.command, {"port": "0", "host": pool.host, "name": "app-1"}))
+    warnings = []
+    for n, (key, command, values) in enumerate(steps):
+        argv = command_argv(command, **values)
+        found = _find_program(argv[0], cwd, env, "pool.env.PATH" if "PATH" in pool.env else "PATH") \
+            if argv else None
+        if found is None:
+            continue
+        problem, hint = found
+        if n == 0:
+            raise ConfigError(key, problem + (" after pool.setup ran" if setup_done else "") + hint,
+                              source=config_path)
+        warnings.append(f"{key}: {problem} yet; fine if an earlier pool.setup step creates it")
+    return warnings
+
+
+def _find_program(program: str, cwd: Path, env: dict[str, str], path_name: str) -> tuple[str, str] | None:
+    """None when exec would find `program` (from `cwd`, with `env`), else (what is wrong, a hint)."""
+    if "/" in program:
+        path = cwd / program
+        if not path.is_file():
+            return f"program {program!r} not found", "" if Path(program).is_absolute() else f" (at {path})"
+        if not os.access(path, os.X_OK):
+            return f"program {program!r} is not executable", " (chmod +x it, or run it with its interpreter)"
+        return None
+    dirs = os.pathsep.join(str(cwd / d) for d in env.get("PATH", os.defpath).split(os.pathsep))
+    if shutil.which(program, path=dirs):
+        return None
+    if program == "taxiway":
+        hint = "; write '{taxiway}' to run the taxiway you started"
+    elif program.startswith("{") and program.endswith("}"):
+        hint = (f"; {program} is not a placeholder (those are {{python}}, {{taxiway}}, {{host}}, {{port}} "
+                "and {name})")
+    else:
+        hint = " (is it installed? a program in a virtualenv needs its full path, or '{python} -m ...')"
+    return f"program {program!r} not found on {path_name}", hint
+
+
 def where(cfg: Config, bal: object) -> str:
     host = split_hostport(cfg.listen.http, "listen.http")[0] if cfg.listen.http else "127.0.0.1"
     if host in ("0.0.0.0", "::"):
@@ -96,12 +163,13 @@ def where(cfg: Config, bal: object) -> str:
 
 async def run_setup(pool: PoolConfig, cwd: str) -> None:
     """pool.setup, once, before anything listens; output streams through, prefixed."""
-    for command in pool.setup:
-        await _run_setup_command(pool, command, cwd)
+    for i, command in enumerate(pool.setup):
+        await _run_setup_command(pool, command, cwd, f"pool.setup[{i}]")
 
 
-async def _run_setup_command(pool: PoolConfig, command: str, cwd: str) -> None:
+async def _run_setup_command(pool: PoolConfig, command: str, cwd: str, key: str) -> None:
     print(f"taxiway up: setup: {command}", flush=True)
+    t0 = time.monotonic()
     argv = command_argv(command)
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -109,7 +177,7 @@ async def _run_setup_command(pool: PoolConfig, command: str, cwd: str) -> None:
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True, preexec_fn=die_with_parent(os.getpid()))
     except OSError as exc:
-        raise TaxiwayError(f"pool.setup: cannot run {command!r}: {exc.strerror or exc}") from None
+        raise TaxiwayError(f"{key}: cannot run {command!r}: {exc.strerror or exc}") from None
     assert proc.stdout is not None
     tail: deque[str] = deque(maxlen=5)
 
@@ -125,18 +193,24 @@ async def _run_setup_command(pool: PoolConfig, command: str, cwd: str) -> None:
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        raise TaxiwayError(f"pool.setup: {command!r} did not finish within {pool.setup_timeout:g}s") from None
+        raise TaxiwayError(f"{key}: {command!r} did not finish within {pool.setup_timeout:g}s") from None
     if proc.returncode != 0:
         last = f": {tail[-1]}" if tail else ""
-        raise TaxiwayError(f"pool.setup: {command!r} exited with status {proc.returncode}{last}")
+        raise TaxiwayError(f"{key}: {command!r} exited with status {proc.returncode}{last}")
+    print(f"taxiway up: setup: done in {time.monotonic() - t0:.1f}s", flush=True)
 
 
 async def _main(cfg: Config, config_path: str, live: bool) -> int:
     from taxiway.proxy.app import Balancer
+    from taxiway.proxy.command import check_addresses_free, listen_error
 
     assert cfg.pool is not None
     if cfg.pool.setup:
+        # Setup may take minutes (migrations, seed data): a port another taxiway holds should stop
+        # us before it, not after. Balancer.start below still reports a port lost in between.
+        check_addresses_free(cfg)
         await run_setup(cfg.pool, pool_cwd(cfg, config_path))
+        check_programs(cfg, config_path, setup_done=True)   # what setup was to create is there now
     bal = Balancer(cfg, config_path)
     sup = Supervisor(cfg.pool, PolicyConfig.from_config(cfg.pool, cfg.autoscale), bal,
                      cwd=pool_cwd(cfg, config_path), slow_start_s=float(cfg.balancer.slow_start))
@@ -163,33 +237,46 @@ async def _main(cfg: Config, config_path: str, live: bool) -> int:
     try:
         await bal.start()
     except OSError as exc:
-        raise TaxiwayError(f"cannot listen: {exc.strerror or exc}") from None
+        raise listen_error(cfg, bal, exc) from None
     url = where(cfg, bal)
     admin = ""
     if cfg.admin.listen and bal.admin_port:
         host = split_hostport(cfg.admin.listen, "admin.listen")[0]
         admin = f"; state: taxiway status, or http://{host}:{bal.admin_port}/status"
-    print(f"taxiway up: connect to {url}{admin}", flush=True)
-    print(f"taxiway up: pool {cfg.pool.min}..{cfg.pool.max} x `{cfg.pool.command}` "
+    print(f"taxiway up: listening on {url}; pool {cfg.pool.min}..{cfg.pool.max} x `{cfg.pool.command}` "
           f"({cfg.autoscale.metric} target {cfg.autoscale.target:g}/server"
           f"{'' if cfg.autoscale.enabled else ', autoscale off'}); starting {cfg.pool.min}", flush=True)
-    view: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
     try:
         await sup.start()
-        view = loop.create_task(run_live(lambda: bal.pool.servers, sup, url) if live
-                                else _plain(bal, sup))
+        tasks.append(loop.create_task(run_live(lambda: bal.pool.servers, sup, url) if live
+                                      else _plain(bal, sup)))
+        tasks.append(loop.create_task(_announce_when_ready(bal, sup, f"{url}{admin}")))
         await stop.wait()
     finally:
-        if view is not None:
-            view.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await view
+                await task
         print("taxiway up: stopping (in-flight requests finish, then app servers get SIGTERM)", flush=True)
         await bal.stop(float(cfg.timeouts.shutdown))
         await sup.stop()
         atexit.unregister(sup.kill_all_now)
     print("taxiway up: stopped", flush=True)
     return 0
+
+
+async def _announce_when_ready(bal: object, sup: Supervisor, where: str) -> None:
+    """`connect to ...` once a request would find a server (a pool server ready, or a static
+    one available), not when the listener opens: a user who follows it gets the app, not a 503."""
+    t0 = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if sup.ready_count() > 0 or any(s.static and s.is_available(now)
+                                        for s in bal.pool):  # type: ignore[attr-defined]
+            print(f"taxiway up: ready after {now - t0:.1f}s: connect to {where}", flush=True)
+            return
+        await asyncio.sleep(0.05)
 
 
 def _reload_all(bal: object, sup: Supervisor, config_path: str) -> None:
@@ -203,6 +290,7 @@ def _reload_all(bal: object, sup: Supervisor, config_path: str) -> None:
         cfg = load_config(config_path)
         if cfg.pool is None:
             raise ConfigError("pool", "a [pool] section (taxiway up runs one)", source=config_path)
+        check_programs(cfg, config_path, setup_done=True)   # setup ran at start-up, not again
         policy = PolicyConfig.from_config(cfg.pool, cfg.autoscale)
     except ConfigError as exc:
         log.error("reload failed, keeping the running config: %s", exc)

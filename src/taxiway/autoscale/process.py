@@ -107,7 +107,9 @@ def pick_free_port(host: str, taken: set[int]) -> int:
 
 def command_argv(command: str, **values: str) -> list[str]:
     """A [pool] command line as argv: `{key}` placeholders filled from `values`, `{python}` = the
-    interpreter taxiway runs on, split like a shell would (no shell runs it)."""
-    for key, value in {**values, "python": shlex.quote(sys.executable)}.items():
+    interpreter taxiway runs on, `{taxiway}` = this taxiway (`{python} -m taxiway`: a venv's
+    `taxiway` is often not on PATH), split like a shell would (no shell runs it)."""
+    python = shlex.quote(sys.executable)
+    for key, value in {**values, "python": python, "taxiway": f"{python} -m taxiway"}.items():
         command = command.replace("{" + key + "}", value)
     return shlex.split(command)

@@ -17,7 +17,7 @@ draining or retries. `pick` returns one of them, or None only when there are non
 `key_kind` tells the caller which request attribute to pass as `key` (only consistent-hash uses
 one: "client_ip", "path", "header:NAME" or "cookie:NAME"); the others ignore `key`.
 
-Trade-offs (see README "Balancing strategies" for simulated numbers):
+Trade-offs (see docs/balancer.md, "Balancing strategies", for simulated numbers):
 - random / round-robin: no feedback; fine when requests cost the same, uneven when they do not.
 - weighted-round-robin: nginx's smooth WRR; honours weights and slow start, still blind to load.
 - least-connections: reacts to load (in-flight count per unit of weight); scans all candidates.

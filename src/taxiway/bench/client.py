@@ -181,7 +181,7 @@ class VirtualUser:
     async def _login(self) -> None:
         eng = self.engine
         login = eng.scenario.login
-        assert login is not None
+        assert login is not None and eng.login_page is not None
         status, body = await self._fetch(eng.login_page.encode(self.cookie))
         token = extract_token(login.token_pattern, body)
         if status >= 400 or token is None:

@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     load.add_argument("--processes", type=int, default=1, help="spread the load over N processes (cores)")
     load.add_argument("--seed", type=int, default=None, help="seed for request choice and think time")
     req = p.add_argument_group("requests")
-    req.add_argument("-s", "--scenario", default=None, help="TOML scenario file (see README)")
+    req.add_argument("-s", "--scenario", default=None, help="TOML scenario file (see docs/bench.md)")
     req.add_argument("-m", "--method", default="GET")
     req.add_argument("-H", "--header", action="append", default=[], help='"Name: value", repeatable')
     req.add_argument("--body", default="", help="request body, or @FILE")
@@ -253,9 +253,9 @@ def _find_capacity(spec: LoadSpec, slo: Slo, args: argparse.Namespace, progress:
     steps: list[dict[str, Any]] = []
     best: RunResult | None = None
     interrupted = False
-    step = f"{spec.duration_s:g} s steps" if spec.duration_s else f"{spec.max_requests} requests per step"
+    per_step = f"{spec.duration_s:g} s steps" if spec.duration_s else f"{spec.max_requests} requests per step"
     out.print(f"searching for the largest {unit} meeting {slo.describe()} "
-              f"({step}, {args.repeats} passing steps per level)")
+              f"({per_step}, {args.repeats} passing steps per level)")
     while (level := search.next_level()) is not None:
         step_spec = dataclasses.replace(spec, rate=float(level) if by_rate else None,
                                         users=spec.users if by_rate else level)

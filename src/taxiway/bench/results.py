@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from hdrh.histogram import HdrHistogram
+from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000
@@ -128,8 +128,8 @@ class RunResult:
         r = cls(
             latency=_decode(str(d["latency_hdr"])), service=_decode(str(d["service_hdr"])),
             statuses=Counter({int(k): int(v) for k, v in d["statuses"].items()}),  # type: ignore[attr-defined]
-            errors=Counter(d["errors_by_kind"]),  # type: ignore[arg-type]
-            served_by=Counter(d["served_by"]),  # type: ignore[arg-type]
+            errors=Counter(d["errors_by_kind"]),  # type: ignore[call-overload]
+            served_by=Counter(d["served_by"]),  # type: ignore[call-overload]
             timeline=[Second(**s) for s in d["timeline"]],  # type: ignore[attr-defined]
             elapsed_s=float(d["elapsed_s"]),  # type: ignore[arg-type]
             bytes_received=int(d["bytes_received"]),  # type: ignore[call-overload]

@@ -3,7 +3,7 @@
 Rules of this file: pure. No sockets, no clock, no RNG (the driver passes a random.Random to
 `pick`). Every request's bytes are built once here so the hot path only writes them.
 
-A scenario is a small TOML file (format in the README, "Benchmarking with taxiway bench"):
+A scenario is a small TOML file (format in docs/bench.md, "Scenario files"):
 
     base_url = "http://127.0.0.1:8000"    # optional; the URL on the command line wins
     think_time = "100ms"                   # or ["50ms", "300ms"] for a uniform range
@@ -22,6 +22,7 @@ Any mistake is a UsageError naming the file and the key, so the command prints o
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 import urllib.parse
@@ -251,7 +252,23 @@ def _login(raw: object, fail: _Fail) -> Login:
     header = raw.get("token_header", "")
     if not isinstance(field_name, str) or not isinstance(header, str):
         raise fail("login.token_field", "expected strings for token_field and token_header")
-    return Login(page, post, {k: str(v) for k, v in form.items()}, pattern, field_name, header)
+    fields = {k: _from_env(str(v), f"login.form.{k}", fail) for k, v in form.items()}
+    return Login(page, post, fields, pattern, field_name, header)
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _from_env(value: str, key: str, fail: _Fail) -> str:
+    """`"${NAME}"` is the environment variable NAME, as in the config file: a scenario that
+    logs in needs a password, and a password must not have to live in the file."""
+    m = _ENV_REF.fullmatch(value)
+    if m is None:
+        return value
+    found = os.environ.get(m.group(1))
+    if found is None:
+        raise fail(key, f"expected the environment variable {m.group(1)} to be set")
+    return found
 
 
 def extract_token(pattern: str, body: bytes) -> str | None:

@@ -128,6 +128,7 @@ class ArrivalSchedule:
         """Intended time of arrival number `i` (0-based); None if the schedule ends before it."""
         if self.limit is not None and i >= self.limit:
             return None
+        t: float | None
         if self.rate is not None:
             t = i / self.rate
         else:

@@ -189,7 +189,7 @@ def server_from_config(url: str, name: str | None, weight: int, key: str, slow_s
 
 
 class Balancer:
-    """The load balancer. See the module docstring and README "## Load balancer"."""
+    """The load balancer. See the module docstring and docs/balancer.md."""
 
     def __init__(self, cfg: Config, config_path: str | None = None) -> None:
         self.cfg = cfg

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 import msgspec
 import uvloop
@@ -24,6 +26,9 @@ import uvloop
 from taxiway import BUILD
 from taxiway.config import Config, load_config, split_hostport
 from taxiway.errors import ConfigError, TaxiwayError
+
+if TYPE_CHECKING:
+    from taxiway.proxy.app import Balancer
 
 HELP = ("Run the load balancer: HTTP/1.1 reverse proxy with keep-alive pools, retries, health "
         "checks. SIGTERM drains and exits; SIGHUP reloads the config file.")
@@ -65,7 +70,7 @@ async def _main(cfg: Config, config_path: str | None, worker: int) -> int:
     try:
         await bal.start()
     except OSError as exc:
-        raise TaxiwayError(f"cannot listen: {exc.strerror or exc}") from None
+        raise listen_error(cfg, bal, exc) from None
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -88,6 +93,60 @@ async def _main(cfg: Config, config_path: str | None, worker: int) -> int:
     log.info("stopping: finishing in-flight requests (up to %.0fs)", float(cfg.timeouts.shutdown))
     await bal.stop(float(cfg.timeouts.shutdown))
     return 0
+
+
+def _listeners(cfg: Config) -> list[tuple[str, str]]:
+    """(key, address) of every address taxiway binds, in the order `Balancer.start` binds them."""
+    out = [("listen.https", cfg.listen.https), ("listen.http", cfg.listen.http),
+           ("admin.listen", cfg.admin.listen or None)]
+    return [(key, addr) for key, addr in out if addr is not None]
+
+
+def _bind_failure(key: str, addr: str, exc: OSError) -> TaxiwayError:
+    """"admin.listen 127.0.0.1:9901: address already in use (...)": the setting to change, its
+    value, and what the kernel said, in words that suggest the usual cause."""
+    if exc.errno == errno.EADDRINUSE:
+        reason = f"address already in use (another taxiway running? set {key} or stop it)"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        reason = "address not available (no network interface here has that IP)"
+    elif exc.errno == errno.EACCES:
+        reason = "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    else:
+        reason = str(exc.strerror or exc)
+    return TaxiwayError(f"{key} {addr}: {reason}")
+
+
+def listen_error(cfg: Config, bal: Balancer, exc: OSError) -> TaxiwayError:
+    """The error for an OSError out of `bal.start()`, naming the setting whose address failed.
+
+    Why this way: the OSError says "address already in use" but not which of up to three
+    addresses. `Balancer.start` binds listen.https, listen.http, then admin.listen, recording each
+    port once bound, so the first configured one without a bound port is the one that failed.
+    """
+    bound = {"listen.https": bal.bound_https_port, "listen.http": bal.bound_http_port,
+             "admin.listen": bal.admin_port}
+    for key, addr in _listeners(cfg):
+        if bound[key] is None:
+            return _bind_failure(key, addr, exc)
+    return TaxiwayError(f"cannot listen: {exc.strerror or exc}")
+
+
+def check_addresses_free(cfg: Config) -> None:
+    """Raise the `listen_error` message now if an address is taken, by binding it for a moment.
+
+    For `taxiway up` before pool.setup, which may run for minutes: the answer would otherwise come
+    after it. Binds the way asyncio's servers do (SO_REUSEADDR), so a port in TIME_WAIT is free.
+    """
+    for key, addr in _listeners(cfg):
+        host, port = split_hostport(addr, key)
+        if port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            with socket.create_server((host, port), family=family):
+                pass
+        except OSError as exc:
+            raise _bind_failure(key, addr, exc) from None
 
 
 def _reload(bal: object, config_path: str, worker: int) -> None:

@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep the backend usable anyway
-        uvloop = None
+        uvloop = None  # type: ignore[assignment]
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port: expected 0..65535 (got {args.port})")
     if args.delay_ms < 0:

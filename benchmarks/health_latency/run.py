@@ -4,7 +4,7 @@
 Run it beside a running deployment under load (e.g. `bash scripts/demo.sh`, then
 `bash scripts/demo.sh --load 60` in another terminal):
 
-    .venv/bin/python benchmarks/health_latency.py --admin http://127.0.0.1:9901 --seconds 60
+    .venv/bin/python benchmarks/health_latency/run.py --admin http://127.0.0.1:9901 --seconds 60
 
 It reads the pool from the admin API's /status, then probes every server's health path directly
 (a new connection per probe, as the health checker does) every `--interval`, and prints, each
