@@ -69,7 +69,8 @@ EOF
 )
   else
     rm -f "$_stamp"
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    _say "  upgrading pip"
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true   # optional: old pips work too
     _what=(-e ".[$1]")
   fi
   # pip's own lines, shortened to one per step; a line every 15 s while a step is silent.
@@ -77,7 +78,7 @@ EOF
   set +e
   .venv/bin/python -m pip install --progress-bar off "${_what[@]}" >"$_log" 2>&1 &
   _pip=$!
-  _last=""
+  _last="starting pip"
   while kill -0 "$_pip" 2>/dev/null; do
     sleep 3
     _now=$(grep -E '^(Collecting|Building|Installing collected|Successfully)' "$_log" | tail -1 | cut -c1-90)
