@@ -9,7 +9,9 @@
   - `run`: the ```sh block is run, in order with the page's other runnable blocks, in one
     temporary directory, and must exit 0;
   - `run demo`: the same, while the demo (`taxiway up` with the repository's taxiway.toml and
-    the flights app) runs with `taxiway.toml` in that directory.
+    the flights app) runs with `taxiway.toml` in that directory;
+  - `run; expect REGEX; expect REGEX`: each regular expression must be found in the output, so
+    the block shows what the text says it shows.
 - Ports the docs use (8080, 9001, ...) become free ports, in files and commands alike, so a
   runnable block never touches a deployment the developer has running.
 """
@@ -53,6 +55,16 @@ class Block:
     def id(self) -> str:
         return f"{self.page.relative_to(ROOT)}:{self.line}"
 
+    @property
+    def kind(self) -> str:
+        return self.directive.split(";")[0].strip()
+
+    @property
+    def expects(self) -> list[str]:
+        parts = [p.strip() for p in self.directive.split(";")[1:]]
+        assert all(p.startswith("expect ") for p in parts), f"{self.id}: unknown directive {self.directive!r}"
+        return [p.removeprefix("expect ") for p in parts]
+
 
 def blocks(page: Path) -> list[Block]:
     found: list[Block] = []
@@ -77,16 +89,17 @@ def blocks(page: Path) -> list[Block]:
 
 
 ALL = [b for page in PAGES for b in blocks(page)]
-CONFIGS = [b for b in ALL if b.lang == "toml" and b.directive != "scenario"]
-SCENARIOS = [b for b in ALL if b.lang == "toml" and b.directive == "scenario"]
-RUN_PAGES = sorted({b.page for b in ALL if b.directive.startswith("run")})
+CONFIGS = [b for b in ALL if b.lang == "toml" and b.kind != "scenario"]
+SCENARIOS = [b for b in ALL if b.lang == "toml" and b.kind == "scenario"]
+RUN_PAGES = sorted({b.page for b in ALL if b.kind.startswith("run")})
 
 
 def test_the_docs_have_examples_to_test() -> None:
     """A guard on the parser: if it stopped finding blocks, every test below would pass vacuously."""
     assert len(CONFIGS) >= 8 and SCENARIOS and RUN_PAGES
-    assert all(b.directive in ("", "scenario", "run", "run demo") or b.directive.startswith("file ")
+    assert all(b.kind in ("", "scenario", "run", "run demo") or b.kind.startswith("file ")
                for b in ALL), [b.id for b in ALL if b.directive]
+    assert all(b.expects is not None for b in ALL)
 
 
 def env_with_taxiway() -> dict[str, str]:
@@ -165,7 +178,7 @@ class Demo:
             self.proc.wait(10)
 
 
-def run_shell(text: str, cwd: Path, env: dict[str, str], what: str) -> None:
+def run_shell(text: str, cwd: Path, env: dict[str, str], what: str, expects: list[str]) -> None:
     proc = subprocess.Popen(["bash", "-e", "-o", "pipefail", "-c", text], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -178,6 +191,8 @@ def run_shell(text: str, cwd: Path, env: dict[str, str], what: str) -> None:
             pass
     assert proc.returncode == 0, f"{what} exited {proc.returncode}:\n{out[-4000:]}"
     assert "Traceback" not in out, f"{what}:\n{out[-4000:]}"
+    for pattern in expects:
+        assert re.search(pattern, out), f"{what}: no {pattern!r} in its output:\n{out[-4000:]}"
 
 
 @pytest.mark.slow
@@ -190,16 +205,16 @@ def test_runnable_examples_run(page: Path, tmp_path: Path) -> None:
     demo: Demo | None = None
     try:
         for b in blocks(page):
-            if b.directive.startswith("file "):
-                (tmp_path / b.directive.split(None, 1)[1]).write_text(substitute(b.text, ports))
-            elif b.directive.startswith("run"):
-                if b.directive == "run demo" and demo is None:
+            if b.kind.startswith("file "):
+                (tmp_path / b.kind.split(None, 1)[1]).write_text(substitute(b.text, ports))
+            elif b.kind.startswith("run"):
+                if b.kind == "run demo" and demo is None:
                     demo = Demo(tmp_path, ports)
                     env |= {k: v for k, v in demo.env.items() if k.startswith(("DJANGO", "FLIGHTS"))}
-                elif b.directive == "run" and demo is not None:
+                elif b.kind == "run" and demo is not None:
                     demo.stop()   # the walkthrough stops the demo before the next part
                     demo = None
-                run_shell(substitute(b.text, ports), tmp_path, env, b.id)
+                run_shell(substitute(b.text, ports), tmp_path, env, b.id, b.expects)
     finally:
         if demo is not None:
             demo.stop()

@@ -7,7 +7,7 @@ file does not fail the build but one that is committed does. Two kinds of findin
 2. A password/secret/token written in plain text in a config file (TOML, INI, YAML, .env, ...) or
    a Django-style `SECRET_KEY = "..."` / `PASSWORD = "..."` in application code (tests excluded,
    since they legitimately create users with throw-away passwords). Config values must be
-   `${ENV_VAR}` or `file:/path` (see README "Security").
+   `${ENV_VAR}` or `file:/path` (see docs/security.md, "Secrets").
 
 A line may opt out with the marker `secret-scan: allow` and a reason, for a deliberate fake; a
 value that labels itself `dev-only` or `not-a-secret` is a placeholder too (the flights app's

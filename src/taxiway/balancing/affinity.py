@@ -6,7 +6,7 @@ Rules of this module:
 2. A cookie is a claim by the client, so it is verified, never trusted: a value that is malformed,
    forged, signed with another key or names a server we do not have is treated as absent.
 
-Theory of operation (issue 5, "Session-aware balancing").
+Theory of operation (docs/balancer.md, "Session affinity").
 - `mode = "cookie"`: the first response carries `Set-Cookie: taxiway_srv=<b64(name)>.<b64(mac)>`
   where mac = HMAC-SHA256(secret, "taxiway-affinity/v1\\0" + name) truncated to 128 bits (RFC 2104
   allows truncation to >= half the output; 128 bits is what AES-CMAC and most session MACs use).

@@ -5,7 +5,7 @@ Rules of this module (driver glue between the client protocol and the upstream p
    Its methods are callbacks (client body arrived, upstream head arrived, upstream lost ...); they
    do O(1) work and never await. The only task is the rare one an async edge guard needs.
 2. A request is retried on another server only when no response byte came back and either the
-   method is idempotent or no request byte reached the failed server (issue 2 "Retries"); the
+   method is idempotent or no request byte reached the failed server (docs/balancer.md, "Retries"); the
    body must still be replayable (kept up to `REPLAY_MAX_BYTES`), and the retry budget must allow.
 3. Every outcome is accounted once in `_account`: in-flight, latency, outlier detector, counters,
    access log.
