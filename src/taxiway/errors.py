@@ -1,7 +1,8 @@
 """One error hierarchy, named for who or what failed.
 
 Cores raise these domain errors only; drivers translate third-party errors into them in one place
-and map each to a status code once. `sys.exit` appears only in `cli.py`.
+and map each to a status code once. `sys.exit` appears only in `cli.py`, which prints any
+TaxiwayError as one line. Every class here is raised somewhere (a test keeps it so).
 """
 
 from __future__ import annotations
@@ -36,41 +37,31 @@ class UsageError(TaxiwayError):
     """A command was called wrongly (bad URL, missing file). One line, exit status 2."""
 
 
-class NoServerAvailable(TaxiwayError):
-    """No server can take the request now (all down, ejected or draining). Maps to 503."""
+class RequestRefused(TaxiwayError):
+    """The client's request head breaks a framing or hygiene rule: the proxy answers `status`
+    (400, 405, 413, 414, 417, 431, 505) and closes the connection; `reason` goes to the log.
+
+    Raised by `proxy/http1.py`'s rules and the connection protocol; mapped to the answer in one
+    place (`ClientProtocol._refuse_head`)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
-class ClientProtocolError(TaxiwayError):
-    """The client sent something we must refuse. `status_hint` is the status to answer with."""
+class StoreError(TaxiwayError):
+    """A shared store the balancer relies on (Redis, for rate limits) failed."""
 
-    def __init__(self, message: str, status_hint: int = 400) -> None:
+
+class RespError(StoreError):
+    """Redis could not be reached, timed out, or answered with an error reply (`.reply` is set).
+    Raised by `security/resp.py`; `security/ratestore.py` turns it into a RateStoreError."""
+
+    def __init__(self, message: str, reply: str | None = None) -> None:
         super().__init__(message)
-        self.status_hint = status_hint
+        self.reply = reply
 
 
-class UpstreamError(TaxiwayError):
-    """Talking to an upstream server failed."""
-
-
-class UpstreamProtocolError(UpstreamError):
-    """The upstream answered with something that is not valid HTTP/1.1. Maps to 502."""
-
-
-class UpstreamNetworkError(UpstreamError):
-    """Connection refused, reset or closed early. Maps to 502 (or a retry)."""
-
-
-class UpstreamTimeout(UpstreamError):
-    """An upstream timer fired. Maps to 504."""
-
-
-class ConnectTimeout(UpstreamTimeout):
-    """The TCP connect did not finish in time: safe to retry elsewhere, nothing was sent."""
-
-
-class ReadTimeout(UpstreamTimeout):
-    """The upstream took too long to answer."""
-
-
-class WriteTimeout(UpstreamTimeout):
-    """The upstream stopped reading the request body."""
+class RateStoreError(StoreError):
+    """The shared rate-limit store cannot answer. The edge guard applies `ratelimit.on_store_error`
+    (serve, or answer 503) and logs it, at most every 10 s."""

@@ -57,7 +57,7 @@ class Strategy:
             now: monotonic seconds (slow start, latency decay).
         Returns:
             one element of `candidates`, or None only when `candidates` is empty; the caller should
-            then answer 503 (`NoServerAvailable`).
+            then answer 503 (no server available).
         """
         raise NotImplementedError
 

@@ -34,7 +34,7 @@ from taxiway.balancing.health import OutlierDetector, RetryBudget
 from taxiway.balancing.model import Pool, PoolEvent, Server
 from taxiway.config import Config, parse_server_url, split_hostport
 from taxiway.errors import ConfigError
-from taxiway.proxy.forward import Exchange, Router, WaitQueue
+from taxiway.proxy.forward import Exchange, Guard, Router, WaitQueue
 from taxiway.proxy.healthcheck import HealthChecker
 from taxiway.proxy.heap import TrimPolicy, load_malloc_trim
 from taxiway.proxy.http1 import DateCache, RequestHead, RequestRewriter, ResponseRewriter
@@ -211,7 +211,7 @@ class Balancer:
         self.started_at = time.time()
         # Set by `taxiway up` (the autoscaler): the "autoscale" section of /status.
         self.autoscale_status: Callable[[], dict[str, Any]] | None = None
-        self.guards: list[Any] = []
+        self.guards: list[Guard] = []
         self.protocols: set[ClientProtocol] = set()
         self.per_client: dict[str, int] = {}
         self.rng = random.Random(cfg.balancer.seed)

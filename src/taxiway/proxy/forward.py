@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import collections
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from time import monotonic  # (a module attribute lookup less per call, compiled)
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from taxiway.balancing.affinity import CookieAffinity, ip_affinity, record_sticky, sticky_server
 from taxiway.balancing.model import Pool, PoolEvent, Server
@@ -76,6 +76,14 @@ def last_chunk(trailers: list[tuple[bytes, bytes]], more_forbidden: frozenset[by
             lines += (name, b": ", value, CRLF)
     lines.append(CRLF)
     return b"".join(lines)
+
+
+class Guard(Protocol):
+    """What the exchange asks of an edge guard (security/edge.py's `EdgeGuard`) before any server
+    is picked: nothing to say (None), an answer (a Rejection), or an answer still to come (a store
+    round trip, e.g. Redis)."""
+
+    def check(self, head: RequestHead) -> Rejection | Awaitable[Rejection | None] | None: ...
 
 
 class Router:
@@ -221,14 +229,14 @@ class Exchange(ResponseContext):
                 result = guard.check(self.head)
                 if result is None:
                     continue
-                if isinstance(result, Rejection) or hasattr(result, "status"):
+                if isinstance(result, Rejection):
                     self.reject_with(result)
                     return
                 bal.spawn(self._await_guard(result, bal.guards.index(guard) + 1))
                 return
         self.dispatch(now)
 
-    async def _await_guard(self, awaitable: Any, next_index: int) -> None:
+    async def _await_guard(self, awaitable: Awaitable[Rejection | None], next_index: int) -> None:
         try:
             result = await awaitable
         except Exception:   # a guard store failing must not kill the connection silently
@@ -241,14 +249,14 @@ class Exchange(ResponseContext):
             self.proto.flush()
             return
         for guard in self.bal.guards[next_index:]:
-            result = guard.check(self.head)
-            if result is None:
+            said = guard.check(self.head)
+            if said is None:
                 continue
-            if hasattr(result, "status"):
-                self.reject_with(result)
+            if isinstance(said, Rejection):
+                self.reject_with(said)
                 self.proto.flush()
                 return
-            result = await result
+            result = await said
             if self.finished:
                 return
             if result is not None:

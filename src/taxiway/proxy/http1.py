@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from taxiway.errors import RequestRefused
+
 CRLF: Final = b"\r\n"
 
 # RFC 9110 §7.6.1 hop-by-hop fields plus the legacy ones proxies strip (nginx/HAProxy list).
@@ -126,11 +128,13 @@ class RequestHead:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """An answer given by taxiway itself instead of forwarding (also what edge guards return)."""
+    """An answer given by taxiway itself instead of forwarding: an HTTPS redirect, or what an
+    edge guard (security/edge.py) decided. `reason` is for logs and counters, never a secret."""
 
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes
+    reason: str = ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,14 +182,6 @@ def error_response(status: int, date_line: bytes, close: bool = True,
 
 
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-class RequestRefused(Exception):
-    """The request head breaks a framing rule; answer `status` and close the connection."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,11 +33,11 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote
 
 from taxiway.config import ApiKeyRoute, Config, RateLimitConfig, RateLimitRule
+from taxiway.proxy.http1 import Rejection
 from taxiway.security.apikeys import ApiKey, KeyRing, KeyStatus
 from taxiway.security.ratelimit import Limit, Verdict, ceil_seconds
 from taxiway.security.ratestore import MemoryStore, RateStoreError, RedisStore
@@ -58,16 +58,6 @@ class Head(Protocol):
     def path(self) -> str: ...
 
     def header(self, name: bytes) -> bytes | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """An answer the balancer gives itself. `reason` is for logs and counters (never the key)."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    reason: str
 
 
 def normalize_path(path: str) -> str:

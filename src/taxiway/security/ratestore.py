@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 
 from taxiway.config import redact_url
-from taxiway.errors import TaxiwayError
+from taxiway.errors import RateStoreError, RespError
 from taxiway.security.ratelimit import Limit, Verdict, check_all, gcra_check
-from taxiway.security.resp import RespClient, RespError
+from taxiway.security.resp import RespClient
 
 log = logging.getLogger("taxiway.security")
 
@@ -32,10 +32,6 @@ US_PER_S = 1_000_000
 PRUNE_EVERY_CHECKS = 4096     # memory store: drop idle clients this often (amortised O(1))
 REDIS_TIMEOUT_S = 0.5         # a shared limiter slower than this is treated as down
 REDIS_RETRY_AFTER_ERROR_S = 1.0  # after a failure, skip Redis this long (no timeout per request)
-
-
-class RateStoreError(TaxiwayError):
-    """The shared rate-limit store cannot answer. The caller applies `ratelimit.on_store_error`."""
 
 
 class MemoryStore:

@@ -22,13 +22,7 @@ import ssl
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-
-class RespError(Exception):
-    """Redis could not be reached, timed out, or answered with an error reply (`.reply` is set)."""
-
-    def __init__(self, message: str, reply: str | None = None) -> None:
-        super().__init__(message)
-        self.reply = reply
+from taxiway.errors import RespError
 
 
 def encode(*args: bytes | str | int) -> bytes:
