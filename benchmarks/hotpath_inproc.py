@@ -208,7 +208,7 @@ def run_callgrind(a: argparse.Namespace) -> int:
     total = int(m.group(1).replace(",", ""))
     if total == 0:
         print("nothing collected: the hot path is not compiled here (callgrind counts only the "
-              "compiled entry points; see README 'Compiled hot path')", file=sys.stderr)
+              "compiled entry points; see docs/performance.md, 'Compiled hot path')", file=sys.stderr)
         return 1
     import taxiway
     print(f"{total / rounds:.0f} instructions/request ({taxiway.BUILD}; {a.strategy}; "

@@ -3,19 +3,25 @@
 Rules of this file: callbacks do O(1) work and never await (uvicorn's protocol pattern turned
 around for a client). Only the login flow and (re)connecting are coroutines, once per connection.
 The `Engine` (load.py) owns counters and decides what a user does next; a user only knows how to
-connect, log in, send and close.
+connect, log in, send and close. It reaches the engine through `EngineView`, the part of it this
+module may use, so load.py imports this module and never the other way round.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
+import re
 import ssl
+from collections import deque
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httptools
 
 from taxiway.bench.scenario import (
+    Request,
+    Scenario,
     build_request,
     cookie_header,
     extract_token,
@@ -23,9 +29,39 @@ from taxiway.bench.scenario import (
     parse_set_cookie,
     pick,
 )
+from taxiway.bench.schedule import ArrivalSchedule
+from taxiway.bench.target import Target
 
-if TYPE_CHECKING:
-    from taxiway.bench.load import Engine
+
+class EngineView(Protocol):
+    """What a user and its connection read and tell of the run they belong to (load.Engine)."""
+
+    # The run, fixed at its start.
+    scenario: Scenario
+    target: Target
+    timeout_s: float
+    loop: asyncio.AbstractEventLoop
+    rng: random.Random
+    ssl_ctx: ssl.SSLContext | None
+    conn_cls: type[Connection]
+    login_page: Request | None
+    fixed_request: bytes | None
+    served_by_re: re.Pattern[bytes] | None
+    schedule: ArrivalSchedule | None
+    max_requests: int | None
+    # Its state, shared by every user (the event loop's one thread: no locks).
+    finished: asyncio.Event
+    stopped: bool
+    backlog: deque[float]
+    in_flight: int
+    issued: int
+    bytes_in: int
+
+    def process_response(self, conn: Connection) -> None: ...
+    def process_failure(self, conn: Connection, kind: str) -> None: ...
+    def process_connect_failure(self) -> None: ...
+    def count_error(self, kind: str) -> None: ...
+    def user_ready(self, user: VirtualUser) -> None: ...
 
 RECONNECT_BACKOFF_S = 0.05   # after a failure: quick, but never a hot loop against a dead server
 LOGIN_RETRY_S = 1.0
@@ -109,7 +145,7 @@ class CookieConnection(Connection):
 class VirtualUser:
     """A virtual user: a connection, a cookie jar, and whether it is still wanted."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: EngineView) -> None:
         self.engine = engine
         self.conn: Connection | None = None
         self.jar: dict[str, str] | None = {} if engine.scenario.cookies else None
@@ -150,12 +186,12 @@ class VirtualUser:
 
     async def _connect(self) -> bool:
         eng = self.engine
-        t = eng.spec.target
+        t = eng.target
         try:
             _, proto = await asyncio.wait_for(
                 eng.loop.create_connection(lambda: eng.conn_cls(self), t.host, t.port, ssl=eng.ssl_ctx,
                                            server_hostname=t.host if eng.ssl_ctx else None),
-                timeout=eng.spec.timeout_s)
+                timeout=eng.timeout_s)
         except (OSError, TimeoutError, ssl.SSLError):
             eng.process_connect_failure()
             return False
@@ -187,10 +223,10 @@ class VirtualUser:
         if status >= 400 or token is None:
             raise LoginFailed()
         headers = {"Content-Type": "application/x-www-form-urlencoded",
-                   "Referer": eng.spec.target.origin + login.page}
+                   "Referer": eng.target.origin + login.page}
         if login.token_header:
             headers[login.token_header] = token
-        req = build_request("POST", login.post, eng.spec.target.host_header, headers,
+        req = build_request("POST", login.post, eng.target.host_header, headers,
                             login_form_body(login, token))
         status, _ = await self._fetch(req.encode(self.cookie))
         if status >= 400:

@@ -71,6 +71,8 @@ class Engine:
                  should_stop: Callable[[], bool] | None = None) -> None:
         self.spec = spec
         self.scenario = spec.scenario
+        self.target = spec.target
+        self.timeout_s = spec.timeout_s
         self.loop = asyncio.get_running_loop()
         self.rng = random.Random(spec.seed)
         self.on_second = on_second
