@@ -18,12 +18,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from taxiway.admin.api import AdminServer, host_status, is_loopback
 from taxiway.balancing.model import Server
+from taxiway.proxy.app import Balancer
 from tests.conftest import free_port, taxiway_env
-from tests.test_admin_status import StandIn, make_balancer
+from tests.test_admin_status import make_balancer
 
 
 class Running:
-    def __init__(self, balancer: StandIn, host: str = "127.0.0.1",
+    def __init__(self, balancer: Balancer, host: str = "127.0.0.1",
                  allowed_hosts: tuple[str, ...] = (), port: int = 0) -> None:
         self.balancer = balancer
         self.connect_to = "::1" if ":" in host else "127.0.0.1"   # asyncio binds "::" IPv6-only

@@ -2,38 +2,33 @@
 
 from __future__ import annotations
 
-import collections
 import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from taxiway.admin.metrics import make_registry, render
 from taxiway.admin.status import MAX_EVENTS, RECENT_WINDOW_S, build_status, percentile
-from taxiway.balancing.model import Pool, Server
+from taxiway.balancing.model import Server
 from taxiway.config import Config, parse_config
+from taxiway.proxy.app import Balancer
 
 from .conftest import Processes, free_port, taxiway_env, wait_for_port
 
 
-class StandIn:
-    """The attributes of `taxiway.proxy.app.Balancer` that the admin code reads, nothing else."""
-
-    def __init__(self, cfg: Config | None = None, started_at: float = 1.7e9) -> None:
-        self.cfg = cfg or parse_config({"servers": [{"url": "http://127.0.0.1:1"}]})
-        self.pool = Pool()
-        self.counters: collections.Counter[str] = collections.Counter()
-        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
-        self.connections = 0
-        self.started_at = started_at
+def unstarted_balancer(cfg: Config | None = None, started_at: float = 1.7e9) -> Balancer:
+    """A real `Balancer`, never started: what the admin code reads, with nothing listening. Its
+    servers are the config's (none by default)."""
+    b = Balancer(cfg or parse_config({}))
+    b.started_at = started_at
+    return b
 
 
-def make_balancer() -> StandIn:
-    b = StandIn(started_at=1.7e9 - 42.0)
+def make_balancer() -> Balancer:
+    b = unstarted_balancer(started_at=1.7e9 - 42.0)
     b.pool.add(Server("a", "127.0.0.1", 9001, weight=2), now=0.0)
     b.pool.add(Server("b", "127.0.0.1", 9002), now=0.0)
     return b
@@ -113,7 +108,7 @@ def test_ejected_and_draining_states_and_event_cap() -> None:
 
 def test_autoscale_section_comes_from_the_balancer() -> None:
     b = make_balancer()
-    b.autoscale_status = lambda: {"desired": 3, "reason": "inflight 30 > target 10"}  # type: ignore[attr-defined]
+    b.autoscale_status = lambda: {"desired": 3, "reason": "inflight 30 > target 10"}
     assert build_status(b, 100.0)["autoscale"] == {"desired": 3, "reason": "inflight 30 > target 10"}
 
 

@@ -9,22 +9,20 @@ import time
 
 import pytest
 
-from taxiway.balancing.model import PoolEvent, Server
+from taxiway.balancing.model import PoolEvent
 from taxiway.config import parse_config
+from taxiway.proxy.app import Balancer
 from taxiway.proxy.healthcheck import HealthChecker, probe
 from tests.conftest import Processes, free_port
-from tests.test_admin_status import StandIn
+from tests.test_admin_status import unstarted_balancer
 
 
-def balancer_for(ports: dict[str, int], **health: object) -> tuple[StandIn, list[tuple[PoolEvent, str]]]:
+def balancer_for(ports: dict[str, int], **health: object) -> tuple[Balancer, list[tuple[PoolEvent, str]]]:
     cfg = parse_config({"servers": [{"url": f"http://127.0.0.1:{p}", "name": n} for n, p in ports.items()],
                         "health": {"interval": "100ms", "timeout": "1s", "rise": 2, "fall": 3, **health}})
-    b = StandIn(cfg)
+    b = unstarted_balancer(cfg)   # its pool holds the config's servers
     seen: list[tuple[PoolEvent, str]] = []
     b.pool.subscribe(lambda ev, s: seen.append((ev, s.name)))
-    for name, port in ports.items():
-        b.pool.add(Server(name, "127.0.0.1", port), now=0.0)
-    seen.clear()
     return b, seen
 
 
@@ -64,8 +62,11 @@ def test_fall_checks_take_a_failing_server_down_and_rise_brings_it_back(procs: P
         await checker.check_all()    # third failure in a row: DOWN
         assert not flaky.healthy and b.pool.get("good").healthy  # type: ignore[union-attr]
         assert seen == [(PoolEvent.DOWN, "flaky")]
-        assert b.events[-1]["kind"] == "health" and b.events[-1]["server"] == "flaky"
-        assert b.events[-1]["detail"].startswith("DOWN") and "status 503" in b.events[-1]["detail"]
+        # The cause, then the balancer's own record of the transition.
+        cause, transition = b.events[-2], b.events[-1]
+        assert cause["kind"] == "health" and cause["server"] == "flaky"
+        assert cause["detail"].startswith("DOWN") and "status 503" in cause["detail"]
+        assert transition["kind"] == "down" and transition["server"] == "flaky"
 
         # The server gets fixed: replace the process with a healthy one on the same port.
         for p in procs.procs[1:]:
@@ -78,7 +79,8 @@ def test_fall_checks_take_a_failing_server_down_and_rise_brings_it_back(procs: P
         await checker.check_all()
         assert flaky.healthy and flaky.joined_at >= before  # slow start ramps from the recovery
         assert seen == [(PoolEvent.DOWN, "flaky"), (PoolEvent.READY, "flaky")]
-        assert b.events[-1]["detail"].startswith("UP: GET /healthz: status 200")
+        assert b.events[-2]["detail"].startswith("UP: GET /healthz: status 200")
+        assert b.events[-1]["kind"] == "ready"
 
     asyncio.run(scenario())
     assert b.counters["health_checks"] == 10 and b.counters["health_checks_failed"] == 3

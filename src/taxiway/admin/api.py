@@ -27,13 +27,12 @@ import json
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any
 
 # 0.0.4 text format: what generate_latest writes and every Prometheus 2.x/3.x scraper accepts.
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as METRICS_CONTENT_TYPE
 
 from taxiway.admin.metrics import make_registry, render
-from taxiway.admin.status import build_status
+from taxiway.admin.status import BalancerView, build_status
 
 log = logging.getLogger("taxiway.admin")
 
@@ -167,7 +166,7 @@ class AdminServer:
     (`await admin.close()`).
     """
 
-    def __init__(self, balancer: Any, allowed_hosts: Iterable[str] = ()) -> None:
+    def __init__(self, balancer: BalancerView, allowed_hosts: Iterable[str] = ()) -> None:
         self.balancer = balancer
         # Host names (besides IP literals and localhost) requests may carry; see the module docstring.
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from taxiway.admin.status import counter_values, percentile, recent_latencies
+from taxiway.admin.status import BalancerView, percentile, recent_latencies
 from taxiway.balancing.model import ServerState
 
 # Counters with their own metric (name in balancer.counters -> metric name, help).
@@ -42,7 +41,7 @@ _SIMPLE_COUNTERS = {
 class BalancerCollector(Collector):
     """Exposes a `Balancer`'s counters and servers; reads them only when `collect()` is called."""
 
-    def __init__(self, balancer: Any, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, balancer: BalancerView, clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.balancer = balancer
         self.clock = clock            # the Server flags' clock (ejections, latency samples)
@@ -55,7 +54,7 @@ class BalancerCollector(Collector):
 
     def _proxy_metrics(self) -> Iterator[Metric]:
         b = self.balancer
-        counters = dict(counter_values(b))
+        counters = dict(b.fold_counters())
         simple = {name: CounterMetricFamily(metric, help_text)
                   for name, (metric, help_text) in _SIMPLE_COUNTERS.items()}
         responses = CounterMetricFamily("taxiway_responses", "Responses sent to clients by status class.",
@@ -77,12 +76,11 @@ class BalancerCollector(Collector):
         yield errors
         yield other
         yield GaugeMetricFamily("taxiway_connections", "Open client connections.",
-                                value=int(getattr(b, "connections", 0)))
-        waiting = getattr(b, "waiting", None)
+                                value=b.connections)
         yield GaugeMetricFamily("taxiway_waiting_requests",
                                 "Requests queued for a server slot (all servers at max connections).",
-                                value=waiting.live() if waiting is not None else 0)
-        started = getattr(b, "started_at", None)
+                                value=b.waiting.live())
+        started = b.started_at
         if started:
             yield GaugeMetricFamily("taxiway_uptime_seconds", "Seconds since the balancer started.",
                                     value=max(0.0, self.wall_clock() - float(started)))
@@ -136,7 +134,7 @@ class BalancerCollector(Collector):
                     ejections, sticky)
 
 
-def make_registry(balancer: Any, clock: Callable[[], float] = time.monotonic,
+def make_registry(balancer: BalancerView, clock: Callable[[], float] = time.monotonic,
                   wall_clock: Callable[[], float] = time.time) -> CollectorRegistry:
     """A private registry holding only this balancer's collector (not the process-global one, so
     tests and several balancers in one process never see each other's metrics)."""

@@ -7,8 +7,8 @@ Rules of this module:
    `balancer.started_at` and of the events, which are passed through as they are).
 2. It only reads: the balancer's counters and `Server` objects are never modified, so a slow admin
    client cannot disturb the proxy.
-3. Duck-typed on the balancer: it needs `cfg`, `pool`, `counters`, `events`, `connections`,
-   `started_at`; `autoscale_status()` is used when present (the autoscaler adds it).
+3. It reads a `BalancerView`: the part of the balancer the admin API may see (the proxy's
+   `Balancer` is one; tests use a real, unstarted one). `autoscale_status` is set by `taxiway up`.
 
 Percentiles come from `Server.recent`, the last `RECENT_SAMPLES` (finished_at, latency_s) samples,
 restricted to the last `RECENT_WINDOW_S` seconds so an idle server does not show stale latencies.
@@ -17,11 +17,41 @@ restricted to the last `RECENT_WINDOW_S` seconds so an idle server does not show
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from taxiway import BUILD, __version__
 from taxiway.balancing.model import Server, ServerState
+from taxiway.config import Config
+
+
+class WaitingView(Protocol):
+    def live(self) -> int:
+        """Requests waiting now for a server slot."""
+        ...
+
+
+class BalancerView(Protocol):
+    """What `/status` and `/metrics` read of a balancer; nothing here is written."""
+
+    @property
+    def cfg(self) -> Config: ...
+    @property
+    def pool(self) -> Iterable[Server]: ...
+    @property
+    def events(self) -> Iterable[dict[str, Any]]: ...
+    @property
+    def connections(self) -> int: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def waiting(self) -> WaitingView: ...
+    @property
+    def autoscale_status(self) -> Callable[[], dict[str, Any]] | None: ...
+
+    def fold_counters(self) -> Mapping[str, int]:
+        """The named counters, with the ones kept apart on the hot path added in."""
+        ...
 
 # Samples older than this do not count in p50/p95 (one minute, like `uptime`'s shortest load average).
 RECENT_WINDOW_S = 60.0
@@ -106,11 +136,12 @@ def _event(ev: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_status(balancer: Any, now_monotonic: float, now_wall: float | None = None) -> dict[str, Any]:
+def build_status(balancer: BalancerView, now_monotonic: float,
+                 now_wall: float | None = None) -> dict[str, Any]:
     """Snapshot of the balancer for the admin API.
 
     Args:
-        balancer: the running `Balancer` (or anything with the same attributes, see rule 3).
+        balancer: the running `Balancer` (see rule 3).
         now_monotonic: `time.monotonic()` at the moment of the snapshot.
         now_wall: `time.time()` at the same moment; without it `uptime_s` is None.
     Returns:
@@ -123,11 +154,9 @@ def build_status(balancer: Any, now_monotonic: float, now_wall: float | None = N
     """
     rows = [server_status(s, now_monotonic) for s in list(balancer.pool)]
     events = list(balancer.events)[-MAX_EVENTS:]
-    autoscale = None
-    status_fn = getattr(balancer, "autoscale_status", None)
-    if callable(status_fn):
-        autoscale = status_fn()
-    started_at = getattr(balancer, "started_at", None)
+    status_fn = balancer.autoscale_status
+    autoscale = status_fn() if status_fn is not None else None
+    started_at = balancer.started_at
     uptime = None if now_wall is None or not started_at else round(max(0.0, now_wall - started_at), 3)
     return {
         "version": __version__,
@@ -135,18 +164,12 @@ def build_status(balancer: Any, now_monotonic: float, now_wall: float | None = N
         "started_at": started_at,
         "uptime_s": uptime,
         "strategy": balancer.cfg.balancer.strategy,
-        "connections": int(getattr(balancer, "connections", 0)),
+        "connections": balancer.connections,
         # Requests waiting for a server slot (limits.upstream_max_connections reached everywhere).
-        "waiting": balancer.waiting.live() if hasattr(balancer, "waiting") else 0,
+        "waiting": balancer.waiting.live(),
         "servers": rows,
         "totals": _totals(rows),
-        "counters": {k: int(v) for k, v in sorted(counter_values(balancer).items())},
+        "counters": {k: int(v) for k, v in sorted(balancer.fold_counters().items())},
         "events": [_event(e) for e in events],
         "autoscale": autoscale,
     }
-
-
-def counter_values(balancer: Any) -> Mapping[str, int]:
-    """The balancer's named counters, with the per-request ones it keeps apart folded in."""
-    fold = getattr(balancer, "fold_counters", None)
-    return fold() if callable(fold) else balancer.counters

@@ -4,8 +4,9 @@ Rules of this module:
 1. Pure state machines: no I/O, no clock, no RNG, no logging. Results of health checks and of
    proxied requests come in through `process_*` calls, time as `now` (monotonic seconds). The
    drivers (the active checker, the proxy) do the sockets and emit pool events.
-2. Each machine names its states with an enum and moves only through its transition table; the
-   returned value tells the driver what changed so it can log, count and emit exactly once.
+2. Each machine names its states with an enum, and one method per input (`process_check`,
+   `process_outcome`) moves it, a branch per state; the returned value tells the driver what
+   changed so it can log, count and emit exactly once.
 
 Theory of operation.
 - `ActiveHealth` (HAProxy's `rise`/`fall`): a health counter in [0, rise + fall - 1]. An UP server
