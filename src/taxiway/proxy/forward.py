@@ -65,6 +65,31 @@ def idempotent(method: bytes) -> bool:
     return method == b"GET" or method in IDEMPOTENT
 
 
+# What to do about a request whose upstream connection was lost before any response byte.
+LOSS_FAIL: Final = 0            # answer the failure (502, or 504 for a connect timeout)
+LOSS_SAME_SERVER: Final = 1     # a stale pooled connection: again, same server, fresh connection
+LOSS_RETRY: Final = 2           # another server, if the retry budget allows
+
+
+def after_loss(uses: int, got_bytes: bool, sent_bytes: int, stale_retried: bool, replayable: bool,
+               method_idempotent: bool, tried: int, retries: int) -> int:
+    """The retry decision for a request whose connection failed before a response byte came.
+
+    A pooled connection (`uses > 1`) that closed without a byte while an idempotent request was
+    written to it lost a race with the server's keep-alive timeout: not the server's fault, so
+    once per request it goes to the same server on a fresh connection (like Envoy's reset-before-
+    response on a reused connection). Otherwise the request may go elsewhere when its body is
+    still held (`replayable`) and either its method is idempotent or none of its bytes reached
+    the server, and fewer than `retries` extra attempts were made (`tried` counts servers tried,
+    the first included). The caller then asks the retry budget.
+    """
+    if uses > 1 and not got_bytes and not stale_retried and replayable and method_idempotent:
+        return LOSS_SAME_SERVER
+    if replayable and (method_idempotent or sent_bytes == 0) and tried <= retries:
+        return LOSS_RETRY
+    return LOSS_FAIL
+
+
 def last_chunk(trailers: list[tuple[bytes, bytes]], more_forbidden: frozenset[bytes] = frozenset()) -> bytes:
     """The end of a chunked body with the allowed trailer fields (values as llhttp validated them).
     `more_forbidden`: names dropped on top of TRAILER_FORBIDDEN (a request's trailers must not
@@ -422,7 +447,7 @@ class Exchange(ResponseContext):
         elif not self.replay:
             self.replay = [chunk]
         else:
-            self.replay.append(chunk)  # type: ignore[union-attr]
+            self.replay.append(chunk)
 
     def on_request_complete(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
         """Called by the client protocol when the request body ended (with the trailer fields of
@@ -551,11 +576,10 @@ class Exchange(ResponseContext):
             self._account(ok=False)
             self.proto.abort()
             return
-        if conn.uses > 1 and not conn.got_bytes and not self.stale_retried and self.replay is not None \
-                and idempotent(self.method) and self.server is not None:
-            # A pooled connection the server had already closed (its keep-alive timeout raced our
-            # reuse): not the server's fault, so no failure, no retry budget, same server, fresh
-            # connection (like Envoy's reset-before-response on a reused connection).
+        if self.server is not None and after_loss(
+                conn.uses, conn.got_bytes, self.sent_bytes, self.stale_retried, self.replay is not None,
+                idempotent(self.method), len(self.tried), self.bal.settings.retries) == LOSS_SAME_SERVER:
+            # No failure counted, no retry budget spent (see `after_loss`).
             self.stale_retried = True
             self.bal.counters["stale_connection_retries"] += 1
             self.sent_bytes = 0
@@ -611,8 +635,9 @@ class Exchange(ResponseContext):
         bal = self.bal
         bal.note_failure(self.server, what)
         self._release_server(ok=False)
-        replayable = self.replay is not None and (idempotent(self.method) or self.sent_bytes == 0)
-        if replayable and len(self.tried) <= bal.settings.retries:
+        # (uses = 0: the stale-connection case was decided by `on_upstream_lost` already.)
+        if after_loss(0, True, self.sent_bytes, True, self.replay is not None, idempotent(self.method),
+                      len(self.tried), bal.settings.retries) == LOSS_RETRY:
             now = monotonic()
             bal.deposit_requests(now)
             if bal.retry_budget.allow_retry(now):

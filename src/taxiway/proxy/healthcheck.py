@@ -86,7 +86,8 @@ class HealthChecker:
     @property
     def cfg(self) -> HealthConfig:
         """Read through the balancer each time, so a SIGHUP reload's new settings apply."""
-        return self.balancer.cfg.health
+        health: HealthConfig = self.balancer.cfg.health
+        return health
 
     def _sleep_s(self) -> float:
         return self.cfg.interval * (1.0 + self.rng.uniform(-JITTER, JITTER))

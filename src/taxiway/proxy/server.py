@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 
+from taxiway.errors import RequestRefused
 from taxiway.proxy.forward import Exchange
-from taxiway.proxy.http1 import ConnContext, RequestHead, RequestRefused, error_response
+from taxiway.proxy.http1 import ConnContext, RequestHead, error_response
 from taxiway.proxy.upstream import (
     PAUSE_BUFFER,
     PAUSE_DONE,

@@ -180,7 +180,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             elif type(buf) is bytes:
                 self.head_buf = bytearray(buf) + data
             else:
-                buf += data   # type: ignore[operator]
+                buf += data
             rw = self.rewriter
             if rw is not None and len(self.head_buf) > rw.max_head_bytes and \
                     self.head_buf.find(b"\r\n\r\n", 0, rw.max_head_bytes) < 0:
