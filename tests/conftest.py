@@ -48,6 +48,13 @@ def taxiway_env() -> dict[str, str]:
     return env
 
 
+def run_taxiway(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+                timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """`taxiway ARGS` as a user types it, run to its end: exit status, stdout and stderr as text."""
+    return subprocess.run([sys.executable, "-m", "taxiway", *args], capture_output=True, text=True,
+                          env=env or taxiway_env(), cwd=cwd, timeout=timeout_s)
+
+
 class Processes:
     """Starts real processes in their own process group and kills every one at teardown."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from taxiway.balancing.model import Server
 from taxiway.config import Config, parse_config
 from taxiway.proxy.app import Balancer
 
-from .conftest import Processes, free_port, taxiway_env, wait_for_port
+from .conftest import Processes, free_port, run_taxiway, taxiway_env, wait_for_port
 
 
 def unstarted_balancer(cfg: Config | None = None, started_at: float = 1.7e9) -> Balancer:
@@ -160,8 +159,7 @@ def test_metrics_read_counters_at_scrape_time() -> None:
 
 def _status(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
             ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "taxiway", "status", *args], capture_output=True, text=True,
-                          env=env or taxiway_env(), timeout=60, cwd=cwd)
+    return run_taxiway("status", *args, env=env, cwd=cwd)
 
 
 def test_status_reads_admin_listen_from_the_config_file(procs: Processes, tmp_path: Path) -> None:
@@ -185,6 +183,11 @@ def test_status_reads_admin_listen_from_the_config_file(procs: Processes, tmp_pa
     here = _status("--json", env=env, cwd=tmp_path)
     assert here.returncode == 0, here.stderr
     assert [s["name"] for s in json.loads(here.stdout)["servers"]] == ["only-one"]
+    # ... but a mistake elsewhere in a file nobody named does not stop it: it asks the default.
+    (tmp_path / "taxiway.toml").write_text(cfg.read_text() + '[balancer]\nworkers = "four"\n')
+    fallback = _status("--json", "--timeout", "1", env=env, cwd=tmp_path)
+    assert "workers" not in fallback.stderr
+    assert fallback.returncode == 0 or "127.0.0.1:9901" in fallback.stderr   # (0: something answers there)
     # --admin still wins over the file.
     other = _status("-c", str(cfg), "--admin", f"127.0.0.1:{free_port()}", "--timeout", "1")
     assert other.returncode == 2 and "no taxiway admin API answers" in other.stderr

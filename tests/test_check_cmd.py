@@ -16,14 +16,13 @@ from taxiway.autoscale.command import check_programs
 from taxiway.config import parse_config
 from taxiway.errors import ConfigError
 
-from .conftest import Processes, free_port, taxiway_env, wait_for_port
+from .conftest import Processes, free_port, run_taxiway, taxiway_env, wait_for_port
 
 BACKEND = "{python} -m taxiway backend --port {port}"
 
 
 def check(cfg: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "taxiway", "check", "-c", str(cfg)], capture_output=True,
-                          text=True, env=env or taxiway_env(), timeout=60)
+    return run_taxiway("check", "-c", str(cfg), env=env)
 
 
 def write(tmp_path: Path, text: str, name: str = "taxiway.toml") -> Path:
@@ -198,3 +197,15 @@ def test_up_runs_a_program_setup_creates_and_refuses_one_it_did_not(procs: Proce
     assert r.returncode == 2
     assert r.stderr.splitlines()[-1] == (f"taxiway: config error: {f}: pool.command: program './serve' not "
                                          f"found after pool.setup ran (at {serve})")
+
+
+@pytest.mark.parametrize("pool", [
+    pytest.param('cwd = "${APP_DIR}"\ncommand = "{BACKEND}"', id="cwd"),
+    pytest.param('setup = ["${MIGRATE}"]\ncommand = "{BACKEND}"', id="setup"),
+])
+def test_an_unset_variable_is_not_judged_as_a_program_or_directory(tmp_path: Path, pool: str) -> None:
+    """`check` goes on with a stand-in for an unset ${VAR}: it must not then refuse the stand-in."""
+    f = write(tmp_path, "[pool]\n" + pool.replace("{BACKEND}", BACKEND) + "\n")
+    r = check(f)
+    assert r.returncode == 0, r.stderr
+    assert "environment variable" in r.stderr and "unset-variable" not in r.stderr

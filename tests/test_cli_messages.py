@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Processes, free_port, taxiway_env, wait_for_port
+from .conftest import Processes, free_port, run_taxiway, taxiway_env, wait_for_port
 
 IN_USE = "address already in use (another taxiway running? set {key} or stop it)"
 
 
 def run(verb: str, cfg: Path) -> subprocess.CompletedProcess[str]:
     plain = ["--plain"] if verb == "up" else []
-    return subprocess.run([sys.executable, "-m", "taxiway", verb, "-c", str(cfg), *plain],
-                          capture_output=True, text=True, env=taxiway_env(), timeout=60)
+    return run_taxiway(verb, "-c", str(cfg), *plain)
 
 
 def lb_config(tmp_path: Path, http: int, admin: int, name: str = "lb.toml", extra: str = "") -> Path:

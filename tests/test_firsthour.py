@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from taxiway.autoscale.live import shown_state
 from taxiway.balancing.model import Server
 from taxiway.proxy.http1 import ERROR_BODIES
-from tests.conftest import taxiway_env
+from tests.conftest import run_taxiway
 from tests.test_proxy_support import (
     Client,
     InProcess,
@@ -26,8 +25,7 @@ from tests.test_proxy_support import (
 
 
 def taxiway(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "taxiway", *args], cwd=cwd, env=taxiway_env(),
-                          capture_output=True, text=True, timeout=60)
+    return run_taxiway(*args, cwd=cwd)
 
 
 def test_cert_dev_output_pastes_into_a_config_that_has_a_listen_table(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.pool is not None:
         from taxiway.autoscale.command import check_programs  # uvloop & co only for a [pool]
 
-        for warning in check_programs(cfg, args.config):
+        for warning in check_programs(cfg, args.config, unset=frozenset(key for key, _ in unset)):
             print(f"taxiway: warning: {args.config}: {warning}", file=sys.stderr)
     pool = f", pool {cfg.pool.min}..{cfg.pool.max} x '{cfg.pool.command}'" if cfg.pool else ""
     print(f"{args.config}: ok: listen {cfg.listen.http or cfg.listen.https}, strategy "

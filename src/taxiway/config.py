@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import shlex
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -673,18 +674,11 @@ def _translate(err: msgspec.ValidationError, source: str | None, raw: Any = None
     return ConfigError(where, msg.replace("`", ""), source=source)
 
 
-def _literal_choices(key: str) -> list[str]:
-    """The allowed values of a Literal-typed setting, found by walking the schema along `key`."""
-    _, t = _schema_at(key)
-    t = _unwrap(t)
-    return [str(v) for v in t.values] if isinstance(t, msgspec.inspect.LiteralType) else []
-
-
 def _behind(key: str, unset: list[tuple[str, str]]) -> tuple[str, str] | None:
-    """The unset `${VAR}` (key, VAR) that a refusal of `key` is about, if any: the setting itself,
-    one inside it, or the table it is in."""
+    """The unset `${VAR}` (key, VAR) that a refusal of `key` is about, if any: the setting itself
+    or one inside it (a `${VAR}` is always one string, never a table)."""
     for k, var in unset:
-        if k == key or k.startswith((f"{key}.", f"{key}[")) or key.startswith((f"{k}.", f"{k}[")):
+        if k == key or k.startswith((f"{key}.", f"{key}[")):
             return k, var
     return None
 
@@ -742,6 +736,11 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None,
     for warning in secret_warnings(raw):
         log.warning("taxiway: warning: %s: %s", p, warning)
     return cfg
+
+
+def address_family(host: str) -> socket.AddressFamily:
+    """The socket family for a host as `split_hostport` returns it (IPv6 literals carry a ':')."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def split_hostport(value: str, key: str, default_port: int | None = None) -> tuple[str, int]:

@@ -19,9 +19,10 @@ from rich.table import Table
 from rich.text import Text
 
 from taxiway.config import load_config, split_hostport
-from taxiway.errors import UsageError
+from taxiway.errors import ConfigError, UsageError
 
 DEFAULT_CONFIG = "taxiway.toml"
+DEFAULT_ADMIN = ("127.0.0.1", 9901)
 HELP = "Print a running balancer's servers, health, load and counters (from its admin API)."
 
 _STATE_STYLE = {"up": "green", "down": "red", "ejected": "yellow", "draining": "cyan", "starting": "blue"}
@@ -133,7 +134,13 @@ def _admin_address(args: argparse.Namespace) -> tuple[str, int]:
     if args.admin:
         return split_hostport(args.admin, "--admin")
     if args.config is None and os.path.exists(DEFAULT_CONFIG):
-        args.config = DEFAULT_CONFIG   # like `lb` and `up`, which default to it too
+        # Like `lb` and `up`, which default to it too; but a file nobody named must not stop
+        # `status` when something else in it is wrong: then the default address is asked.
+        try:
+            args.config = DEFAULT_CONFIG
+            return _admin_address(args)
+        except (ConfigError, UsageError):
+            return DEFAULT_ADMIN
     if args.config:
         # Only the address is needed: an unset ${SECRET} in the operator's shell must not stop it.
         unset: list[tuple[str, str]] = []
@@ -146,7 +153,7 @@ def _admin_address(args: argparse.Namespace) -> tuple[str, int]:
             raise UsageError(f"{args.config} has no [admin] listen address: the admin API is off")
         host, port = split_hostport(cfg.admin.listen, "admin.listen")
         return ("127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host), port
-    return "127.0.0.1", 9901
+    return DEFAULT_ADMIN
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ from taxiway.autoscale.live import RateMeter, run_live, summary_line
 from taxiway.autoscale.policy import PolicyConfig
 from taxiway.autoscale.process import command_argv, die_with_parent
 from taxiway.autoscale.supervisor import Supervisor
+from taxiway.balancing.model import Pool, PoolEvent
 from taxiway.config import Config, PoolConfig, load_config, split_hostport
 from taxiway.errors import ConfigError, TaxiwayError, UsageError
 
@@ -86,7 +87,8 @@ def pool_cwd(cfg: Config, config_path: str) -> str:
     return str(base / cfg.pool.cwd) if cfg.pool.cwd else str(base)
 
 
-def check_programs(cfg: Config, config_path: str, *, setup_done: bool = False) -> list[str]:
+def check_programs(cfg: Config, config_path: str, *, setup_done: bool = False,
+                   unset: frozenset[str] = frozenset()) -> list[str]:
     """Refuse a [pool] whose programs cannot be started on this machine, before anything runs.
 
     Why: otherwise a missing program shows up late and bare, as app servers that crash-loop with
@@ -100,10 +102,11 @@ def check_programs(cfg: Config, config_path: str, *, setup_done: bool = False) -
     earlier setup step may create (a venv, `npm install`) cannot be judged yet: that is a warning,
     returned for the caller to print; with `setup_done` (setup has run) it is an error too. `up`
     calls this at start-up, after setup and on SIGHUP, `taxiway check` too, so both refuse the
-    same file.
+    same file. `unset`: keys whose `${VAR}` is not set here (`taxiway check` goes on with a stand-in
+    value): nothing is judged from a value the user did not write.
     """
     pool = cfg.pool
-    if pool is None:
+    if pool is None or "pool.cwd" in unset:
         return []
     cwd = Path(pool_cwd(cfg, config_path))
     if not cwd.is_dir():
@@ -115,6 +118,8 @@ def check_programs(cfg: Config, config_path: str, *, setup_done: bool = False) -
     steps.append(("pool.command", pool.command, {"port": "0", "host": pool.host, "name": "app-1"}))
     warnings = []
     for n, (key, command, values) in enumerate(steps):
+        if key in unset or "pool.env.PATH" in unset:
+            continue
         argv = command_argv(command, **values)
         found = _find_program(argv[0], cwd, env, "pool.env.PATH" if "PATH" in pool.env else "PATH") \
             if argv else None
@@ -248,10 +253,10 @@ async def _main(cfg: Config, config_path: str, live: bool) -> int:
           f"{'' if cfg.autoscale.enabled else ', autoscale off'}); starting {cfg.pool.min}", flush=True)
     tasks: list[asyncio.Task[None]] = []
     try:
+        announce_when_ready(bal.pool, f"{url}{admin}", cfg.pool.min == 0)
         await sup.start()
         tasks.append(loop.create_task(run_live(lambda: bal.pool.servers, sup, url) if live
                                       else _plain(bal, sup)))
-        tasks.append(loop.create_task(_announce_when_ready(bal, sup, f"{url}{admin}")))
         await stop.wait()
     finally:
         for task in tasks:
@@ -266,17 +271,23 @@ async def _main(cfg: Config, config_path: str, live: bool) -> int:
     return 0
 
 
-async def _announce_when_ready(bal: object, sup: Supervisor, where: str) -> None:
-    """`connect to ...` once a request would find a server (a pool server ready, or a static
-    one available), not when the listener opens: a user who follows it gets the app, not a 503."""
+def announce_when_ready(pool: Pool, where: str, scale_from_zero: bool) -> None:
+    """`connect to ...` once a request would find a server (the first READY event, or a static
+    server already available), not when the listener opens: a user who follows it gets the app,
+    not a 503. A pool that starts at zero servers has nothing to wait for: it says so at once."""
     t0 = time.monotonic()
-    while True:
-        now = time.monotonic()
-        if sup.ready_count() > 0 or any(s.static and s.is_available(now)
-                                        for s in bal.pool):  # type: ignore[attr-defined]
-            print(f"taxiway up: ready after {now - t0:.1f}s: connect to {where}", flush=True)
-            return
-        await asyncio.sleep(0.05)
+    said = False
+
+    def say() -> None:
+        nonlocal said
+        if not said:
+            said = True
+            print(f"taxiway up: ready after {time.monotonic() - t0:.1f}s: connect to {where}", flush=True)
+
+    if scale_from_zero or any(s.is_available(t0) for s in pool):
+        say()
+        return
+    pool.subscribe(lambda event, server: say() if event is PoolEvent.READY else None)
 
 
 def _reload_all(bal: object, sup: Supervisor, config_path: str) -> None:

@@ -302,7 +302,7 @@ class Engine:
         if self.should_stop is not None and self.should_stop():
             self.stop()
             return
-        deadline = now - self.spec.timeout_s
+        deadline = now - self.timeout_s
         for u in list(self.users):
             c = u.conn
             if c is not None and c.pending is not None and c.pending.sent < deadline:

@@ -32,7 +32,7 @@ import msgspec
 from taxiway.admin.api import AdminServer
 from taxiway.balancing.health import OutlierDetector, RetryBudget
 from taxiway.balancing.model import Pool, PoolEvent, Server
-from taxiway.config import Config, parse_server_url, split_hostport
+from taxiway.config import Config, address_family, parse_server_url, split_hostport
 from taxiway.errors import ConfigError
 from taxiway.proxy.forward import Exchange, Guard, Router, WaitQueue
 from taxiway.proxy.healthcheck import HealthChecker
@@ -411,7 +411,7 @@ class Balancer:
 
             ssl_ctx = make_server_context(cfg.listen.tls)
             host, port = split_hostport(cfg.listen.https, "listen.https")
-            lsock = socket.create_server((host, port), family=_family(host), backlog=BACKLOG,
+            lsock = socket.create_server((host, port), family=address_family(host), backlog=BACKLOG,
                                          reuse_port=reuse_port)
             lsock.setblocking(False)
             self._tls_sockets.append(lsock)
@@ -612,11 +612,6 @@ class Balancer:
         self.router.invalidate()
         self.event("reload", None, f"{len(wanted)} static server(s)")
         log.info("config reloaded: %d static server(s)", len(wanted))
-
-
-def _family(host: str) -> socket.AddressFamily:
-    """The address family a listen host needs (an IPv6 literal, else IPv4)."""
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def _bound_port(srv: Any) -> int:

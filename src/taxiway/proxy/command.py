@@ -24,7 +24,7 @@ import msgspec
 import uvloop
 
 from taxiway import BUILD
-from taxiway.config import Config, load_config, split_hostport
+from taxiway.config import Config, address_family, load_config, split_hostport
 from taxiway.errors import ConfigError, TaxiwayError
 
 if TYPE_CHECKING:
@@ -141,9 +141,8 @@ def check_addresses_free(cfg: Config) -> None:
         host, port = split_hostport(addr, key)
         if port == 0:
             continue
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            with socket.create_server((host, port), family=family):
+            with socket.create_server((host, port), family=address_family(host)):
                 pass
         except OSError as exc:
             raise _bind_failure(key, addr, exc) from None
@@ -172,7 +171,7 @@ def _reserve_port(addr: str, key: str) -> tuple[str, socket.socket | None]:
     host, port = split_hostport(addr, key)
     if port != 0:
         return addr, None
-    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s = socket.socket(address_family(host))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     s.bind((host, 0))
     port = s.getsockname()[1]

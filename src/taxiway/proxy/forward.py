@@ -20,7 +20,7 @@ import collections
 import random
 from collections.abc import Awaitable, Sequence
 from time import monotonic  # (a module attribute lookup less per call, compiled)
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from taxiway.balancing.affinity import CookieAffinity, ip_affinity, record_sticky, sticky_server
 from taxiway.balancing.model import Pool, PoolEvent, Server
@@ -28,11 +28,11 @@ from taxiway.balancing.strategies import Strategy, make_strategy
 from taxiway.proxy.http1 import (
     CONTINUE_100,
     CRLF,
-    ERROR_BODIES,
     Rejection,
     RequestHead,
     RequestInfo,
     ResponseContext,
+    error_body,
     error_response,
     simple_response,
 )
@@ -65,29 +65,23 @@ def idempotent(method: bytes) -> bool:
     return method == b"GET" or method in IDEMPOTENT
 
 
-# What to do about a request whose upstream connection was lost before any response byte.
-LOSS_FAIL: Final = 0            # answer the failure (502, or 504 for a connect timeout)
-LOSS_SAME_SERVER: Final = 1     # a stale pooled connection: again, same server, fresh connection
-LOSS_RETRY: Final = 2           # another server, if the retry budget allows
+# The two retry decisions for a request whose upstream connection failed before any response
+# byte came, in the order the exchange asks them.
+
+def stale_reuse(uses: int, got_bytes: bool, stale_retried: bool, replayable: bool,
+                method_idempotent: bool) -> bool:
+    """Again on the same server, on a fresh connection? A pooled connection (`uses > 1`) that
+    closed without a byte while an idempotent request was written to it lost a race with the
+    server's keep-alive timeout: not the server's fault, so once per request, without counting a
+    failure or spending retry budget (like Envoy's reset-before-response on a reused connection)."""
+    return uses > 1 and not got_bytes and not stale_retried and replayable and method_idempotent
 
 
-def after_loss(uses: int, got_bytes: bool, sent_bytes: int, stale_retried: bool, replayable: bool,
-               method_idempotent: bool, tried: int, retries: int) -> int:
-    """The retry decision for a request whose connection failed before a response byte came.
-
-    A pooled connection (`uses > 1`) that closed without a byte while an idempotent request was
-    written to it lost a race with the server's keep-alive timeout: not the server's fault, so
-    once per request it goes to the same server on a fresh connection (like Envoy's reset-before-
-    response on a reused connection). Otherwise the request may go elsewhere when its body is
-    still held (`replayable`) and either its method is idempotent or none of its bytes reached
-    the server, and fewer than `retries` extra attempts were made (`tried` counts servers tried,
-    the first included). The caller then asks the retry budget.
-    """
-    if uses > 1 and not got_bytes and not stale_retried and replayable and method_idempotent:
-        return LOSS_SAME_SERVER
-    if replayable and (method_idempotent or sent_bytes == 0) and tried <= retries:
-        return LOSS_RETRY
-    return LOSS_FAIL
+def may_retry(sent_bytes: int, replayable: bool, method_idempotent: bool, tried: int, retries: int) -> bool:
+    """Elsewhere? When its body is still held (`replayable`), either its method is idempotent or
+    none of its bytes reached the server, and fewer than `retries` extra attempts were made
+    (`tried` counts the servers tried, the first included). The caller then asks the budget."""
+    return replayable and (method_idempotent or sent_bytes == 0) and tried <= retries
 
 
 def last_chunk(trailers: list[tuple[bytes, bytes]], more_forbidden: frozenset[bytes] = frozenset()) -> bytes:
@@ -576,10 +570,8 @@ class Exchange(ResponseContext):
             self._account(ok=False)
             self.proto.abort()
             return
-        if self.server is not None and after_loss(
-                conn.uses, conn.got_bytes, self.sent_bytes, self.stale_retried, self.replay is not None,
-                idempotent(self.method), len(self.tried), self.bal.settings.retries) == LOSS_SAME_SERVER:
-            # No failure counted, no retry budget spent (see `after_loss`).
+        if self.server is not None and stale_reuse(conn.uses, conn.got_bytes, self.stale_retried,
+                                                   self.replay is not None, idempotent(self.method)):
             self.stale_retried = True
             self.bal.counters["stale_connection_retries"] += 1
             self.sent_bytes = 0
@@ -635,9 +627,8 @@ class Exchange(ResponseContext):
         bal = self.bal
         bal.note_failure(self.server, what)
         self._release_server(ok=False)
-        # (uses = 0: the stale-connection case was decided by `on_upstream_lost` already.)
-        if after_loss(0, True, self.sent_bytes, True, self.replay is not None, idempotent(self.method),
-                      len(self.tried), bal.settings.retries) == LOSS_RETRY:
+        if may_retry(self.sent_bytes, self.replay is not None, idempotent(self.method), len(self.tried),
+                     bal.settings.retries):
             now = monotonic()
             bal.deposit_requests(now)
             if bal.retry_budget.allow_retry(now):
@@ -664,7 +655,7 @@ class Exchange(ResponseContext):
             bal.router.invalidate()
             bal.pool.emit(PoolEvent.EJECTED, server)
 
-    def reject_with(self, rej: Any) -> None:
+    def reject_with(self, rej: Rejection) -> None:
         """Answer with a Rejection (edge guard, redirect) without contacting any server."""
         self.status = rej.status
         if self.method != b"HEAD":
@@ -681,7 +672,7 @@ class Exchange(ResponseContext):
         """Answer with taxiway's own error page (no response byte was sent yet)."""
         self.status = status
         if self.method != b"HEAD":
-            self.body_out = len(ERROR_BODIES.get(status, b"error\n"))
+            self.body_out = len(error_body(status))
         bal = self.bal
         bal.counters[f"error_{status}"] += 1
         close = not self.keep_alive or self.body_pending() or self.proto.closing

@@ -174,10 +174,15 @@ def simple_response(status: int, body: bytes, date_line: bytes, close: bool,
     return b"".join(parts)
 
 
+def error_body(status: int) -> bytes:
+    """The body of taxiway's own answer with `status` (what the access log counts as its bytes)."""
+    return ERROR_BODIES.get(status, b"error\n")
+
+
 def error_response(status: int, date_line: bytes, close: bool = True,
                    extra: list[tuple[bytes, bytes]] | tuple[()] = (), http10: bool = False,
                    lines: bytes = b"", head: bool = False) -> bytes:
-    return simple_response(status, ERROR_BODIES.get(status, b"error\n"), date_line, close, extra, http10,
+    return simple_response(status, error_body(status), date_line, close, extra, http10,
                            lines, head)
 
 
