@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -135,6 +137,14 @@ def test_scenario_login_password_from_the_environment(monkeypatch: pytest.Monkey
     monkeypatch.delenv("DEMO_PW")
     with pytest.raises(UsageError, match=r"login.form.password: expected the environment variable DEMO_PW"):
         scn.parse_scenario(data, HOST, source="s.toml")
+
+
+def test_scenario_login_password_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "pw.txt").write_text("s3cret-from-a-file\n")
+    (tmp_path / "s.toml").write_text('[[request]]\npath = "/"\n[login]\npage = "/login/"\n'
+                                     'form = { username = "user1", password = "file:pw.txt" }\n')
+    sc = scn.load_scenario(tmp_path / "s.toml", HOST)   # relative to the scenario's directory
+    assert sc.login is not None and sc.login.form["password"] == "s3cret-from-a-file"
 
 
 @pytest.mark.parametrize(("data", "message"), [

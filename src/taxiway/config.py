@@ -410,6 +410,14 @@ _URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]+@", re.IGNORE
 _SECRET_KEYS = ("secret", "password", "token", "api_key", "private")
 
 
+_INDEX = re.compile(r"\[\d+\]")
+
+
+def schema_key(key: str) -> str:
+    """A key as the schema names it: list indexes as `[]` (`servers[2].url` -> `servers[].url`)."""
+    return _INDEX.sub("[]", key)
+
+
 # A stand-in for an unset `${VAR}` under `taxiway check` that no rule refuses: letters and '-' only
 # (header names, cookie names) and 32 bytes (affinity.secret wants 16).
 _UNSET_STAND_IN = "unset-variable-placeholder-value"
@@ -418,7 +426,7 @@ _UNSET_STAND_IN = "unset-variable-placeholder-value"
 _UNSET_EXAMPLES = {"servers[].url": "http://127.0.0.1:{n}"}
 
 
-def _resolve_refs(node: Any, path: str, env: dict[str, str], base: Path,
+def resolve_refs(node: Any, path: str, env: dict[str, str], base: Path,
                   unset: list[tuple[str, str]] | None = None) -> Any:
     """Replace `${VAR}` and `file:/path` string values, so secrets live outside the file.
 
@@ -428,9 +436,9 @@ def _resolve_refs(node: Any, path: str, env: dict[str, str], base: Path,
     and `up` pass no list, so they refuse to start without the value.
     """
     if isinstance(node, dict):
-        return {k: _resolve_refs(v, f"{path}.{k}" if path else k, env, base, unset) for k, v in node.items()}
+        return {k: resolve_refs(v, f"{path}.{k}" if path else k, env, base, unset) for k, v in node.items()}
     if isinstance(node, list):
-        return [_resolve_refs(v, f"{path}[{i}]", env, base, unset) for i, v in enumerate(node)]
+        return [resolve_refs(v, f"{path}[{i}]", env, base, unset) for i, v in enumerate(node)]
     if isinstance(node, str):
         m = _ENV_REF.match(node)
         if m:
@@ -461,7 +469,7 @@ def _stand_in(key: str, n: int) -> Any:
     default = getattr(field, "default", msgspec.NODEFAULT)
     if isinstance(default, str | Duration | Size) and default != "":
         return default
-    return _UNSET_EXAMPLES.get(re.sub(r"\[\d+\]", "[]", key), _UNSET_STAND_IN).format(n=n)
+    return _UNSET_EXAMPLES.get(schema_key(key), _UNSET_STAND_IN).format(n=n)
 
 
 def secret_warnings(raw: dict[str, Any], path: str = "") -> list[str]:
@@ -538,7 +546,7 @@ def _plain(t: Any, key: str) -> str:
     strings", "a table ([health] section)"."""
     t = _unwrap(t)
     section = re.sub(r"\[\d+\]$", "", key)
-    section = re.sub(r"\[\d+\]", "[]", section)
+    section = schema_key(section)
     mi = msgspec.inspect
     if isinstance(t, mi.StrType):
         return "a string"
@@ -655,7 +663,7 @@ def _translate(err: msgspec.ValidationError, source: str | None, raw: Any = None
     if msg.startswith("Object missing required field"):
         name = below(msg.split("`")[1])
         _, t = _schema_at(name)
-        what = _REQUIRED.get(re.sub(r"\[\d+\]", "[]", name)) or _plain(t, name)
+        what = _REQUIRED.get(schema_key(name)) or _plain(t, name)
         return ConfigError(name, f"required (expected {what})", source=source)
     value = _lookup(raw, key)
     got = "" if value is _MISSING else f", got {_show_value(value)}"
@@ -695,7 +703,7 @@ def parse_config(raw: dict[str, Any], source: str | None = None,
     env = dict(os.environ) if env is None else env
     base = base or Path.cwd()
     try:
-        resolved = _resolve_refs(raw, "", env, base, unset_env)
+        resolved = resolve_refs(raw, "", env, base, unset_env)
         try:
             cfg = msgspec.convert(resolved, Config, dec_hook=_dec_hook)
         except msgspec.ValidationError as err:

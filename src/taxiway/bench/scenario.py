@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from taxiway.bench.schedule import parse_duration
-from taxiway.errors import UsageError
+from taxiway.config import resolve_refs
+from taxiway.errors import ConfigError, UsageError
 
 DEFAULT_TOKEN_PATTERN = r'name="csrfmiddlewaretoken" value="([^"]+)"'  # Django's hidden form field
 DEFAULT_TOKEN_FIELD = "csrfmiddlewaretoken"
@@ -158,7 +159,7 @@ def parse_scenario(data: dict[str, object], host: str, source: str = "scenario")
         raise fail("base_url", "expected a URL string", base_url)
     think = _think_time(data.get("think_time", 0), fail)
     raw_login = data.get("login")
-    login = _login(raw_login, fail) if raw_login is not None else None
+    login = _login(raw_login, fail, Path(source).parent) if raw_login is not None else None
     cookies = data.get("cookies", True)
     if not isinstance(cookies, bool):
         raise fail("cookies", "expected true or false", cookies)
@@ -225,7 +226,7 @@ def _request(i: int, raw: object, host: str, fail: _Fail) -> Request:
     return build_request(method, path, host, headers, body_value.encode(), name, float(weight))
 
 
-def _login(raw: object, fail: _Fail) -> Login:
+def _login(raw: object, fail: _Fail, base: Path) -> Login:
     if not isinstance(raw, dict):
         raise fail("login", "expected a table")
     allowed = {"page", "post", "form", "token_pattern", "token_field", "token_header"}
@@ -252,23 +253,13 @@ def _login(raw: object, fail: _Fail) -> Login:
     header = raw.get("token_header", "")
     if not isinstance(field_name, str) or not isinstance(header, str):
         raise fail("login.token_field", "expected strings for token_field and token_header")
-    fields = {k: _from_env(str(v), f"login.form.{k}", fail) for k, v in form.items()}
+    # `"${NAME}"` and `"file:PATH"` as in the config file (one resolver): a scenario that logs in
+    # needs a password, and a password must not have to live in the file.
+    try:
+        fields = resolve_refs({k: str(v) for k, v in form.items()}, "login.form", dict(os.environ), base)
+    except ConfigError as exc:
+        raise fail(exc.key, f"expected {exc.expected}") from None
     return Login(page, post, fields, pattern, field_name, header)
-
-
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def _from_env(value: str, key: str, fail: _Fail) -> str:
-    """`"${NAME}"` is the environment variable NAME, as in the config file: a scenario that
-    logs in needs a password, and a password must not have to live in the file."""
-    m = _ENV_REF.fullmatch(value)
-    if m is None:
-        return value
-    found = os.environ.get(m.group(1))
-    if found is None:
-        raise fail(key, f"expected the environment variable {m.group(1)} to be set")
-    return found
 
 
 def extract_token(pattern: str, body: bytes) -> str | None:
