@@ -94,7 +94,7 @@ def test_async_guard_answers_in_order_on_a_keep_alive_connection(procs):
     """A guard that must await (the Redis store) delays only its own request, and answers in order."""
     import asyncio
 
-    from taxiway.proxy.http1 import Rejection
+    from taxiway.security.rejection import Rejection
 
     class SlowGuard:
         def check(self, head):

@@ -17,13 +17,13 @@ from taxiway.proxy.http1 import RequestHead
 from taxiway.security.apikeys import KeyFile
 from taxiway.security.edge import (
     EdgeGuard,
-    Rejection,
     client_bucket,
     method_set,
     needs_normalizing,
     normalize_path,
     prefix_matches,
 )
+from taxiway.security.rejection import Rejection
 from tests.conftest import free_port
 from tests.services import RedisTarget
 

@@ -28,7 +28,6 @@ from taxiway.balancing.strategies import Strategy, make_strategy
 from taxiway.proxy.http1 import (
     CONTINUE_100,
     CRLF,
-    Rejection,
     RequestHead,
     RequestInfo,
     ResponseContext,
@@ -37,6 +36,7 @@ from taxiway.proxy.http1 import (
     simple_response,
 )
 from taxiway.proxy.upstream import PAUSE_BUFFER, UpstreamConnection
+from taxiway.security.rejection import Rejection
 
 if TYPE_CHECKING:
     from taxiway.config import Config

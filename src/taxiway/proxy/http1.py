@@ -21,7 +21,6 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
 from taxiway.errors import RequestRefused
@@ -126,15 +125,6 @@ class RequestHead:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """An answer given by taxiway itself instead of forwarding: an HTTPS redirect, or what an
-    edge guard (security/edge.py) decided. `reason` is for logs and counters, never a secret."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    reason: str = ""
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,10 +37,10 @@ from typing import Any, Protocol
 from urllib.parse import unquote
 
 from taxiway.config import ApiKeyRoute, Config, RateLimitConfig, RateLimitRule
-from taxiway.proxy.http1 import Rejection
 from taxiway.security.apikeys import ApiKey, KeyRing, KeyStatus
 from taxiway.security.ratelimit import Limit, Verdict, ceil_seconds
 from taxiway.security.ratestore import MemoryStore, RateStoreError, RedisStore
+from taxiway.security.rejection import Rejection
 
 log = logging.getLogger("taxiway.security")
 
