@@ -38,7 +38,21 @@ h.update(b"TAXIWAY_COMPILE=" + __import__("os").environ.get("TAXIWAY_COMPILE", "
 print(h.hexdigest())
 EOF
 )
-_wanted=$(echo "$1" | tr ',' '\n' | sed 's/^test$/test\napp\nreport/' | sort -u)
+# The extras asked for and those they bring in (`test` lists `taxiway[app,report]`), as pip reads them.
+_wanted=$($PY - "$1" <<'EOF'
+import re, sys, tomllib
+extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]
+todo, seen = sys.argv[1].split(","), set()
+while todo:
+    name = todo.pop()
+    if name and name not in seen:
+        seen.add(name)
+        for req in extras[name]:
+            m = re.match(r"taxiway\[([^\]]+)\]", req)
+            todo += m.group(1).split(",") if m else []
+print("\n".join(sorted(seen)))
+EOF
+)
 _stamp=.venv/taxiway-install.stamp
 _have=""
 if [ -f "$_stamp" ] && [ "$(head -1 "$_stamp")" = "$_digest" ] && [ -z "${TAXIWAY_REINSTALL:-}" ]; then
