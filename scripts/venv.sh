@@ -50,7 +50,7 @@ while todo:
         for req in extras[name]:
             m = re.match(r"taxiway\[([^\]]+)\]", req)
             todo += m.group(1).split(",") if m else []
-print("\n".join(sorted(seen)))
+print("\n".join(sorted(seen | {"taxiway"})))   # (taxiway itself: a new venv has nothing)
 EOF
 )
 _stamp=.venv/taxiway-install.stamp
@@ -76,7 +76,7 @@ else
 import sys, tomllib
 extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]
 for name in sys.argv[1:]:
-    for req in extras[name]:
+    for req in extras.get(name, ()):
         if not req.startswith("taxiway["):
             print(req)
 EOF

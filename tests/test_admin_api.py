@@ -346,10 +346,9 @@ def test_status_verb_when_admin_is_off_in_config(tmp_path: object) -> None:
 
 def test_admin_allowed_hosts_from_the_config() -> None:
     """`admin.allowed_hosts` reaches the admin listener: a listed name is served, others get 421."""
-    from tests.test_proxy_support import InProcess, make_config
+    from tests.proxy_support import InProcess, make_config
 
-    b = InProcess(make_config([], admin={"listen": "127.0.0.1:0", "allowed_hosts": ["lb1.internal"]}))
-    try:
+    with InProcess(make_config([], admin={"listen": "127.0.0.1:0", "allowed_hosts": ["lb1.internal"]})) as b:
         port = b.bal.admin_port
         assert port is not None
         answers = []
@@ -358,5 +357,3 @@ def test_admin_allowed_hosts_from_the_config() -> None:
                 s.sendall(b"GET /status HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n")
                 answers.append(s.recv(65536).split(b" ", 2)[1])
         assert answers == [b"200", b"421"]
-    finally:
-        b.stop()

@@ -385,7 +385,7 @@ def test_warmup_is_not_measured_and_durations_are_exact(procs: Processes, tmp_pa
 
 def test_per_backend_share_through_the_balancer(procs: Processes, tmp_path: Path) -> None:
     """The default --served-by-header (X-Served-By) reads what `taxiway lb` adds: the balance."""
-    from tests.test_proxy_support import start_lb
+    from tests.proxy_support import start_lb
 
     b1, b2 = procs.backend("b1"), procs.backend("b2")
     port, _, _ = start_lb(procs, tmp_path, [b1, b2],

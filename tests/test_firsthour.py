@@ -13,7 +13,7 @@ from taxiway.autoscale.live import shown_state
 from taxiway.balancing.model import Server
 from taxiway.proxy.http1 import ERROR_BODIES
 from tests.conftest import run_taxiway
-from tests.test_proxy_support import (
+from tests.proxy_support import (
     Client,
     InProcess,
     Origin,
@@ -72,8 +72,7 @@ def test_taxiways_own_503_is_logged_with_its_body_bytes(tmp_path: Path) -> None:
     log = tmp_path / "access.log"
     port_cfg = make_config([refused_port()], access_log={"enabled": True, "path": str(log)},
                            balancer={"retries": 0}, limits={"upstream_queue": 0})
-    lb = InProcess(port_cfg)
-    try:
+    with InProcess(port_cfg) as lb:
         c = Client(lb.port)
         c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         resp = c.read_response()
@@ -83,8 +82,6 @@ def test_taxiways_own_503_is_logged_with_its_body_bytes(tmp_path: Path) -> None:
         line = json.loads(log.read_text().splitlines()[-1])
         assert line["status"] == resp.status
         assert line["bytes"] == len(resp.body) == len(ERROR_BODIES[resp.status]) > 0
-    finally:
-        lb.stop()
 
 
 def test_live_view_shows_the_balancers_state_not_the_processes() -> None:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.test_proxy_support import Client, InProcess, Origin, OriginRequest, make_config, ok_response
+from tests.proxy_support import Client, InProcess, Origin, OriginRequest, make_config, ok_response
 
 SMUGGLED = (b"GET /smuggled HTTP/1.1\r\nHost: internal.example\r\nX-Forwarded-For: 10.9.9.9\r\n"
             b"Content-Length: 0\r\n\r\n")

@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 
-from tests.test_proxy_support import (
+from tests.proxy_support import (
     Client,
     InProcess,
     RawServer,
@@ -34,27 +34,21 @@ def ok_handler(conn: socket.socket) -> None:
 
 
 def test_503_with_retry_after_when_no_server_is_available():
-    lb = InProcess(make_config([refused_port()], health={"enabled": False, "interval": "3s"}))
-    try:
+    with InProcess(make_config([refused_port()], health={"enabled": False, "interval": "3s"})) as lb:
         lb.run(lambda: lb.bal.drain_server(lb.bal.pool.servers[0].name))
         c = Client(lb.port)
         r = c.get("/")
         assert r.status == 503 and r.header("Retry-After") == "3"
         assert c.get("/").status == 503     # the connection stays usable
         assert lb.bal.counters["error_503"] == 2
-    finally:
-        lb.stop()
 
 
 def test_502_when_the_only_server_refuses():
-    lb = InProcess(make_config([refused_port()]))
-    try:
+    with InProcess(make_config([refused_port()])) as lb:
         r = http_get(lb.port, "/")
         assert r.status == 502 and len(r.body) < 100
         assert lb.bal.counters["error_502"] == 1
         assert lb.bal.pool.servers[0].failures >= 1
-    finally:
-        lb.stop()
 
 
 def test_get_and_post_retried_when_connect_is_refused():
@@ -122,8 +116,7 @@ def test_502_on_invalid_upstream_response():
 
 def test_504_on_upstream_response_timeout(procs):
     b1 = procs.backend("b1")
-    lb = InProcess(make_config([b1], timeouts={"upstream_response": "500ms"}))
-    try:
+    with InProcess(make_config([b1], timeouts={"upstream_response": "500ms"})) as lb:
         start = time.monotonic()
         c = Client(lb.port)
         r = c.get("/delay/3000")
@@ -131,8 +124,6 @@ def test_504_on_upstream_response_timeout(procs):
         assert time.monotonic() - start < 2.5
         assert lb.bal.counters["error_504"] == 1 and lb.bal.counters["retries"] == 0
         assert c.get("/").status == 200          # the client connection survives
-    finally:
-        lb.stop()
 
 
 def test_response_cut_midway_is_cut_for_the_client_too():
@@ -192,8 +183,7 @@ def test_outlier_detection_ejects_failing_server():
 
 def test_inflight_counts_while_a_request_runs(procs):
     b1 = procs.backend("b1")
-    lb = InProcess(make_config([b1]))
-    try:
+    with InProcess(make_config([b1])) as lb:
         srv = lb.bal.pool.servers[0]
         result = []
         t = threading.Thread(target=lambda: result.append(http_get(lb.port, "/delay/800").status))
@@ -201,8 +191,6 @@ def test_inflight_counts_while_a_request_runs(procs):
         assert wait_until(lambda: srv.inflight == 1, 5)
         t.join(10)
         assert result == [200] and srv.inflight == 0 and srv.requests == 1
-    finally:
-        lb.stop()
 
 
 def test_stale_pooled_connection_is_retried_fresh_for_get_but_not_for_post():

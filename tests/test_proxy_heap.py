@@ -11,7 +11,7 @@ import time
 import pytest
 
 from taxiway.proxy.heap import TrimPolicy, load_malloc_trim
-from tests.test_proxy_support import Client, InProcess, Origin, make_config, ok_response, wait_until
+from tests.proxy_support import Client, InProcess, Origin, make_config, ok_response, wait_until
 
 
 @pytest.mark.parametrize(("steps", "trims"), [

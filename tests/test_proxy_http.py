@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 
-from tests.test_proxy_support import (
+from tests.proxy_support import (
     Client,
     InProcess,
     RawServer,

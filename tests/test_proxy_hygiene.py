@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from taxiway.proxy.app import redact_target
+from taxiway.proxy.accesslog import redact_target
 from taxiway.proxy.http1 import RequestRefused, check_host, check_target
-from tests.test_proxy_support import (
+from tests.proxy_support import (
     Client,
     InProcess,
     Origin,
@@ -117,16 +117,14 @@ def test_ordinary_escapes_reach_the_app_as_sent(lb, origin, target: bytes) -> No
 def test_fragment_cannot_walk_past_api_key_route(origin, tmp_path: Path) -> None:
     keys = tmp_path / "keys.json"
     keys.write_text('{"keys": []}')
-    b = InProcess(make_config([origin.port], apikeys={"file": str(keys)}).replace(
-        "[[servers]]", '[[apikeys.routes]]\npath_prefix = "/admin"\nscopes = ["admin"]\n[[servers]]', 1))
-    try:
+    cfg = make_config([origin.port], apikeys={"file": str(keys)}).replace(
+        "[[servers]]", '[[apikeys.routes]]\npath_prefix = "/admin"\nscopes = ["admin"]\n[[servers]]', 1)
+    with InProcess(cfg) as b:
         for target in (b"/admin", b"/admin#", b"/admin#x", b"/ADMIN"):
             c, out = raw(b.port, b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n")
             c.close()
             assert out.split(b" ")[1] in (b"400", b"401"), (target, out[:80])
         assert origin.got == []
-    finally:
-        b.stop()
 
 
 # -- B6: Host -------------------------------------------------------------------------------
@@ -186,14 +184,11 @@ def test_client_claims_are_dropped_from_untrusted_clients(lb, origin) -> None:
 
 
 def test_client_claims_pass_from_a_trusted_proxy(origin) -> None:
-    b = InProcess(make_config([origin.port], headers={"trusted_proxies": ["127.0.0.1/32"]}))
-    try:
+    with InProcess(make_config([origin.port], headers={"trusted_proxies": ["127.0.0.1/32"]})) as b:
         assert Client(b.port).get("/", CLAIMS).status == 200
         req = origin.got[0]
         for name, value in CLAIMS.items():
             assert req.header(name) == value, name
-    finally:
-        b.stop()
 
 
 def test_request_trailers_cannot_carry_forwarding_fields_or_keys(lb, origin) -> None:
@@ -470,8 +465,7 @@ def test_trusted_proxy_scheme_and_client_address_are_used(origin, tmp_path: Path
                       access_log={"enabled": True, "path": str(log)})
     cfg += (
         '[[ratelimit.rules]]\nname = "per-ip"\nrate = "1/m"\nburst = 0\nkey = "ip"\n')
-    b = InProcess(cfg)
-    try:
+    with InProcess(cfg) as b:
         c = Client(b.port)
         h = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7", "X-Forwarded-Proto": "https"}
         assert c.get("/a", h).status == 200
@@ -483,21 +477,16 @@ def test_trusted_proxy_scheme_and_client_address_are_used(origin, tmp_path: Path
         b.run(b.bal.access_log.flush)
         clients = [json.loads(line)["client"] for line in log.read_text().splitlines()]
         assert clients == ["203.0.113.7", "203.0.113.7", "203.0.113.8"]
-    finally:
-        b.stop()
 
 
 def test_untrusted_client_cannot_choose_its_address_for_limits(origin) -> None:
     cfg = make_config([origin.port]) + (
         '[[ratelimit.rules]]\nname = "per-ip"\nrate = "1/m"\nburst = 0\nkey = "ip"\n')
-    b = InProcess(cfg)
-    try:
+    with InProcess(cfg) as b:
         c = Client(b.port)
         assert c.get("/a", {"X-Forwarded-For": "203.0.113.1"}).status == 200
         assert c.get("/b", {"X-Forwarded-For": "203.0.113.2"}).status == 429
         assert origin.got[0].header("x-forwarded-proto") == "http"
-    finally:
-        b.stop()
 
 
 # -- D13: secrets in a query are not logged ----------------------------------------------------
@@ -518,16 +507,13 @@ def test_redact_target(target: bytes, logged: bytes) -> None:
 
 def test_query_key_never_reaches_the_access_log(origin, tmp_path: Path) -> None:
     log = tmp_path / "access.log"
-    b = InProcess(make_config([origin.port], access_log={"enabled": True, "path": str(log)}))
-    try:
+    with InProcess(make_config([origin.port], access_log={"enabled": True, "path": str(log)})) as b:
         assert Client(b.port).get("/api?api_key=" + KEY).status == 200
         b.run(b.bal.access_log.flush)
         assert wait_until(lambda: log.stat().st_size > 0)
         text = log.read_text()
         assert KEY not in text and "S" * 32 not in text
         assert "api_key=***" in text
-    finally:
-        b.stop()
 
 
 # -- what the fuzzers found (tests/fuzz) ----------------------------------------------------------
@@ -589,10 +575,9 @@ def test_upgrade_fields_are_one_list(lb, origin) -> None:
 
 
 def test_taxiways_own_answers_to_head_carry_no_body(origin) -> None:
-    from tests.test_proxy_support import refused_port
+    from tests.proxy_support import refused_port
 
-    b = InProcess(make_config([refused_port()], balancer={"retries": 0}))
-    try:
+    with InProcess(make_config([refused_port()], balancer={"retries": 0})) as b:
         c = Client(b.port)
         r = c.get("/", method="HEAD")            # the server is down: 502, kept connection
         assert r.status == 502 and int(r.header("Content-Length") or 0) > 0
@@ -602,8 +587,6 @@ def test_taxiways_own_answers_to_head_carry_no_body(origin) -> None:
         c2, out = raw(b.port, b"HEAD / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
         c2.close()
         assert out.startswith(b"HTTP/1.1 400 ") and out.endswith(b"\r\n\r\n")
-    finally:
-        b.stop()
 
 
 def test_asterisk_form_only_for_options(lb, origin) -> None:
@@ -676,15 +659,12 @@ def test_pipelined_burst_split_mid_head_is_answered_whole(lb, origin) -> None:
 def test_upgrade_answered_at_once_gets_one_answer() -> None:
     """An Upgrade request answered in the read that parsed it (no server: 503; a redirect or an
     edge refusal alike) gets that answer only: no 400 after it."""
-    b = InProcess(make_config([]))
-    try:
+    with InProcess(make_config([])) as b:
         c, out = raw(b.port, b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\n"
                              b"Upgrade: websocket\r\n\r\n")
         c.close()
         assert out.count(b"HTTP/1.1 ") == 1 and out.startswith(b"HTTP/1.1 503 "), out
         assert b.bal.fold_counters()["error_400"] == 0
-    finally:
-        b.stop()
 
 
 def test_proxy_connection_is_read_as_llhttp_reads_it(lb, origin) -> None:
@@ -740,12 +720,9 @@ def test_absolute_form_with_an_ipv6_literal(lb, origin) -> None:
 
 
 def test_renamed_request_id_cannot_ride_in_a_trailer(origin) -> None:
-    b = InProcess(make_config([origin.port], headers={"request_id": "X-Correlation-Id"}))
-    try:
+    with InProcess(make_config([origin.port], headers={"request_id": "X-Correlation-Id"})) as b:
         c = Client(b.port)
         c.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
                b"1\r\na\r\n0\r\nX-Correlation-Id: forged\r\nX-Ok: 1\r\n\r\n")
         assert c.read_response().status == 200
         assert {n.lower() for n, _ in origin.got[0].trailers} == {b"x-ok"}
-    finally:
-        b.stop()

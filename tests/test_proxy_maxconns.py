@@ -8,7 +8,7 @@ import threading
 import time
 
 from .conftest import Processes
-from .test_proxy_support import InProcess, RawServer, http_get, make_config, read_request_head, refused_port
+from .proxy_support import InProcess, RawServer, http_get, make_config, read_request_head, refused_port
 
 
 def _concurrently(port: int, paths: list[str], stagger_s: float = 0.0,
@@ -35,9 +35,8 @@ def _concurrently(port: int, paths: list[str], stagger_s: float = 0.0,
 
 def test_a_full_server_is_skipped_and_503_when_all_are_full(procs: Processes) -> None:
     b1, b2 = procs.backend("b1"), procs.backend("b2")
-    lb = InProcess(make_config([b1, b2], balancer={"strategy": "round-robin"},
-                               limits={"upstream_max_connections": 1, "upstream_queue": 0}))
-    try:
+    with InProcess(make_config([b1, b2], balancer={"strategy": "round-robin"},
+                               limits={"upstream_max_connections": 1, "upstream_queue": 0})) as lb:
         # Two slow requests fill both servers (one each, whatever round robin would say) ...
         results = _concurrently(lb.port, ["/delay/1500"] * 3)
         ok = [r for r in results if r[0] == 200]
@@ -48,24 +47,18 @@ def test_a_full_server_is_skipped_and_503_when_all_are_full(procs: Processes) ->
         assert lb.bal.counters["error_503"] == 1
         # Once they finish, both servers take requests again.
         assert http_get(lb.port, "/").status == 200
-    finally:
-        lb.stop()
 
 
 def test_no_cap_by_default(procs: Processes) -> None:
     b1 = procs.backend("b1")
-    lb = InProcess(make_config([b1]))
-    try:
+    with InProcess(make_config([b1])) as lb:
         results = _concurrently(lb.port, ["/delay/500"] * 5)
         assert [s for s, _ in results] == [200] * 5
-    finally:
-        lb.stop()
 
 
 def test_requests_wait_for_a_slot_instead_of_503(procs: Processes) -> None:
     b1, b2 = procs.backend("b1"), procs.backend("b2")
-    lb = InProcess(make_config([b1, b2], limits={"upstream_max_connections": 1}))
-    try:
+    with InProcess(make_config([b1, b2], limits={"upstream_max_connections": 1})) as lb:
         seen: list[int] = []
         watcher = threading.Thread(target=lambda: [
             (seen.append(lb.run(lb.bal.waiting.live)), time.sleep(0.1)) for _ in range(8)])
@@ -81,15 +74,12 @@ def test_requests_wait_for_a_slot_instead_of_503(procs: Processes) -> None:
         # sent after it, and timer jitter on a busy machine) before their own 0.8 s.
         assert sorted(took)[-1] >= 1.3
         assert lb.run(lambda: len(lb.bal.waiting.entries)) == 0
-    finally:
-        lb.stop()
 
 
 def test_a_request_waits_at_most_the_queue_timeout(procs: Processes) -> None:
     b1 = procs.backend("b1")
-    lb = InProcess(make_config([b1], limits={"upstream_max_connections": 1},
-                               timeouts={"queue": "300ms"}))
-    try:
+    with InProcess(make_config([b1], limits={"upstream_max_connections": 1},
+                               timeouts={"queue": "300ms"})) as lb:
         took: list[float] = []
         results = _concurrently(lb.port, ["/delay/2000", "/"], stagger_s=0.1, timings=took)
         assert results[0] == (200, "b1")
@@ -97,26 +87,20 @@ def test_a_request_waits_at_most_the_queue_timeout(procs: Processes) -> None:
         assert status == 503 and retry_after is not None   # with Retry-After, like "all servers down"
         assert 0.25 <= took[1] < 1.5   # answered after the queue timeout, not after the slow request
         assert lb.bal.counters["queue_timeout"] == 1
-    finally:
-        lb.stop()
 
 
 def test_a_full_queue_answers_503_at_once(procs: Processes) -> None:
     b1 = procs.backend("b1")
-    lb = InProcess(make_config([b1], limits={"upstream_max_connections": 1, "upstream_queue": 1}))
-    try:
+    with InProcess(make_config([b1], limits={"upstream_max_connections": 1, "upstream_queue": 1})) as lb:
         took: list[float] = []
         results = _concurrently(lb.port, ["/delay/1000"] * 3, stagger_s=0.1, timings=took)
         assert [s for s, _ in results] == [200, 200, 503], results
         assert took[2] < 0.5   # refused immediately: the one queue place was taken
-    finally:
-        lb.stop()
 
 
 def test_a_client_that_leaves_while_waiting_is_never_sent_upstream(procs: Processes) -> None:
     b1 = procs.backend("b1")
-    lb = InProcess(make_config([b1], limits={"upstream_max_connections": 1}))
-    try:
+    with InProcess(make_config([b1], limits={"upstream_max_connections": 1})) as lb:
         holder = threading.Thread(target=http_get, args=(lb.port, "/delay/800"))
         holder.start()
         time.sleep(0.2)
@@ -130,40 +114,32 @@ def test_a_client_that_leaves_while_waiting_is_never_sent_upstream(procs: Proces
         server = lb.bal.pool.servers[0]
         assert server.requests == 2   # the held request and the last one; not the abandoned one
         assert lb.run(lambda: len(lb.bal.waiting.entries)) == 0
-    finally:
-        lb.stop()
 
 
 def test_a_finished_request_hands_its_slot_to_a_waiter_at_once(procs: Processes) -> None:
     """Twelve 20 ms requests through one slot take about 12 x 20 ms, not a timer tick each."""
     b1 = procs.backend("b1")
-    lb = InProcess(make_config([b1], limits={"upstream_max_connections": 1}))
-    try:
+    with InProcess(make_config([b1], limits={"upstream_max_connections": 1})) as lb:
         t0 = time.monotonic()
         results = _concurrently(lb.port, ["/delay/20"] * 12)
         elapsed = time.monotonic() - t0
         assert [s for s, _ in results] == [200] * 12
         assert lb.bal.counters["queued"] >= 6
         assert elapsed < 2.0, f"{elapsed:.2f}s: waiters were served by the 250 ms tick, not the freed slot"
-    finally:
-        lb.stop()
 
 
 def test_a_retry_waits_for_a_slot_like_a_first_attempt(procs: Processes) -> None:
     """A request whose server refused the connection is retried; when the only other server is
     at its cap, the retry waits in the queue for its slot instead of failing with 502."""
     b1 = procs.backend("b1")
-    lb = InProcess(make_config([refused_port(), b1], balancer={"strategy": "round-robin"},
-                               health={"enabled": False}, limits={"upstream_max_connections": 1}))
-    try:
+    with InProcess(make_config([refused_port(), b1], balancer={"strategy": "round-robin"},
+                               health={"enabled": False}, limits={"upstream_max_connections": 1})) as lb:
         # The slow request holds b1's one slot; the second can only be sent to the dead server,
         # fails there before any byte came back, and is retried on b1 once the slot is free.
         results = _concurrently(lb.port, ["/delay/800", "/"], stagger_s=0.2)
         assert results == [(200, "b1"), (200, "b1")], results
         assert lb.bal.counters["retries"] >= 1 and lb.bal.counters["queued"] >= 1
         assert lb.bal.counters["error_502"] == 0
-    finally:
-        lb.stop()
 
 
 def test_a_waiting_retry_does_not_hold_up_requests_another_server_can_take(procs: Processes) -> None:

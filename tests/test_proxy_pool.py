@@ -5,13 +5,12 @@ from __future__ import annotations
 import threading
 
 from taxiway.balancing.model import Server
-from tests.test_proxy_support import InProcess, http_get, make_config, wait_until
+from tests.proxy_support import InProcess, http_get, make_config, wait_until
 
 
 def test_drain_lets_in_flight_finish_and_remove_closes_idle_connections(procs):
     b1, b2 = procs.backend("b1"), procs.backend("b2")
-    lb = InProcess(make_config([b1], balancer={"strategy": "round-robin"}))
-    try:
+    with InProcess(make_config([b1], balancer={"strategy": "round-robin"})) as lb:
         s1 = lb.bal.pool.servers[0]
         s2 = Server(name="b2", host="127.0.0.1", port=b2, static=False, ready=False)
         lb.run(lambda: lb.bal.add_server(s2))
@@ -33,16 +32,13 @@ def test_drain_lets_in_flight_finish_and_remove_closes_idle_connections(procs):
         assert busy.name not in lb.bal.pool
         assert busy not in lb.bal.upstreams
         assert any(e["kind"] == "removed" and e["server"] == busy.name for e in lb.bal.events)
-    finally:
-        lb.stop()
 
 
 def test_cookie_affinity_sticks_and_rewrites(procs, monkeypatch):
     b1, b2 = procs.backend("b1"), procs.backend("b2")
     monkeypatch.setenv("AFF_SECRET", "0123456789abcdef0123456789abcdef")
-    lb = InProcess(make_config([b1, b2], balancer={"strategy": "round-robin"},
-                               affinity={"mode": "cookie", "secret": "${AFF_SECRET}"}))
-    try:
+    with InProcess(make_config([b1, b2], balancer={"strategy": "round-robin"},
+                               affinity={"mode": "cookie", "secret": "${AFF_SECRET}"})) as lb:
         r = http_get(lb.port, "/")
         cookie = r.header("Set-Cookie")
         assert cookie and cookie.startswith("taxiway_srv=") and "HttpOnly" in cookie
@@ -61,33 +57,25 @@ def test_cookie_affinity_sticks_and_rewrites(procs, monkeypatch):
         http_get(lb.port, "/", {"Cookie": value})
         counts = {s.name: s.sticky_clients for s in lb.bal.pool}
         assert sum(counts.values()) == 6 and all(c >= 2 for c in counts.values()), counts
-    finally:
-        lb.stop()
 
 
 def test_consistent_hash_on_a_header(procs):
     b1, b2, b3 = procs.backend("b1"), procs.backend("b2"), procs.backend("b3")
-    lb = InProcess(make_config([b1, b2, b3], balancer={"strategy": "consistent-hash",
-                                                       "hash_key": "header:X-User"}))
-    try:
+    with InProcess(make_config([b1, b2, b3], balancer={"strategy": "consistent-hash",
+                                                       "hash_key": "header:X-User"})) as lb:
         for user in ("alice", "bob", "carol", "dave"):
             seen = {http_get(lb.port, "/", {"X-User": user}).header("X-Backend") for _ in range(5)}
             assert len(seen) == 1, (user, seen)
-    finally:
-        lb.stop()
 
 
 def test_active_health_checks_take_a_failing_server_out(procs):
     b1 = procs.backend("b1")
     b2 = procs.backend("b2", None, "--fail-healthz")
-    lb = InProcess(make_config([b1, b2], balancer={"strategy": "round-robin"},
-                               health={"enabled": True, "interval": "200ms", "fall": 1, "rise": 1}))
-    try:
+    with InProcess(make_config([b1, b2], balancer={"strategy": "round-robin"},
+                               health={"enabled": True, "interval": "200ms", "fall": 1, "rise": 1})) as lb:
         bad = next(s for s in lb.bal.pool.servers if s.port == b2)
         assert wait_until(lambda: not bad.healthy, 10)
         assert {http_get(lb.port, "/").header("X-Backend") for _ in range(6)} == {"b1"}
-    finally:
-        lb.stop()
 
 
 def test_async_guard_answers_in_order_on_a_keep_alive_connection(procs):
@@ -108,10 +96,9 @@ def test_async_guard_answers_in_order_on_a_keep_alive_connection(procs):
             return None
 
     b1 = procs.backend("b1")
-    lb = InProcess(make_config([b1]))
-    try:
+    with InProcess(make_config([b1])) as lb:
         lb.run(lambda: lb.bal.guards.append(SlowGuard()))
-        from tests.test_proxy_support import Client
+        from tests.proxy_support import Client
 
         c = Client(lb.port)
         c.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\nGET /deny HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -120,8 +107,6 @@ def test_async_guard_answers_in_order_on_a_keep_alive_connection(procs):
         assert (r1.status, r2.status, r3.status) == (200, 403, 200)
         assert r2.header("X-Why") == "denied" and r2.body == b"no\n"
         assert lb.bal.counters["rejected_403"] == 1
-    finally:
-        lb.stop()
 
 
 def test_redis_rate_limit_through_the_proxy(procs, redis_server):
@@ -131,13 +116,10 @@ def test_redis_rate_limit_through_the_proxy(procs, redis_server):
         f'[ratelimit]\nstore = "redis"\nredis_url = "{redis_server.url}"\n'
         f'key_prefix = "{redis_server.prefix}"\n'
         '[[ratelimit.rules]]\nname = "api"\nrate = "1/m"\npath_prefix = "/api"\n')
-    lb = InProcess(text)
-    try:
-        from tests.test_proxy_support import Client
+    with InProcess(text) as lb:
+        from tests.proxy_support import Client
 
         c = Client(lb.port)
         statuses = [c.get("/api/x").status for _ in range(3)]
         assert statuses[0] == 200 and statuses[-1] == 429
         assert c.get("/free").status == 200
-    finally:
-        lb.stop()

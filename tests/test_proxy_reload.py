@@ -6,7 +6,7 @@ import signal
 import time
 
 from .conftest import Processes
-from .test_proxy_support import Client, make_config, start_lb
+from .proxy_support import Client, make_config, start_lb
 
 
 def test_a_rejected_reload_applies_nothing(procs: Processes, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.conftest import free_port, wait_for_port
-from tests.test_proxy_support import Client, http_get, make_config, start_lb, wait_until
+from tests.proxy_support import Client, http_get, make_config, start_lb, wait_until
 
 
 def test_sigterm_finishes_in_flight_then_exits_0(procs, tmp_path):
@@ -74,10 +74,9 @@ def test_sighup_adds_reweights_and_removes_servers_without_dropping_connections(
 
 
 def test_reload_in_process_reweights():
-    from tests.test_proxy_support import InProcess
+    from tests.proxy_support import InProcess
 
-    lb = InProcess(make_config([free_port(), free_port()]))
-    try:
+    with InProcess(make_config([free_port(), free_port()])) as lb:
         s1, s2 = lb.bal.pool.servers
         from taxiway.config import parse_config
 
@@ -86,8 +85,6 @@ def test_reload_in_process_reweights():
         assert s1.weight == 5 and s2.draining
         assert any(e["kind"] == "changed" for e in lb.bal.events)
         assert wait_until(lambda: s2.name not in lb.bal.pool)   # idle: removed at the next tick
-    finally:
-        lb.stop()
 
 
 def test_workers_share_the_port_with_so_reuseport(procs, tmp_path):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.test_proxy_support import Client, InProcess, RawServer, make_config, read_request_head, start_lb
+from tests.proxy_support import Client, InProcess, RawServer, make_config, read_request_head, start_lb
 
 MB = 1 << 20
 
@@ -146,8 +146,7 @@ def test_body_arriving_before_the_upstream_connects_is_forwarded(procs):
     leave the request hanging."""
     b1, b2 = procs.backend("b1"), procs.backend("b2")
     for size in (1_000_000, 3_000_000):
-        lb = InProcess(make_config([b1, b2]))
-        try:
+        with InProcess(make_config([b1, b2])) as lb:
             with socket.create_connection(("127.0.0.1", lb.port), timeout=10) as s:
                 s.sendall(b"POST /sink HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size
                           + b"\0" * size)
@@ -157,5 +156,3 @@ def test_body_arriving_before_the_upstream_connects_is_forwarded(procs):
                     assert data, f"connection closed after {answer!r}"
                     answer += data
             assert answer.startswith(b"HTTP/1.1 200 ")
-        finally:
-            lb.stop()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.test_proxy_support import Client, InProcess, RawServer, make_config, read_request_head
+from tests.proxy_support import Client, InProcess, RawServer, make_config, read_request_head
 
 SMUGGLING = [
     pytest.param(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -181,11 +181,8 @@ def test_connection_close_stops_reading(recorder):
 
 
 def test_max_connections_per_client():
-    lb = InProcess(make_config([1], limits={"max_connections_per_client": 2}))
-    try:
+    with InProcess(make_config([1], limits={"max_connections_per_client": 2})) as lb:
         a, b, c = Client(lb.port), Client(lb.port), Client(lb.port)
         assert c.is_closed()
         assert not a.is_closed(wait_s=0.3) and not b.is_closed(wait_s=0.3)
         assert lb.bal.counters["connections_refused"] == 1
-    finally:
-        lb.stop()

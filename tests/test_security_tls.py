@@ -173,7 +173,7 @@ def test_cert_dev_bad_hosts_is_one_line(tmp_path: Path) -> None:
 
 
 def _https_balancer(certs: Path, **sections: dict[str, object]) -> tuple[object, int]:
-    from tests.test_proxy_support import InProcess, Origin, make_config, ok_response
+    from tests.proxy_support import InProcess, Origin, make_config, ok_response
 
     origin = Origin(lambda req: ok_response(b"ok"))
     port = __import__("tests.conftest", fromlist=["free_port"]).free_port()

@@ -2,7 +2,7 @@
 
 Why this stack and not the parser alone: the bugs that matter in a proxy sit between two readers
 (a request smuggled past the rewriter, a response handed to the wrong client, bytes after an
-Upgrade written before the 101), so both ends are real: a `Balancer` (tests/test_proxy_support.py
+Upgrade written before the 101), so both ends are real: a `Balancer` (tests/proxy_support.py
 `InProcess`) on its own uvloop thread, a recording upstream on another, loopback sockets between.
 
 Per input (one exec):
@@ -79,7 +79,7 @@ from tests.fuzz.invariants import (  # noqa: E402
     read_client_stream,
 )
 from tests.fuzz.verdict import Triage, replay  # noqa: E402
-from tests.test_proxy_support import InProcess, make_config  # noqa: E402
+from tests.proxy_support import InProcess, make_config  # noqa: E402
 
 NO_ANSWER_S: Final = 1.0        # a complete request is answered (or the connection closed) by then
 ALIVE_S: Final = 2.0            # invariant (a): the follow-up request's 200 within this

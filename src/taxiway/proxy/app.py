@@ -15,30 +15,26 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
-import ipaddress
 import logging
-import math
 import random
-import re
 import socket
 import ssl
-import sys
 import time
 from collections.abc import Callable, Coroutine
-from typing import IO, Any, Final
-
-import msgspec
+from typing import Any, Final
 
 from taxiway.admin.api import AdminServer
 from taxiway.balancing.health import OutlierDetector, RetryBudget
 from taxiway.balancing.model import Pool, PoolEvent, Server
 from taxiway.config import Config, address_family, parse_server_url, split_hostport
 from taxiway.errors import ConfigError
-from taxiway.proxy.forward import Exchange, Guard, Router, WaitQueue
+from taxiway.proxy.accesslog import AccessLog
+from taxiway.proxy.forward import Router, WaitQueue
 from taxiway.proxy.healthcheck import HealthChecker
 from taxiway.proxy.heap import TrimPolicy, load_malloc_trim
-from taxiway.proxy.http1 import DateCache, RequestHead, RequestRewriter, ResponseRewriter
-from taxiway.proxy.server import ClientProtocol
+from taxiway.proxy.http1 import DateCache, RequestHead
+from taxiway.proxy.server import ClientProtocol, ListenerContext
+from taxiway.proxy.settings import Settings
 from taxiway.proxy.upstream import UpstreamPool
 from taxiway.security.edge import EdgeGuard
 
@@ -49,47 +45,6 @@ BACKLOG: Final = 2048
 ACCEPT_BATCH: Final = 64   # HTTPS connections taken per wakeup of the acceptor
 # accept() errors that mean "out of descriptors or memory": back off instead of spinning
 _OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
-class Settings:
-    """Config values the hot path reads, precomputed (seconds, bytes, rewriters)."""
-
-    def __init__(self, cfg: Config, rewriter: RequestRewriter | None = None) -> None:
-        t, lim = cfg.timeouts, cfg.limits
-        self.client_header_s = float(t.client_header)
-        self.client_body_s = float(t.client_body)
-        self.client_idle_s = float(t.client_idle)
-        self.upstream_response_s = float(t.upstream_response)
-        self.upstream_read_s = float(t.upstream_read)
-        self.upstream_idle_s = float(t.upstream_idle)
-        self.connect_s = float(t.connect)
-        self.max_header_bytes = int(lim.max_header_bytes)
-        self.max_headers = lim.max_headers
-        self.max_body_bytes = int(lim.max_body_bytes)
-        self.max_connections = lim.max_connections
-        self.max_connections_per_client = lim.max_connections_per_client
-        self.upstream_pool_size = lim.upstream_pool_size
-        self.queue_size = lim.upstream_queue if lim.upstream_max_connections else 0
-        self.queue_s = float(t.queue)
-        self.retries = cfg.balancer.retries
-        self.request_rewriter = RequestRewriter(cfg.headers.request_id, cfg.headers.via, self.max_body_bytes)
-        if rewriter is not None:   # keep request ids unique across reloads
-            self.request_rewriter._rid_base = rewriter._rid_base
-            self.request_rewriter._rid_counter = rewriter._rid_counter
-        hsts = float(cfg.listen.tls.hsts_max_age) if cfg.listen.tls is not None else 0.0
-        self.response_rewriter = ResponseRewriter(cfg.headers.security, cfg.balancer.served_by_header, hsts,
-                                                  int(lim.max_response_header_bytes))
-        self.retry_after = [(b"Retry-After", b"%d" % max(1, math.ceil(cfg.health.interval)))]
-        self._trusted = [ipaddress.ip_network(p, strict=False) for p in cfg.headers.trusted_proxies]
-
-    def is_trusted(self, ip: str) -> bool:
-        if not self._trusted:
-            return False
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self._trusted)
 
 
 def pool_event_detail(event: PoolEvent, server: Server, now: float) -> str:
@@ -113,83 +68,17 @@ def pool_event_detail(event: PoolEvent, server: Server, now: float) -> str:
     return f"{where}, weight {server.weight}"   # CHANGED (a reload)
 
 
-_LINE: Final = (b'{"ts":%.3f,"client":"%s","method":"%s","path":%s,"status":%d,"server":%s,"bytes":%d,'
-         b'"bytes_in":%d,"duration_ms":%.3f,"request_id":%s}')
-
-
-class AccessLog:
-    """One JSON line per request, buffered and written by the tick (or when 256 lines wait)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.stream: IO[bytes] = sys.stderr.buffer if path == "-" else open(path, "ab")  # noqa: SIM115
-        self.buf: list[bytes] = []
-        self.encoder = msgspec.json.Encoder()
-        self._names: dict[str | None, bytes] = {}   # server name -> its JSON (names are few)
-        # Wall clock = monotonic `now` + offset, re-read at every flush (tick): no clock call per line.
-        self.wall_offset = time.time() - time.monotonic()
-
-    def record(self, ex: Exchange, server: str | None, now: float) -> None:
-        """Called once per finished request. Formatting is one bytes %-format: client-controlled
-        strings (path, request id) go through the JSON encoder, the rest cannot need escaping.
-        The client is the one a trusted proxy reported, if any (else the peer); a query's
-        secrets (API keys, tokens, passwords) are written as `***`."""
-        head = ex.head
-        enc = self.encoder.encode
-        server_json = self._names.get(server)
-        if server_json is None:
-            server_json = self._names[server] = enc(server)
-        target = head.raw_target
-        if _MAY_HOLD_SECRET.search(target) is not None:
-            target = redact_target(target)
-        self.buf.append(_LINE % (
-            now + self.wall_offset, head.client_ip.encode(), ex.method, enc(target.decode("latin-1")),
-            ex.status,
-            server_json, ex.body_out, ex.body_in, (now - ex.t_start) * 1000,
-            enc(ex.info.request_id.decode("latin-1"))))
-        if len(self.buf) >= 256:
-            self.flush()
-
-    def flush(self) -> None:
-        self.wall_offset = time.time() - time.monotonic()
-        if self.buf:
-            self.buf.append(b"")
-            try:
-                self.stream.write(b"\n".join(self.buf))
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass
-            self.buf = []
-
-    def close(self) -> None:
-        self.flush()
-        if self.path != "-":
-            self.stream.close()
-
-
-# Query parameters whose values are credentials, and taxiway API keys anywhere in a target: an
-# access log must not become the place keys leak from (a key sent in a query is refused, but the
-# line is still written).
-_SECRET_PARAM: Final = re.compile(
-    rb"(?i)([?&;](?:api[_-]?key|key|token|access[_-]?token|auth|password|passwd|secret|"
-    rb"signature|sig|session|sessionid)=)[^&;#]*")
-_API_KEY: Final = re.compile(rb"tw_[0-9a-f]{8}_[A-Za-z0-9_-]+")
-_MAY_HOLD_SECRET: Final = re.compile(rb"\?|tw_")
-
-
-def redact_target(target: bytes) -> bytes:
-    """The request target as the access log writes it: credential values replaced by `***`."""
-    return _API_KEY.sub(b"tw_***", _SECRET_PARAM.sub(rb"\1***", target))
-
-
 def server_from_config(url: str, name: str | None, weight: int, key: str, slow_start_s: float) -> Server:
     host, port = parse_server_url(url, key)
     return Server(name=name or f"{host}:{port}", host=host, port=port, weight=weight,
                   slow_start_s=slow_start_s, static=True)
 
 
-class Balancer:
-    """The load balancer. See the module docstring and docs/balancer.md."""
+class Balancer(ListenerContext):
+    """The load balancer. See the module docstring and docs/balancer.md.
+
+    It is the `ListenerContext` its client connections read and the `forward.ProxyContext` its
+    requests share: those two declare, field by field, all the layers below may use of it."""
 
     def __init__(self, cfg: Config, config_path: str | None = None) -> None:
         self.cfg = cfg
@@ -198,7 +87,7 @@ class Balancer:
         self.pool = Pool()
         # Named event counters. A defaultdict, not a Counter: `Counter` is a Python subclass of
         # dict whose item access goes through slot wrappers, several times slower per `+= 1`.
-        self.counters: collections.defaultdict[str, int] = collections.defaultdict(int)
+        self.counters = collections.defaultdict(int)
         # The two counts every request bumps are native ints (a dict item increment costs ~10x
         # more); `fold_counters` adds them to `counters`: the tick does, and every reader first.
         self.hot_requests = 0
@@ -211,8 +100,8 @@ class Balancer:
         self.started_at = time.time()
         # Set by `taxiway up` (the autoscaler): the "autoscale" section of /status.
         self.autoscale_status: Callable[[], dict[str, Any]] | None = None
-        self.guards: list[Guard] = []
-        self.protocols: set[ClientProtocol] = set()
+        self.guards = []
+        self.protocols = set()
         self.per_client: dict[str, int] = {}
         self.rng = random.Random(cfg.balancer.seed)
         self.settings = Settings(cfg)
@@ -223,8 +112,8 @@ class Balancer:
         self._budget_counted = 0    # counters["requests"] already deposited in the retry budget
         self.date = DateCache()
         self.date.refresh(time.time())
-        self.access_log: AccessLog | None = AccessLog(cfg.access_log.path) if cfg.access_log.enabled else None
-        self.upstreams: dict[Server, UpstreamPool] = {}
+        self.access_log = AccessLog(cfg.access_log.path) if cfg.access_log.enabled else None
+        self.upstreams = {}
         self.bound_http_port: int | None = None
         self.bound_https_port: int | None = None
         self.admin: AdminServer | None = None

@@ -1,6 +1,12 @@
 """Routing one request: affinity -> strategy.pick -> upstream connection -> retry loop.
 
 Rules of this module (driver glue between the client protocol and the upstream pool):
+0. It knows the layers around it only through what it declares here: `Downstream` (what an
+   exchange may ask of its client connection; server.ClientProtocol derives from it) and
+   `ProxyContext` (what requests share: settings, counters, router, queue, upstream pools;
+   app.Balancer derives from it). Upstream connections report through `upstream.UpstreamEvents`,
+   which `Exchange` implements. Native base classes, not `typing.Protocol`s: compiled, a call
+   through a base class is a vtable slot, through a Protocol a lookup by name.
 1. `Exchange` is the per-request state, created by the client protocol in `on_headers_complete`.
    Its methods are callbacks (client body arrived, upstream head arrived, upstream lost ...); they
    do O(1) work and never await. The only task is the rare one an async edge guard needs.
@@ -16,32 +22,33 @@ Statuses taxiway answers here: 502 upstream failed or sent invalid HTTP, 503 no 
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import logging
 import random
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from time import monotonic  # (a module attribute lookup less per call, compiled)
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Any, Final, Protocol
 
 from taxiway.balancing.affinity import CookieAffinity, ip_affinity, record_sticky, sticky_server
+from taxiway.balancing.health import OutlierDetector, RetryBudget
 from taxiway.balancing.model import Pool, PoolEvent, Server
 from taxiway.balancing.strategies import Strategy, make_strategy
+from taxiway.config import Config
+from taxiway.proxy.accesslog import AccessLog
 from taxiway.proxy.http1 import (
     CONTINUE_100,
     CRLF,
+    DateCache,
     RequestHead,
     RequestInfo,
-    ResponseContext,
     error_body,
     error_response,
     simple_response,
 )
-from taxiway.proxy.upstream import PAUSE_BUFFER, UpstreamConnection
+from taxiway.proxy.settings import Settings
+from taxiway.proxy.upstream import UpstreamConnection, UpstreamEvents, UpstreamPool
 from taxiway.security.rejection import Rejection
-
-if TYPE_CHECKING:
-    from taxiway.config import Config
-    from taxiway.proxy.app import Balancer
-    from taxiway.proxy.server import ClientProtocol
 
 IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 REPLAY_MAX_BYTES: Final = 64 * 1024       # request body kept for a retry; larger bodies are not replayed
@@ -95,6 +102,110 @@ def last_chunk(trailers: list[tuple[bytes, bytes]], more_forbidden: frozenset[by
             lines += (name, b": ", value, CRLF)
     lines.append(CRLF)
     return b"".join(lines)
+
+
+# Reasons the client connection stops reading (a bit mask: `Downstream.pause_reading`; reading
+# resumes when no reason is left).
+PAUSE_UPSTREAM: Final = 1    # the upstream's send buffer is full
+PAUSE_BUFFER: Final = 2      # body buffered while connecting is above the high-water mark
+PAUSE_PIPELINE: Final = 4    # a later pipelined request waits for the current response
+PAUSE_DONE: Final = 8        # Connection: close / parse error: nothing more is read
+PAUSE_UPGRADE: Final = 16    # an Upgrade request waits for the server's 101
+
+
+class Downstream(asyncio.Protocol):
+    """The client connection as an exchange sees it: where its answer goes, and the client's
+    flow control. `server.ClientProtocol` is the one implementation and overrides every method.
+
+    Output is collected per read in `wbuf` and written by one `flush` (server.py rule 3): the
+    response rewriter appends a head to it directly, which is why the list is part of this
+    interface. Nothing else of the connection is.
+    """
+
+    __slots__ = ()
+
+    wbuf: list[bytes]       # output of the read being handled
+    write_paused: bool      # the client does not read what is written to it
+    closing: bool           # the connection closes after the answer in flight
+    https: bool             # came in through the HTTPS listener
+    redirect_https: Callable[[RequestHead], bytes] | None   # set: answer 308 to this location
+
+    def queue(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def queue_many(self, parts: tuple[bytes, ...]) -> None:
+        raise NotImplementedError
+
+    def queue_body(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Write what is queued (the exchange calls it when it answers outside a client read)."""
+        raise NotImplementedError
+
+    def write_now(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def own_lines(self) -> bytes:
+        """Header lines for an answer taxiway writes itself (HSTS on HTTPS)."""
+        raise NotImplementedError
+
+    def pause_reading(self, reason: int) -> None:
+        raise NotImplementedError
+
+    def resume_reading(self, reason: int) -> None:
+        raise NotImplementedError
+
+    def exchange_done(self, ex: Exchange, now: float = 0.0) -> None:
+        """The exchange's answer is queued whole: the next pipelined request may start."""
+        raise NotImplementedError
+
+    def start_tunnel(self, ex: Exchange) -> None:
+        """The server switched protocols: client bytes go to `ex` from now on."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
+class ProxyContext:
+    """What every request of one balancer shares: the exchange, the router and the wait queue
+    read and update this, never the rest of `app.Balancer` (which derives from it and sets each
+    field in its `__init__`; a reload swaps `settings`, `router` and the rest whole)."""
+
+    settings: Settings
+    counters: collections.defaultdict[str, int]
+    hot_requests: int       # counters["requests"] and ["responses_2xx"] as native ints, folded in
+    hot_2xx: int            # by Balancer.fold_counters (a dict increment per request costs ~10x)
+    guards: list[Guard]
+    log: logging.Logger
+    pool: Pool
+    router: Router
+    waiting: WaitQueue
+    upstreams: dict[Server, UpstreamPool]
+    outlier: OutlierDetector
+    retry_budget: RetryBudget
+    date: DateCache
+    access_log: AccessLog | None
+
+    def upstream_pool(self, server: Server) -> UpstreamPool:
+        """The keep-alive connections to `server` (made on first use)."""
+        raise NotImplementedError
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` as a task the balancer keeps (and cancels on stop)."""
+        raise NotImplementedError
+
+    def note_failure(self, server: Server | None, what: str) -> None:
+        """Count an upstream failure and record it as an event."""
+        raise NotImplementedError
+
+    def deposit_requests(self, now: float) -> None:
+        """Feed the retry budget the requests counted since the last call."""
+        raise NotImplementedError
 
 
 class Guard(Protocol):
@@ -188,7 +299,7 @@ class Router:
         return self.strategy.pick(cands, self.key_for(head) if self.key_kind else None, now), False
 
 
-class Exchange(ResponseContext):
+class Exchange(UpstreamEvents):
     """One request/response through the proxy (see module docstring)."""
 
     # Per-request defaults live on the class: a request sets only what changes (cheaper than
@@ -208,8 +319,8 @@ class Exchange(ResponseContext):
     read_deadline = 0.0            # the body must have moved by then
     status = 0
     body_in = 0
-    body_out = 0
-    # Response framing fields (content_length, chunked_out, close, ...) come from ResponseContext.
+    # body_out (response bytes relayed) comes from UpstreamEvents, the framing fields
+    # (content_length, chunked_out, close, ...) from ResponseContext.
     set_cookie = False
     tunnel = False
     timed_out_connect = False
@@ -220,10 +331,10 @@ class Exchange(ResponseContext):
     pending: list[bytes] | None = None      # framed body bytes not yet written upstream
     replay: list[bytes] | tuple[()] | None = ()  # body bytes written so far (None: too big to replay)
 
-    def __init__(self, proto: ClientProtocol, head: RequestHead, info: RequestInfo, method: bytes,
-                 keep_alive: bool, client_http11: bool) -> None:
+    def __init__(self, proto: Downstream, ctx: ProxyContext, head: RequestHead, info: RequestInfo,
+                 method: bytes, keep_alive: bool, client_http11: bool) -> None:
         self.proto = proto
-        self.bal: Balancer = proto.bal
+        self.ctx = ctx
         self.head = head
         self.info = info
         self.method = method
@@ -236,22 +347,22 @@ class Exchange(ResponseContext):
         """Called by the client protocol when this request reaches the front of the line."""
         self.started = True
         self.t_start = now
-        bal = self.bal
-        bal.hot_requests += 1   # counters["requests"] (Balancer.fold_counters); the retry budget's deposit
+        ctx = self.ctx
+        ctx.hot_requests += 1   # counters["requests"] (Balancer.fold_counters); the retry budget's deposit
         proto = self.proto
         if proto.redirect_https is not None:
             self.reject_with(Rejection(308, [(b"Location", proto.redirect_https(self.head))],
                                        b"moved to https\n"))
             return
-        if bal.guards:
-            for guard in bal.guards:
+        if ctx.guards:
+            for guard in ctx.guards:
                 result = guard.check(self.head)
                 if result is None:
                     continue
                 if isinstance(result, Rejection):
                     self.reject_with(result)
                     return
-                bal.spawn(self._await_guard(result, bal.guards.index(guard) + 1))
+                ctx.spawn(self._await_guard(result, ctx.guards.index(guard) + 1))
                 return
         self.dispatch(now)
 
@@ -259,7 +370,7 @@ class Exchange(ResponseContext):
         try:
             result = await awaitable
         except Exception:   # a guard store failing must not kill the connection silently
-            self.bal.log.exception("edge guard failed")
+            self.ctx.log.exception("edge guard failed")
             result = None
         if self.finished:
             return
@@ -267,7 +378,7 @@ class Exchange(ResponseContext):
             self.reject_with(result)
             self.proto.flush()
             return
-        for guard in self.bal.guards[next_index:]:
+        for guard in self.ctx.guards[next_index:]:
             said = guard.check(self.head)
             if said is None:
                 continue
@@ -287,23 +398,23 @@ class Exchange(ResponseContext):
 
     def dispatch(self, now: float | None = None) -> None:
         """Pick a server and get a connection to it (first attempt or retry)."""
-        bal = self.bal
+        ctx = self.ctx
         if now is None:
             now = monotonic()
-        waiting = bal.waiting
+        waiting = ctx.waiting
         if waiting.entries and not self.tried:
             waiting.drain(now)   # (a reload may have raised the cap or removed the queue)
             # Others still wait for a slot: join the line behind them. (When only retries wait,
             # for servers they have not tried yet, a server with room serves this one now.)
-            if waiting.entries and not bal.router.has_room(now):
+            if waiting.entries and not ctx.router.has_room(now):
                 if not waiting.push(self, now):
                     self.answer_error(503)
                 return
-        server, set_cookie = bal.router.pick(self.head, self.tried, now)
+        server, set_cookie = ctx.router.pick(self.head, self.tried, now)
         if server is None:
             # Every server it may still use is at its cap: wait for a slot (a retry too, like
             # HAProxy's redispatch), unless the queue is off or full.
-            if not (bal.router.full and waiting.push(self, now)):
+            if not (ctx.router.full and waiting.push(self, now)):
                 self.answer_no_server()
             return
         self.use_server(server, set_cookie, now)
@@ -318,7 +429,7 @@ class Exchange(ResponseContext):
 
     def use_server(self, server: Server, set_cookie: bool, now: float) -> None:
         """Send the request to `server` (picked by `dispatch`, or by the wait queue)."""
-        bal = self.bal
+        ctx = self.ctx
         self.set_cookie = set_cookie
         self.server = server
         self.tried = (*self.tried, server) if self.tried else (server,)
@@ -328,7 +439,7 @@ class Exchange(ResponseContext):
         if info.expect_continue and not self.sent_continue and not self.request_done:
             self.sent_continue = True
             self.proto.queue(CONTINUE_100)
-        upool = bal.upstreams.get(server) or bal.upstream_pool(server)
+        upool = ctx.upstreams.get(server) or ctx.upstream_pool(server)
         # A request that must not be replayed only reuses a connection that was busy very recently:
         # an older one may have been closed by the server's keep-alive timeout (gunicorn: 2 s).
         conn = upool.acquire_idle() if idempotent(self.method) else upool.acquire_idle(now - SAFE_REUSE_S)
@@ -344,7 +455,7 @@ class Exchange(ResponseContext):
             conn.pool.release(conn, monotonic())
             return
         self.conn = conn
-        conn.bind(self, self.proto.write_paused)
+        conn.bind(self, self.ctx.settings.response_rewriter, self.proto.write_paused)
         transport = conn.transport
         assert transport is not None
         if self.replay:
@@ -368,12 +479,12 @@ class Exchange(ResponseContext):
                 self.pending_bytes = 0
                 self.proto.resume_reading(PAUSE_BUFFER)
         if self.request_done:
-            self.deadline = monotonic() + self.bal.settings.upstream_response_s
+            self.deadline = monotonic() + self.ctx.settings.upstream_response_s
 
     def on_internal_error(self) -> None:
         """A bug surfaced while sending this request: answer 502 (or cut a started response)
         and close the client connection, rather than leave the request hanging."""
-        self.bal.counters["internal_errors"] += 1
+        self.ctx.counters["internal_errors"] += 1
         if self.finished:
             return
         if self.response_started:
@@ -450,12 +561,12 @@ class Exchange(ResponseContext):
         if self.finished:
             return
         if self.info.chunked:
-            self._send_upstream([last_chunk(trailers, self.bal.settings.request_rewriter.trailer_forbidden)
+            self._send_upstream([last_chunk(trailers, self.ctx.settings.request_rewriter.trailer_forbidden)
                                  if trailers else LAST_CHUNK])
         if self.conn is not None and not self.response_started:
             # A body-less request completes in the read that started it: t_start is "now".
             now = self.t_start if not self.body_in else monotonic()
-            self.deadline = now + self.bal.settings.upstream_response_s
+            self.deadline = now + self.ctx.settings.upstream_response_s
 
     # -- response from the upstream -------------------------------------------------------------
 
@@ -474,12 +585,12 @@ class Exchange(ResponseContext):
             self.close = True
         server = self.server
         assert server is not None
-        if self.set_cookie and self.bal.router.affinity is not None:
-            self.extra = [b"Set-Cookie: " + self.bal.router.affinity.set_cookie_header(
+        if self.set_cookie and self.ctx.router.affinity is not None:
+            self.extra = [b"Set-Cookie: " + self.ctx.router.affinity.set_cookie_header(
                 server.name, self.head.scheme == "https") + CRLF]
         if proto.https:
             self.https = True
-        self.date_line = self.bal.date.line
+        self.date_line = self.ctx.date.line
         self.server_name = server.name
         rw = conn.rewriter
         assert rw is not None
@@ -507,10 +618,7 @@ class Exchange(ResponseContext):
         if self.chunked_out:
             self.proto.queue_many((b"%x\r\n" % n, body, CRLF))
         else:
-            proto = self.proto
-            proto.wbuf.append(body)
-            if n > 4096:
-                proto.wbuf_big = True
+            self.proto.queue_body(body)
 
     def on_upstream_complete(self, conn: UpstreamConnection, reusable: bool) -> None:
         """Called by the upstream connection after the read in which the response ended.
@@ -546,6 +654,58 @@ class Exchange(ResponseContext):
         self.body_out += len(data)
         self.proto.write_now(data)
 
+    def on_upstream_read_done(self) -> None:
+        self.proto.flush()
+
+    def on_upstream_write_blocked(self, blocked: bool) -> None:
+        """The server's socket is full: stop reading the client until it drains."""
+        if blocked:
+            self.proto.pause_reading(PAUSE_UPSTREAM)
+        else:
+            self.proto.resume_reading(PAUSE_UPSTREAM)
+
+    # -- told by the client protocol -------------------------------------------------------------
+
+    def on_client_write_blocked(self, blocked: bool) -> None:
+        """The client stopped reading its answer (True) or caught up: stop or resume reading the
+        server, so a slow reader pins at most one upstream read."""
+        conn = self.conn
+        if conn is not None:
+            if blocked:
+                conn.pause_reading()
+            else:
+                conn.resume_reading()
+
+    def forbid_replay(self) -> None:
+        """What follows this request on the connection is not HTTP (an Upgrade): never replay it."""
+        self.replay = None
+
+    def end_tunnel(self) -> None:
+        """The client closed a tunnel: close the server's side and account the exchange."""
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.close()
+        self._account(ok=True)
+
+    def check_timers(self, now: float, client_write_paused: bool) -> bool:
+        """Called by the client protocol's timer check (the balancer's tick) while this is the
+        request being answered; True when a deadline passed and the exchange answered or cut."""
+        if self.deadline and now > self.deadline:
+            self.on_upstream_timeout()
+            self.proto.flush()
+            return True
+        if self.response_started and not self.finished:
+            # A response body must keep moving (nginx's proxy_read_timeout): progress is
+            # measured per tick from the bytes relayed, so the body path reads no clock.
+            if self.body_out != self.read_mark or not self.read_deadline:
+                self.read_mark = self.body_out
+                self.read_deadline = now + self.ctx.settings.upstream_read_s
+            elif now > self.read_deadline:
+                self.on_read_timeout(client_write_paused)
+                return True
+        return False
+
     def on_upstream_lost(self, conn: UpstreamConnection, reset: bool = False) -> None:
         """The upstream connection closed while bound to this exchange (`reset`: not a clean
         close, so a body delimited by the close was cut, not ended)."""
@@ -566,16 +726,16 @@ class Exchange(ResponseContext):
                 self.proto.flush()   # (called by the loop, not inside a read: nothing else flushes)
                 return
             # Cut in the middle of a response we already started: the client must see a cut too.
-            self.bal.counters["upstream_aborted"] += 1
+            self.ctx.counters["upstream_aborted"] += 1
             self._account(ok=False)
             self.proto.abort()
             return
         if self.server is not None and stale_reuse(conn.uses, conn.got_bytes, self.stale_retried,
                                                    self.replay is not None, idempotent(self.method)):
             self.stale_retried = True
-            self.bal.counters["stale_connection_retries"] += 1
+            self.ctx.counters["stale_connection_retries"] += 1
             self.sent_bytes = 0
-            self.bal.upstream_pool(self.server).connect(self)
+            self.ctx.upstream_pool(self.server).connect(self)
             return
         self._fail_before_response("reset" if conn.got_bytes or self.sent_bytes else "closed")
         self.proto.flush()
@@ -584,9 +744,9 @@ class Exchange(ResponseContext):
         self.conn = None
         if self.finished:
             return
-        self.bal.note_failure(self.server, "invalid response")
+        self.ctx.note_failure(self.server, "invalid response")
         if self.response_started:
-            self.bal.counters["upstream_aborted"] += 1
+            self.ctx.counters["upstream_aborted"] += 1
             self._account(ok=False)
             self.proto.abort()
             return
@@ -602,11 +762,11 @@ class Exchange(ResponseContext):
         if conn is not None:
             conn.close()
         if client_write_paused:
-            self.bal.counters["client_write_timeout"] += 1
+            self.ctx.counters["client_write_timeout"] += 1
             self._account(ok=True)
         else:
-            self.bal.counters["upstream_read_timeout"] += 1
-            self.bal.note_failure(self.server, "read timeout")
+            self.ctx.counters["upstream_read_timeout"] += 1
+            self.ctx.note_failure(self.server, "read timeout")
             self._account(ok=False)
         self.proto.abort()
 
@@ -617,27 +777,27 @@ class Exchange(ResponseContext):
         self.conn = None
         if conn is not None:
             conn.close()
-        self.bal.note_failure(self.server, "response timeout")
+        self.ctx.note_failure(self.server, "response timeout")
         self._release_server(ok=False)
         self.answer_error(504)
 
     # -- failure, retry, error answers ----------------------------------------------------------
 
     def _fail_before_response(self, what: str) -> None:
-        bal = self.bal
-        bal.note_failure(self.server, what)
+        ctx = self.ctx
+        ctx.note_failure(self.server, what)
         self._release_server(ok=False)
         if may_retry(self.sent_bytes, self.replay is not None, idempotent(self.method), len(self.tried),
-                     bal.settings.retries):
+                     ctx.settings.retries):
             now = monotonic()
-            bal.deposit_requests(now)
-            if bal.retry_budget.allow_retry(now):
-                bal.counters["retries"] += 1
+            ctx.deposit_requests(now)
+            if ctx.retry_budget.allow_retry(now):
+                ctx.counters["retries"] += 1
                 self.sent_bytes = 0
                 self.deadline = 0.0   # (no response deadline while it may wait for a slot)
                 self.dispatch()
                 return
-            bal.counters["retry_budget_exhausted"] += 1
+            ctx.counters["retry_budget_exhausted"] += 1
         self.answer_error(504 if self.timed_out_connect else 502)
 
     def _release_server(self, ok: bool) -> None:
@@ -650,10 +810,10 @@ class Exchange(ResponseContext):
             server.failures += 1
         if ok and not server.consecutive_failures and not server.ejections:
             return   # nothing for the outlier detector to reset or decay
-        bal = self.bal
-        if bal.outlier.process_outcome(server, ok, monotonic(), bal.pool.servers):
-            bal.router.invalidate()
-            bal.pool.emit(PoolEvent.EJECTED, server)
+        ctx = self.ctx
+        if ctx.outlier.process_outcome(server, ok, monotonic(), ctx.pool.servers):
+            ctx.router.invalidate()
+            ctx.pool.emit(PoolEvent.EJECTED, server)
 
     def reject_with(self, rej: Rejection) -> None:
         """Answer with a Rejection (edge guard, redirect) without contacting any server."""
@@ -661,8 +821,8 @@ class Exchange(ResponseContext):
         if self.method != b"HEAD":
             self.body_out = len(rej.body)
         close = not self.keep_alive or self.body_pending() or self.proto.closing
-        self.bal.counters[f"rejected_{rej.status}"] += 1
-        self.proto.queue(simple_response(rej.status, rej.body, self.bal.date.line, close, rej.headers,
+        self.ctx.counters[f"rejected_{rej.status}"] += 1
+        self.proto.queue(simple_response(rej.status, rej.body, self.ctx.date.line, close, rej.headers,
                                          not self.client_http11, self.proto.own_lines(),
                                          self.method == b"HEAD"))
         self.keep_alive = not close
@@ -673,11 +833,11 @@ class Exchange(ResponseContext):
         self.status = status
         if self.method != b"HEAD":
             self.body_out = len(error_body(status))
-        bal = self.bal
-        bal.counters[f"error_{status}"] += 1
+        ctx = self.ctx
+        ctx.counters[f"error_{status}"] += 1
         close = not self.keep_alive or self.body_pending() or self.proto.closing
-        extra = bal.settings.retry_after if status == 503 else ()
-        self.proto.queue(error_response(status, bal.date.line, close, extra, not self.client_http11,
+        extra = ctx.settings.retry_after if status == 503 else ()
+        self.proto.queue(error_response(status, ctx.date.line, close, extra, not self.client_http11,
                                         self.proto.own_lines(), self.method == b"HEAD"))
         self.keep_alive = not close
         if self.conn is not None:
@@ -704,7 +864,7 @@ class Exchange(ResponseContext):
             return
         self.finished = True
         self.deadline = 0.0
-        bal = self.bal
+        ctx = self.ctx
         if not now:
             now = monotonic()
         server = self.server
@@ -721,14 +881,16 @@ class Exchange(ResponseContext):
                 self._release_server(ok)
         status = self.status
         if 200 <= status < 300:
-            bal.hot_2xx += 1   # counters["responses_2xx"] (Balancer.fold_counters)
+            ctx.hot_2xx += 1   # counters["responses_2xx"] (Balancer.fold_counters)
         else:
-            bal.counters[_CLASS_KEYS[status // 100] if 0 < status < 600 else "responses_other"] += 1
-        if bal.access_log is not None:
-            bal.access_log.record(self, server.name if server is not None else
-                                  (self.tried[-1].name if self.tried else None), now)
-        if bal.waiting.entries:   # the slot this request held goes to the oldest waiter
-            bal.waiting.drain(now)
+            ctx.counters[_CLASS_KEYS[status // 100] if 0 < status < 600 else "responses_other"] += 1
+        if ctx.access_log is not None:
+            ctx.access_log.record(self.head, self.info, self.method, status,
+                                  server.name if server is not None else
+                                  (self.tried[-1].name if self.tried else None),
+                                  self.body_out, self.body_in, self.t_start, now)
+        if ctx.waiting.entries:   # the slot this request held goes to the oldest waiter
+            ctx.waiting.drain(now)
 
     def abort(self) -> None:
         """Called by the client protocol when the client went away mid-request."""
@@ -739,13 +901,13 @@ class Exchange(ResponseContext):
         if conn is not None:
             conn.close()
         if self.server is not None:
-            self.bal.counters["client_aborted"] += 1
+            self.ctx.counters["client_aborted"] += 1
             server = self.server
             self.server = None
             server.inflight -= 1
         self.finished = True
-        if self.bal.waiting.entries:
-            self.bal.waiting.drain(monotonic())
+        if self.ctx.waiting.entries:
+            self.ctx.waiting.drain(monotonic())
 
 
 _CLASS_KEYS: Final[dict[int, str]] = {
@@ -762,24 +924,24 @@ class WaitQueue:
     head (a server added or back up). While anyone waits, new requests queue behind them.
     """
 
-    def __init__(self, bal: Balancer) -> None:
-        self.bal = bal
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
         self.entries: collections.deque[tuple[float, Exchange]] = collections.deque()
         self.draining = False   # an answer given while draining finishes an exchange: no recursion
 
     def push(self, ex: Exchange, now: float) -> bool:
         """Queue `ex`; False when the queue is full or off (the caller answers 503)."""
-        bal = self.bal
-        if len(self.entries) >= bal.settings.queue_size:
+        ctx = self.ctx
+        if len(self.entries) >= ctx.settings.queue_size:
             # Clients that left while waiting still hold places: clear them before refusing. In
             # place: a drain further up the stack may be iterating this very deque.
             live = [e for e in self.entries if not e[1].finished]
             self.entries.clear()
             self.entries.extend(live)
-            if len(self.entries) >= bal.settings.queue_size:
+            if len(self.entries) >= ctx.settings.queue_size:
                 return False
-        self.entries.append((now + bal.settings.queue_s, ex))
-        bal.counters["queued"] += 1
+        self.entries.append((now + ctx.settings.queue_s, ex))
+        ctx.counters["queued"] += 1
         return True
 
     def live(self) -> int:
@@ -798,7 +960,7 @@ class WaitQueue:
 
     def _drain(self, now: float) -> None:
         entries = self.entries
-        router = self.bal.router
+        router = self.ctx.router
         # Retries that wait for a server they have not tried yet, while another server has room:
         # they keep their places but must not hold up the requests behind them.
         passed: list[tuple[float, Exchange]] = []
@@ -831,7 +993,7 @@ class WaitQueue:
             while entries and entries[0][0] <= now:
                 ex = entries.popleft()[1]
                 if not ex.finished:
-                    self.bal.counters["queue_timeout"] += 1
+                    self.ctx.counters["queue_timeout"] += 1
                     ex.answer_error(503)
                     ex.proto.flush()
         finally:

@@ -10,14 +10,18 @@ Rules of this module (driver, uvicorn's httptools protocol made stricter):
 4. Timers are deadlines checked by the balancer's tick (`check_timers`), not a `call_later` per
    request: the header deadline starts with the first byte of a request and data does not extend
    it (slowloris); the idle deadline closes a quiet keep-alive connection silently.
-5. Reading pauses for several reasons at once (bit mask, PAUSE_* in upstream.py); it resumes only
-   when all of them are gone. Client write pressure pauses the bound upstream's reading.
+5. Reading pauses for several reasons at once (bit mask, PAUSE_* in forward.py); it resumes only
+   when all of them are gone. Client write pressure is reported to the exchange, which pauses
+   its upstream's reading.
 6. After an Upgrade request, bytes from the client are held (reading paused) until the server
    answers 101; on any other answer they are dropped with the connection, never forwarded.
 7. The request head is bounded by `limits.max_header_bytes` as bytes arrive, not only when a
    field completes: a header line that never ends costs one 431, not the event loop.
 8. Connection limits are the balancer's (`admit` / `release`). A TLS connection was admitted by
    the HTTPS acceptor before its handshake (`admitted=True`), so it is not counted twice.
+9. What this module needs of the balancer is `ListenerContext` (declared here, `app.Balancer`
+   derives from it); of an exchange, its public methods and the fields it reports. It is the
+   `forward.Downstream` every exchange writes to.
 """
 
 from __future__ import annotations
@@ -25,31 +29,48 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from time import monotonic  # (a module attribute lookup less per call, compiled)
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final, cast
 
 import httptools
 
 from taxiway.errors import RequestRefused
-from taxiway.proxy.forward import Exchange
-from taxiway.proxy.http1 import ConnContext, RequestHead, error_response
-from taxiway.proxy.upstream import (
+from taxiway.proxy.forward import (
     PAUSE_BUFFER,
     PAUSE_DONE,
     PAUSE_PIPELINE,
     PAUSE_UPGRADE,
     PAUSE_UPSTREAM,
+    Downstream,
+    Exchange,
+    ProxyContext,
 )
+from taxiway.proxy.http1 import ConnContext, RequestHead, error_response
 
 UPGRADE_HOLD_MAX_BYTES: Final = 64 * 1024   # client bytes held while an upgrade is answered
 # Bytes queued for a client before its upstream stops being read (HAProxy's 16k buffers; nginx's
 # busy buffers 8-16k): with one upstream read (64 KiB) on top, what a slow reader can pin.
 CLIENT_WRITE_HIGH_BYTES: Final = 16 * 1024
 
-if TYPE_CHECKING:
-    from taxiway.proxy.app import Balancer
 
 
-class ClientProtocol(asyncio.Protocol):
+class ListenerContext(ProxyContext):
+    """What a client connection needs of the balancer beyond what its requests share: the
+    connection limits and the set of open connections (the tick checks their timers, a stop
+    closes them). `app.Balancer` derives from it."""
+
+    protocols: set[ClientProtocol]
+    paused_writers: int     # client connections whose reading made taxiway wait
+
+    def admit(self, ip: str) -> bool:
+        """Count a new connection from `ip`, or refuse it (False: the caller closes it)."""
+        raise NotImplementedError
+
+    def release(self, ip: str) -> None:
+        """An admitted connection is gone."""
+        raise NotImplementedError
+
+
+class ClientProtocol(Downstream):
     """One client connection. Created by the listener for every accepted socket."""
 
     # Slots: thousands of idle keep-alive connections each hold one of these.
@@ -63,7 +84,7 @@ class ClientProtocol(asyncio.Protocol):
         "wbuf_big", "write_paused",
     )
 
-    def __init__(self, bal: Balancer, scheme: str,
+    def __init__(self, bal: ListenerContext, scheme: str,
                  redirect_https: Callable[[RequestHead], bytes] | None = None,
                  admitted: bool = False) -> None:
         # Shared
@@ -141,11 +162,7 @@ class ClientProtocol(asyncio.Protocol):
         self.current = None
         if ex is not None:
             if self.tunnel_ex is ex:
-                conn = ex.conn
-                ex.conn = None
-                if conn is not None:
-                    conn.close()
-                ex._account(ok=True)
+                ex.end_tunnel()
             else:
                 ex.abort()
         self.pipeline.clear()
@@ -199,8 +216,8 @@ class ClientProtocol(asyncio.Protocol):
             self.bal.paused_writers += 1
         self.write_paused = True
         ex = self.current
-        if ex is not None and ex.conn is not None:
-            ex.conn.pause_reading()
+        if ex is not None:
+            ex.on_client_write_blocked(True)
 
     def resume_writing(self) -> None:
         """Called by the transport when the client's buffer drained below the low-water mark."""
@@ -208,8 +225,8 @@ class ClientProtocol(asyncio.Protocol):
             self.bal.paused_writers -= 1
         self.write_paused = False
         ex = self.current
-        if ex is not None and ex.conn is not None:
-            ex.conn.resume_reading()
+        if ex is not None:
+            ex.on_client_write_blocked(False)
 
     # -- httptools callbacks ------------------------------------------------------------------
 
@@ -292,7 +309,7 @@ class ClientProtocol(asyncio.Protocol):
         # An Upgrade request keeps nothing: either the server switches protocols (a tunnel
         # follows) or its answer is the last thing this connection carries (rule 6).
         keep_alive = not info.close and (http11 or info.keep_alive) and not info.upgrade
-        ex = Exchange(self, head, info, method, keep_alive, http11)
+        ex = Exchange(self, bal, head, info, method, keep_alive, http11)
         self.parsing = ex
         now = monotonic()
         if info.chunked or info.content_length > 0:
@@ -413,7 +430,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.dead = True
         self.upgrade_ex = ex
-        ex.replay = None
+        ex.forbid_replay()
         self.pause_reading(PAUSE_UPGRADE)
         if rest:
             self._hold(rest)
@@ -539,20 +556,8 @@ class ClientProtocol(asyncio.Protocol):
         if self.closed or self.tunnel_ex is not None:
             return
         ex = self.current
-        if ex is not None:
-            if ex.deadline and now > ex.deadline:
-                ex.on_upstream_timeout()
-                self.flush()
-                return
-            if ex.response_started and not ex.finished:
-                # A response body must keep moving (nginx's proxy_read_timeout): progress is
-                # measured per tick from the bytes relayed, so the body path reads no clock.
-                if ex.body_out != ex.read_mark or not ex.read_deadline:
-                    ex.read_mark = ex.body_out
-                    ex.read_deadline = now + self.bal.settings.upstream_read_s
-                elif now > ex.read_deadline:
-                    ex.on_read_timeout(self.write_paused)
-                    return
+        if ex is not None and ex.check_timers(now, self.write_paused):
+            return
         if self.header_deadline and now > self.header_deadline and ex is None:
             self._on_client_error(408)
             self.flush()

@@ -2,8 +2,10 @@
 
 Rules of this module (driver):
 1. One `UpstreamConnection` (asyncio Protocol) per TCP connection. While bound to an exchange it
-   forwards every parser event to it (`exchange.on_upstream_*`); while idle in the pool any byte
-   or close from the server just retires it.
+   reports every parser event to it through `UpstreamEvents` (`on_upstream_*`, the only thing it
+   knows of the request it serves); while idle in the pool any byte or close from the server just
+   retires it. It never touches the client connection: back-pressure and "this read is parsed"
+   are events too, and the exchange decides what they mean for the client.
 2. A connection goes back to the pool only at a provable message boundary with nothing unread:
    a byte after the end of a response in the same read (a body longer than its Content-Length,
    a 204 with a body) retires it, so a server's extra bytes can never become another client's
@@ -28,16 +30,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 
 import httptools
 
 from taxiway.balancing.model import Server
-
-if TYPE_CHECKING:
-    from taxiway.proxy.forward import Exchange
-    from taxiway.proxy.http1 import ResponseRewriter
-
+from taxiway.proxy.http1 import RequestInfo, ResponseContext, ResponseRewriter
 
 log = logging.getLogger("taxiway.proxy")
 
@@ -47,9 +45,65 @@ class _StopParsing(Exception):
 
 
 class ConnectionOwner(Protocol):
+    """Who asked `UpstreamPool.connect` for a connection (once per new connection, off the hot
+    path: a structural type, so anything with these three methods may ask)."""
+
     def on_connected(self, conn: UpstreamConnection) -> None: ...
     def on_connect_failed(self, timed_out: bool) -> None: ...
     def on_internal_error(self) -> None: ...
+
+
+class UpstreamEvents(ResponseContext):
+    """What an upstream connection reports to the request it serves, and the two fields it
+    reads of it. `forward.Exchange` is the one implementation and overrides every method.
+
+    A base class rather than a `typing.Protocol` because this is the hot path: compiled by mypyc,
+    a call through a native base class is one vtable slot, a call through a Protocol a dictionary
+    lookup by name (a response makes about five of these calls). It derives from
+    `http1.ResponseContext` so the response rewriter fills in the same object.
+    """
+
+    info: RequestInfo   # what the request asked for (a 101 is valid only after an Upgrade)
+    body_out = 0        # response body bytes relayed so far (the connection bounds chunk framing by it)
+
+    def on_upstream_head(self, conn: UpstreamConnection, status: int, head: bytes, flags: int) -> None:
+        """The response head arrived whole (status line and header lines, CRLF-terminated,
+        validated by llhttp; `flags`: what its names mean to the rewriter)."""
+        raise NotImplementedError
+
+    def on_upstream_body(self, body: bytes) -> None:
+        """A piece of the response body (de-chunked)."""
+        raise NotImplementedError
+
+    def on_upstream_complete(self, conn: UpstreamConnection, reusable: bool) -> None:
+        """The response ended in the read just parsed; `reusable`: nothing followed it and the
+        server keeps the connection (rule 2). The connection is unbound already."""
+        raise NotImplementedError
+
+    def on_upstream_upgraded(self, rest: bytes) -> None:
+        """The server answered 101; `rest`: bytes of the new protocol that came with it."""
+        raise NotImplementedError
+
+    def on_tunnel_upstream_data(self, data: bytes) -> None:
+        """Bytes from the server after a 101 (not HTTP any more)."""
+        raise NotImplementedError
+
+    def on_upstream_lost(self, conn: UpstreamConnection, reset: bool) -> None:
+        """The connection closed while bound (`reset`: not a clean close)."""
+        raise NotImplementedError
+
+    def on_upstream_invalid(self, conn: UpstreamConnection) -> None:
+        """The server broke HTTP or a bound; the connection is closed already."""
+        raise NotImplementedError
+
+    def on_upstream_read_done(self) -> None:
+        """The read just handed over has been parsed whole: what it produced may leave now
+        (one write per read, server.py rule 3)."""
+        raise NotImplementedError
+
+    def on_upstream_write_blocked(self, blocked: bool) -> None:
+        """The server stopped reading what is sent to it (True), or caught up (False)."""
+        raise NotImplementedError
 
 
 READ_BUFFER_BYTES: Final = 64 * 1024   # one read from an upstream at most (HAProxy: 16k buffers)
@@ -88,7 +142,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.exchange: Exchange | None = None
+        self.exchange: UpstreamEvents | None = None
         # The raw response head is collected from the bytes fed to the parser (llhttp validates it:
         # CRLF only, no bare CR, no obs-fold), so the head is forwarded without one Python callback
         # per header. Usually it is one `data` object (no copy); a split head becomes a bytearray.
@@ -155,7 +209,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 self.tail_seen += nbytes
                 if self.rewriter is not None and self.tail_seen > self.rewriter.max_head_bytes:
                     self._invalid(ex)
-                    ex.proto.flush()
+                    ex.on_upstream_read_done()
             else:
                 self.tail_seen = 0
             return
@@ -185,11 +239,11 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             if rw is not None and len(self.head_buf) > rw.max_head_bytes and \
                     self.head_buf.find(b"\r\n\r\n", 0, rw.max_head_bytes) < 0:
                 self._invalid(ex)
-                ex.proto.flush()
+                ex.on_upstream_read_done()
                 return
         self._feed(ex, data)
 
-    def _feed(self, ex: Exchange, data: bytes | memoryview) -> None:
+    def _feed(self, ex: UpstreamEvents, data: bytes | memoryview) -> None:
         """Parse one read for exchange `ex`; decide reuse once it is parsed whole (rule 2)."""
         self.got_bytes = True
         try:
@@ -210,9 +264,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 ex.on_upstream_complete(self, self.server_keeps and not self.overrun)
             if self.overrun:
                 self.close()
-        ex.proto.flush()
+        ex.on_upstream_read_done()
 
-    def _invalid(self, ex: Exchange) -> None:
+    def _invalid(self, ex: UpstreamEvents) -> None:
         """The server broke HTTP or a bound (rule 3): retire the connection, tell the exchange."""
         self.close()
         ex.on_upstream_invalid(self)
@@ -221,13 +275,13 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         """Called by the transport when the server stops reading: stop reading the client."""
         ex = self.exchange
         if ex is not None:
-            ex.proto.pause_reading(PAUSE_UPSTREAM)
+            ex.on_upstream_write_blocked(True)
 
     def resume_writing(self) -> None:
         """Called by the transport when the server's buffer drained: read the client again."""
         ex = self.exchange
         if ex is not None:
-            ex.proto.resume_reading(PAUSE_UPSTREAM)
+            ex.on_upstream_write_blocked(False)
 
     # -- httptools callbacks ----------------------------------------------------------------
 
@@ -291,13 +345,14 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     # -- used by the exchange ---------------------------------------------------------------
 
-    def bind(self, ex: Exchange, client_write_paused: bool) -> None:
+    def bind(self, ex: UpstreamEvents, rewriter: ResponseRewriter, client_write_paused: bool) -> None:
+        """Serve `ex` next, its response head checked by `rewriter` (the settings it started with)."""
         self.exchange = ex
         self.got_bytes = False
         self.head_buf = b""
         self.head_done = False
         self.head_flags = 0
-        self.rewriter = ex.bal.settings.response_rewriter
+        self.rewriter = rewriter
         self.trailers = None
         self.tail_seen = 0
         self.message_done = self.overrun = False
@@ -324,13 +379,6 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
 
 MAX_TRAILERS: Final = 100   # trailer fields kept per response; more are dropped
-
-# Reasons the client connection stops reading (bit mask, see server.ClientProtocol.pause_reading).
-PAUSE_UPSTREAM: Final = 1    # the upstream's send buffer is full
-PAUSE_BUFFER: Final = 2      # body buffered while connecting is above the high-water mark
-PAUSE_PIPELINE: Final = 4    # a later pipelined request waits for the current response
-PAUSE_DONE: Final = 8        # Connection: close / parse error: nothing more is read
-PAUSE_UPGRADE: Final = 16    # an Upgrade request waits for the server's 101
 
 
 class UpstreamPool:

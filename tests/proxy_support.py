@@ -228,6 +228,12 @@ class InProcess:
             return fn()
         return self.call(wrapper())
 
+    def __enter__(self) -> InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         try:
             self.call(self.bal.stop(2.0))
@@ -275,6 +281,12 @@ class RawServer:
             pass
         finally:
             conn.close()
+
+    def __enter__(self) -> RawServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         self._stop = True
