@@ -1,9 +1,9 @@
 """Which build of the request hot path runs: the mypyc-compiled modules or the Python sources.
 
 Why: `setup.py` compiles the modules every proxied request runs through (`COMPILED`: the proxy's
-`app` (the `Balancer` every request reads), `accesslog`, `forward`, `http1`, `server`, `settings`
-and `upstream`, and the balancing `model` and `strategies`) with mypyc, and records the SHA-256
-of each source it compiled in `_compiled.json`. A compiled module is a snapshot, so
+`app` (the `Balancer` every request reads), `accesslog`, `forward`, `http1`, `server`,
+`settings`, `upstream` and `waitqueue`, and the balancing `model` and `strategies`) with mypyc,
+and records the SHA-256 of each source it compiled in `_compiled.json`. A compiled module is a snapshot, so
 `taxiway/__init__.py` calls `select` before any of them can be imported, and the sources are
 imported instead when:
 - a source was edited after the build (an editable install: the edit must take effect);
@@ -26,7 +26,8 @@ from types import ModuleType
 
 # Modules under the taxiway package, compiled together (setup.py reads this list from here).
 COMPILED = ("proxy.accesslog", "proxy.app", "proxy.forward", "proxy.http1", "proxy.server",
-            "proxy.settings", "proxy.upstream", "balancing.model", "balancing.strategies")
+            "proxy.settings", "proxy.upstream", "proxy.waitqueue", "balancing.model",
+            "balancing.strategies")
 MANIFEST = "_compiled.json"   # written by setup.py beside this file
 _DIR = os.path.dirname(os.path.abspath(__file__))   # the taxiway package
 

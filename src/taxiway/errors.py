@@ -49,6 +49,68 @@ class RequestRefused(TaxiwayError):
         self.status = status
 
 
+class UpstreamFailed(TaxiwayError):
+    """A server failed a request before its answer was whole. Each subclass is one way of
+    failing, with the status a client gets when no retry can save the request and the reason the
+    events and the log give (`Exchange._failed`, the one place both are read).
+
+    Reported, not raised: an upstream connection learns of a failure in an event-loop callback,
+    where nothing up the stack could catch an exception, so the class itself travels as a value
+    (`Exchange.failure`), like a gRPC status code."""
+
+    status = 502
+    reason = "upstream failed"
+
+
+class ConnectRefused(UpstreamFailed):
+    """The server's port refused the connection (or the host could not be reached)."""
+
+    reason = "connect refused"
+
+
+class ConnectTimeout(UpstreamFailed):
+    """No connection within `timeouts.connect`."""
+
+    status = 504
+    reason = "connect timeout"
+
+
+class UpstreamClosed(UpstreamFailed):
+    """The server closed the connection before answering, having read nothing of the request
+    and sent nothing back."""
+
+    reason = "closed"
+
+
+class UpstreamReset(UpstreamFailed):
+    """The connection broke after request bytes were sent or response bytes came, before the
+    response head was whole."""
+
+    reason = "reset"
+
+
+class InvalidResponse(UpstreamFailed):
+    """The server broke HTTP/1.1 or a bound (an oversized head, a status outside 100-599, an
+    unasked 101, a transfer coding an HTTP/1.0 client cannot take)."""
+
+    reason = "invalid response"
+
+
+class ResponseTimeout(UpstreamFailed):
+    """No response head within `timeouts.upstream_response` of the request's end."""
+
+    status = 504
+    reason = "response timeout"
+
+
+class ReadTimeout(UpstreamFailed):
+    """The response body did not move for `timeouts.upstream_read` (the response had started:
+    the client sees a cut, not a status)."""
+
+    status = 504
+    reason = "read timeout"
+
+
 class StoreError(TaxiwayError):
     """A shared store the balancer relies on (Redis, for rate limits) failed."""
 

@@ -27,15 +27,16 @@ from taxiway.admin.api import AdminServer
 from taxiway.balancing.health import OutlierDetector, RetryBudget
 from taxiway.balancing.model import Pool, PoolEvent, Server
 from taxiway.config import Config, address_family, parse_server_url, split_hostport
-from taxiway.errors import ConfigError
+from taxiway.errors import ConfigError, UpstreamFailed
 from taxiway.proxy.accesslog import AccessLog
-from taxiway.proxy.forward import Router, WaitQueue
+from taxiway.proxy.forward import Router, expire_waiters
 from taxiway.proxy.healthcheck import HealthChecker
 from taxiway.proxy.heap import TrimPolicy, load_malloc_trim
 from taxiway.proxy.http1 import DateCache, RequestHead
 from taxiway.proxy.server import ClientProtocol, ListenerContext
 from taxiway.proxy.settings import Settings
 from taxiway.proxy.upstream import UpstreamPool
+from taxiway.proxy.waitqueue import WaitQueue
 from taxiway.security.edge import EdgeGuard
 
 log = logging.getLogger("taxiway.proxy")
@@ -106,7 +107,7 @@ class Balancer(ListenerContext):
         self.rng = random.Random(cfg.balancer.seed)
         self.settings = Settings(cfg)
         self.router = Router(cfg, self.pool, self.rng)
-        self.waiting = WaitQueue(self)
+        self.waiting = WaitQueue()
         self.outlier = OutlierDetector(cfg.outlier)
         self.retry_budget = RetryBudget(cfg.balancer.retry_budget)
         self._budget_counted = 0    # counters["requests"] already deposited in the retry budget
@@ -191,9 +192,9 @@ class Balancer(ListenerContext):
         if n > 0:   # (< 0: someone reset the counters; nothing to deposit)
             self.retry_budget.process_requests(n, now)
 
-    def note_failure(self, server: Server | None, what: str) -> None:
+    def note_failure(self, server: Server | None, failure: type[UpstreamFailed]) -> None:
         self.counters["upstream_failures"] += 1
-        self.event("upstream_failure", server.name if server is not None else None, what)
+        self.event("upstream_failure", server.name if server is not None else None, failure.reason)
 
     # -- connection limits (both listeners) -----------------------------------------------------
 
@@ -392,7 +393,7 @@ class Balancer(ListenerContext):
                 log.exception("timer check failed")
                 p.abort()
         if self.waiting.entries:
-            self.waiting.expire(now)
+            expire_waiters(self, now)
         idle_s = self.settings.upstream_idle_s
         for up in self.upstreams.values():
             up.sweep(now, idle_s)

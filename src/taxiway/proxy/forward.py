@@ -35,6 +35,16 @@ from taxiway.balancing.health import OutlierDetector, RetryBudget
 from taxiway.balancing.model import Pool, PoolEvent, Server
 from taxiway.balancing.strategies import Strategy, make_strategy
 from taxiway.config import Config
+from taxiway.errors import (
+    ConnectRefused,
+    ConnectTimeout,
+    InvalidResponse,
+    ReadTimeout,
+    ResponseTimeout,
+    UpstreamClosed,
+    UpstreamFailed,
+    UpstreamReset,
+)
 from taxiway.proxy.accesslog import AccessLog
 from taxiway.proxy.http1 import (
     CONTINUE_100,
@@ -48,6 +58,7 @@ from taxiway.proxy.http1 import (
 )
 from taxiway.proxy.settings import Settings
 from taxiway.proxy.upstream import UpstreamConnection, UpstreamEvents, UpstreamPool
+from taxiway.proxy.waitqueue import WaitQueue
 from taxiway.security.rejection import Rejection
 
 IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -89,6 +100,30 @@ def may_retry(sent_bytes: int, replayable: bool, method_idempotent: bool, tried:
     none of its bytes reached the server, and fewer than `retries` extra attempts were made
     (`tried` counts the servers tried, the first included). The caller then asks the budget."""
     return replayable and (method_idempotent or sent_bytes == 0) and tried <= retries
+
+
+# Keep the client connection, or close it after this answer (RFC 9112 §9.3, §9.6).
+
+def client_keeps(http11: bool, asked_close: bool, asked_keep_alive: bool, upgrade: bool) -> bool:
+    """Does the client connection outlive this request, as the request asked? HTTP/1.1 unless
+    the client said close; HTTP/1.0 only when it asked for keep-alive (what `ab -k` sends; the
+    answer then says so). An Upgrade request keeps nothing: either the server switches protocols
+    (a tunnel follows) or its answer is the last thing the connection carries."""
+    return not asked_close and (http11 or asked_keep_alive) and not upgrade
+
+
+def own_answer_closes(keep_alive: bool, body_unread: bool, closing: bool) -> bool:
+    """Must an answer taxiway gives itself (an error page, a refusal) close the connection? Yes
+    when the request did not keep it, when part of the request body is still unread (its bytes
+    would be read as the next request), or when the connection is closing anyway."""
+    return not keep_alive or body_unread or closing
+
+
+def response_closes(keep_alive: bool, closing: bool, upgrade: bool, status: int) -> bool:
+    """Must the server's answer close the client connection? As for taxiway's own answers, and
+    after an Upgrade the server refused (the client may already be sending the other protocol).
+    (A body still unread when the response ends is handled then: `on_upstream_complete`.)"""
+    return not keep_alive or closing or (upgrade and status != 101)
 
 
 def last_chunk(trailers: list[tuple[bytes, bytes]], more_forbidden: frozenset[bytes] = frozenset()) -> bytes:
@@ -184,7 +219,7 @@ class ProxyContext:
     log: logging.Logger
     pool: Pool
     router: Router
-    waiting: WaitQueue
+    waiting: WaitQueue[Exchange]
     upstreams: dict[Server, UpstreamPool]
     outlier: OutlierDetector
     retry_budget: RetryBudget
@@ -199,8 +234,8 @@ class ProxyContext:
         """Run `coro` as a task the balancer keeps (and cancels on stop)."""
         raise NotImplementedError
 
-    def note_failure(self, server: Server | None, what: str) -> None:
-        """Count an upstream failure and record it as an event."""
+    def note_failure(self, server: Server | None, failure: type[UpstreamFailed]) -> None:
+        """Count an upstream failure and record it as an event (with `failure.reason`)."""
         raise NotImplementedError
 
     def deposit_requests(self, now: float) -> None:
@@ -299,6 +334,17 @@ class Router:
         return self.strategy.pick(cands, self.key_for(head) if self.key_kind else None, now), False
 
 
+# Where an exchange is in its life (`Exchange.state`). It moves forward only, except that a
+# response refused after its head was built (a coding an HTTP/1.0 client cannot take) goes back
+# from RESPONDING to ROUTING to be answered 502. Whether the request body has been read whole is
+# the other side's fact, kept apart (`request_done`): a response may start before it.
+WAITING: Final = 0      # parsed, behind an earlier request of the connection (pipelining)
+ROUTING: Final = 1      # started: edge guards, the wait queue, connecting, waiting for the head
+RESPONDING: Final = 2   # the response head went to the client; its body follows
+TUNNEL: Final = 3       # the server switched protocols (101): bytes both ways, no more HTTP
+DONE: Final = 4         # answered and accounted, or the client left: nothing more happens
+
+
 class Exchange(UpstreamEvents):
     """One request/response through the proxy (see module docstring)."""
 
@@ -310,9 +356,7 @@ class Exchange(UpstreamEvents):
     replay_bytes = 0
     sent_bytes = 0                 # request bytes written to the current upstream
     request_done = False
-    response_started = False
-    finished = False
-    started = False
+    state = WAITING
     t_start = 0.0
     deadline = 0.0                 # upstream response deadline (0 = not waiting)
     read_mark = -1                 # body_out at the last tick (timeouts.upstream_read)
@@ -322,8 +366,7 @@ class Exchange(UpstreamEvents):
     # body_out (response bytes relayed) comes from UpstreamEvents, the framing fields
     # (content_length, chunked_out, close, ...) from ResponseContext.
     set_cookie = False
-    tunnel = False
-    timed_out_connect = False
+    failure: type[UpstreamFailed] | None = None   # how the last server tried failed (errors.py)
     sent_continue = False
     stale_retried = False
     # Lists created only when needed (most requests have no body and no retry).
@@ -345,7 +388,7 @@ class Exchange(UpstreamEvents):
 
     def start(self, now: float) -> None:
         """Called by the client protocol when this request reaches the front of the line."""
-        self.started = True
+        self.state = ROUTING
         self.t_start = now
         ctx = self.ctx
         ctx.hot_requests += 1   # counters["requests"] (Balancer.fold_counters); the retry budget's deposit
@@ -372,7 +415,7 @@ class Exchange(UpstreamEvents):
         except Exception:   # a guard store failing must not kill the connection silently
             self.ctx.log.exception("edge guard failed")
             result = None
-        if self.finished:
+        if self.state == DONE:
             return
         if result is not None:
             self.reject_with(result)
@@ -387,7 +430,7 @@ class Exchange(UpstreamEvents):
                 self.proto.flush()
                 return
             result = await said
-            if self.finished:
+            if self.state == DONE:
                 return
             if result is not None:
                 self.reject_with(result)
@@ -403,27 +446,40 @@ class Exchange(UpstreamEvents):
             now = monotonic()
         waiting = ctx.waiting
         if waiting.entries and not self.tried:
-            waiting.drain(now)   # (a reload may have raised the cap or removed the queue)
+            serve_waiters(ctx, now)   # (a reload may have raised the cap or removed the queue)
             # Others still wait for a slot: join the line behind them. (When only retries wait,
             # for servers they have not tried yet, a server with room serves this one now.)
             if waiting.entries and not ctx.router.has_room(now):
-                if not waiting.push(self, now):
+                if not self._wait(now):
                     self.answer_error(503)
                 return
         server, set_cookie = ctx.router.pick(self.head, self.tried, now)
         if server is None:
             # Every server it may still use is at its cap: wait for a slot (a retry too, like
             # HAProxy's redispatch), unless the queue is off or full.
-            if not (ctx.router.full and waiting.push(self, now)):
+            if not (ctx.router.full and self._wait(now)):
                 self.answer_no_server()
             return
         self.use_server(server, set_cookie, now)
+
+    def _wait(self, now: float) -> bool:
+        """Join the wait queue (False: it is full or off)."""
+        ctx = self.ctx
+        s = ctx.settings
+        if not ctx.waiting.push(self, now + s.queue_s, s.queue_size):
+            return False
+        ctx.counters["queued"] += 1
+        return True
+
+    def gone(self) -> bool:
+        """Answered already, or the client left (a waiter's place is then void)."""
+        return self.state == DONE
 
     def answer_no_server(self) -> None:
         """No server left to try: 503 for a first attempt; for a retry, what the last failure
         was (504 connect timeout, else 502)."""
         if self.tried:
-            self.answer_error(504 if self.timed_out_connect else 502)
+            self.answer_error(self.failure.status if self.failure is not None else 502)
         else:
             self.answer_error(503)
 
@@ -451,7 +507,7 @@ class Exchange(UpstreamEvents):
     # -- upstream connection established --------------------------------------------------------
 
     def on_connected(self, conn: UpstreamConnection) -> None:
-        if self.finished or self.server is None or conn.pool.server is not self.server:
+        if self.state == DONE or self.server is None or conn.pool.server is not self.server:
             conn.pool.release(conn, monotonic())
             return
         self.conn = conn
@@ -485,9 +541,9 @@ class Exchange(UpstreamEvents):
         """A bug surfaced while sending this request: answer 502 (or cut a started response)
         and close the client connection, rather than leave the request hanging."""
         self.ctx.counters["internal_errors"] += 1
-        if self.finished:
+        if self.state == DONE:
             return
-        if self.response_started:
+        if self.state >= RESPONDING:
             self.proto.abort()
             return
         self.keep_alive = False
@@ -495,10 +551,9 @@ class Exchange(UpstreamEvents):
         self.proto.flush()
 
     def on_connect_failed(self, timed_out: bool) -> None:
-        if self.finished:
+        if self.state == DONE:
             return
-        self.timed_out_connect = timed_out
-        self._fail_before_response("connect timeout" if timed_out else "connect refused")
+        self._fail_before_response(ConnectTimeout if timed_out else ConnectRefused)
         self.proto.flush()
 
     # -- request body from the client ---------------------------------------------------------
@@ -528,7 +583,7 @@ class Exchange(UpstreamEvents):
                 if self.replay is not None:
                     self._keep_for_replay(c)
             return
-        if self.finished:
+        if self.state == DONE:
             return
         for c in framed:
             if self.pending is None:
@@ -558,12 +613,12 @@ class Exchange(UpstreamEvents):
         """Called by the client protocol when the request body ended (with the trailer fields of
         a chunked body, if it had any)."""
         self.request_done = True
-        if self.finished:
+        if self.state == DONE:
             return
         if self.info.chunked:
             self._send_upstream([last_chunk(trailers, self.ctx.settings.request_rewriter.trailer_forbidden)
                                  if trailers else LAST_CHUNK])
-        if self.conn is not None and not self.response_started:
+        if self.conn is not None and self.state < RESPONDING:
             # A body-less request completes in the read that started it: t_start is "now".
             now = self.t_start if not self.body_in else monotonic()
             self.deadline = now + self.ctx.settings.upstream_response_s
@@ -576,12 +631,12 @@ class Exchange(UpstreamEvents):
         rewriter (`ResponseRewriter.classify` bits)."""
         self.deadline = 0.0
         self.status = status
-        self.response_started = True
+        self.state = RESPONDING
         proto = self.proto
         no_body = self.method == b"HEAD" or status in (204, 304)
         if no_body:
             self.no_body = True
-        if not self.keep_alive or proto.closing or (self.info.upgrade and status != 101):
+        if response_closes(self.keep_alive, proto.closing, self.info.upgrade, status):
             self.close = True
         server = self.server
         assert server is not None
@@ -599,7 +654,7 @@ class Exchange(UpstreamEvents):
             # A transfer coding (gzip, ...) cannot be sent to an HTTP/1.0 client, and dropping
             # the label would hand it a coded body as if it were the content.
             proto.wbuf.pop()
-            self.response_started = False
+            self.state = ROUTING
             self.conn = None
             conn.close()
             self.on_upstream_invalid(conn)
@@ -644,7 +699,7 @@ class Exchange(UpstreamEvents):
 
     def on_upstream_upgraded(self, rest: bytes) -> None:
         """The server answered 101: from now on bytes are spliced both ways."""
-        self.tunnel = True
+        self.state = TUNNEL
         if rest:
             self.body_out += len(rest)
             self.proto.queue(rest)
@@ -695,7 +750,7 @@ class Exchange(UpstreamEvents):
             self.on_upstream_timeout()
             self.proto.flush()
             return True
-        if self.response_started and not self.finished:
+        if RESPONDING <= self.state < DONE:
             # A response body must keep moving (nginx's proxy_read_timeout): progress is
             # measured per tick from the bytes relayed, so the body path reads no clock.
             if self.body_out != self.read_mark or not self.read_deadline:
@@ -710,13 +765,13 @@ class Exchange(UpstreamEvents):
         """The upstream connection closed while bound to this exchange (`reset`: not a clean
         close, so a body delimited by the close was cut, not ended)."""
         self.conn = None
-        if self.finished:
+        if self.state == DONE:
             return
-        if self.tunnel:
+        if self.state == TUNNEL:
             self.proto.close()
             self._account(ok=True)
             return
-        if self.response_started:
+        if self.state == RESPONDING:
             if self.content_length < 0 and not self.upstream_chunked and not self.no_body and not reset:
                 # Body delimited by the close (RFC 9112 §6.3 rule 8): that was its end.
                 if self.chunked_out:
@@ -737,21 +792,21 @@ class Exchange(UpstreamEvents):
             self.sent_bytes = 0
             self.ctx.upstream_pool(self.server).connect(self)
             return
-        self._fail_before_response("reset" if conn.got_bytes or self.sent_bytes else "closed")
+        self._fail_before_response(UpstreamReset if conn.got_bytes or self.sent_bytes else UpstreamClosed)
         self.proto.flush()
 
     def on_upstream_invalid(self, conn: UpstreamConnection) -> None:
         self.conn = None
-        if self.finished:
+        if self.state == DONE:
             return
-        self.ctx.note_failure(self.server, "invalid response")
-        if self.response_started:
+        self._failed(InvalidResponse)
+        if self.state >= RESPONDING:
             self.ctx.counters["upstream_aborted"] += 1
             self._account(ok=False)
             self.proto.abort()
             return
         self._release_server(ok=False)
-        self.answer_error(502)
+        self.answer_error(InvalidResponse.status)
 
     def on_read_timeout(self, client_write_paused: bool) -> None:
         """Called by the client protocol's timer check: the response body did not move for
@@ -766,7 +821,7 @@ class Exchange(UpstreamEvents):
             self._account(ok=True)
         else:
             self.ctx.counters["upstream_read_timeout"] += 1
-            self.ctx.note_failure(self.server, "read timeout")
+            self._failed(ReadTimeout)
             self._account(ok=False)
         self.proto.abort()
 
@@ -777,15 +832,21 @@ class Exchange(UpstreamEvents):
         self.conn = None
         if conn is not None:
             conn.close()
-        self.ctx.note_failure(self.server, "response timeout")
+        self._failed(ResponseTimeout)
         self._release_server(ok=False)
-        self.answer_error(504)
+        self.answer_error(ResponseTimeout.status)
 
     # -- failure, retry, error answers ----------------------------------------------------------
 
-    def _fail_before_response(self, what: str) -> None:
+    def _failed(self, failure: type[UpstreamFailed]) -> None:
+        """The one place an upstream failure is recorded: the event's reason, and (kept in
+        `failure`) the status the client gets if no retry saves the request."""
+        self.failure = failure
+        self.ctx.note_failure(self.server, failure)
+
+    def _fail_before_response(self, failure: type[UpstreamFailed]) -> None:
         ctx = self.ctx
-        ctx.note_failure(self.server, what)
+        self._failed(failure)
         self._release_server(ok=False)
         if may_retry(self.sent_bytes, self.replay is not None, idempotent(self.method), len(self.tried),
                      ctx.settings.retries):
@@ -798,7 +859,7 @@ class Exchange(UpstreamEvents):
                 self.dispatch()
                 return
             ctx.counters["retry_budget_exhausted"] += 1
-        self.answer_error(504 if self.timed_out_connect else 502)
+        self.answer_error(failure.status)
 
     def _release_server(self, ok: bool) -> None:
         server = self.server
@@ -820,7 +881,7 @@ class Exchange(UpstreamEvents):
         self.status = rej.status
         if self.method != b"HEAD":
             self.body_out = len(rej.body)
-        close = not self.keep_alive or self.body_pending() or self.proto.closing
+        close = own_answer_closes(self.keep_alive, self.body_pending(), self.proto.closing)
         self.ctx.counters[f"rejected_{rej.status}"] += 1
         self.proto.queue(simple_response(rej.status, rej.body, self.ctx.date.line, close, rej.headers,
                                          not self.client_http11, self.proto.own_lines(),
@@ -835,7 +896,7 @@ class Exchange(UpstreamEvents):
             self.body_out = len(error_body(status))
         ctx = self.ctx
         ctx.counters[f"error_{status}"] += 1
-        close = not self.keep_alive or self.body_pending() or self.proto.closing
+        close = own_answer_closes(self.keep_alive, self.body_pending(), self.proto.closing)
         extra = ctx.settings.retry_after if status == 503 else ()
         self.proto.queue(error_response(status, ctx.date.line, close, extra, not self.client_http11,
                                         self.proto.own_lines(), self.method == b"HEAD"))
@@ -853,16 +914,16 @@ class Exchange(UpstreamEvents):
         self.proto.exchange_done(self, now)
 
     def _finish(self) -> None:
-        if self.finished:
+        if self.state == DONE:
             return
         self._account(ok=True, count_server=False)
         self.proto.exchange_done(self)
 
     def _account(self, ok: bool, count_server: bool = True, now: float = 0.0) -> None:
         """Everything measured about one request, exactly once."""
-        if self.finished:
+        if self.state == DONE:
             return
-        self.finished = True
+        self.state = DONE
         self.deadline = 0.0
         ctx = self.ctx
         if not now:
@@ -890,11 +951,11 @@ class Exchange(UpstreamEvents):
                                   (self.tried[-1].name if self.tried else None),
                                   self.body_out, self.body_in, self.t_start, now)
         if ctx.waiting.entries:   # the slot this request held goes to the oldest waiter
-            ctx.waiting.drain(now)
+            serve_waiters(ctx, now)
 
     def abort(self) -> None:
         """Called by the client protocol when the client went away mid-request."""
-        if self.finished:
+        if self.state == DONE:
             return
         conn = self.conn
         self.conn = None
@@ -905,9 +966,9 @@ class Exchange(UpstreamEvents):
             server = self.server
             self.server = None
             server.inflight -= 1
-        self.finished = True
+        self.state = DONE
         if self.ctx.waiting.entries:
-            self.ctx.waiting.drain(monotonic())
+            serve_waiters(self.ctx, monotonic())
 
 
 _CLASS_KEYS: Final[dict[int, str]] = {
@@ -915,88 +976,34 @@ _CLASS_KEYS: Final[dict[int, str]] = {
 }
 
 
-class WaitQueue:
-    """Requests waiting for a server slot when every server is at `upstream_max_connections`.
-
-    HAProxy's backend queue: first in, first out, bounded in length (`limits.upstream_queue`) and
-    in time (`timeouts.queue`, then 503 with Retry-After). A slot freed by a finished request is
-    offered to the oldest waiter at once; the balancer's tick expires waiters and retries the
-    head (a server added or back up). While anyone waits, new requests queue behind them.
-    """
-
-    def __init__(self, ctx: ProxyContext) -> None:
-        self.ctx = ctx
-        self.entries: collections.deque[tuple[float, Exchange]] = collections.deque()
-        self.draining = False   # an answer given while draining finishes an exchange: no recursion
-
-    def push(self, ex: Exchange, now: float) -> bool:
-        """Queue `ex`; False when the queue is full or off (the caller answers 503)."""
-        ctx = self.ctx
-        if len(self.entries) >= ctx.settings.queue_size:
-            # Clients that left while waiting still hold places: clear them before refusing. In
-            # place: a drain further up the stack may be iterating this very deque.
-            live = [e for e in self.entries if not e[1].finished]
-            self.entries.clear()
-            self.entries.extend(live)
-            if len(self.entries) >= ctx.settings.queue_size:
-                return False
-        self.entries.append((now + ctx.settings.queue_s, ex))
-        ctx.counters["queued"] += 1
-        return True
-
-    def live(self) -> int:
-        """Requests still waiting (entries of clients that left are cleared lazily)."""
-        return sum(1 for _, ex in self.entries if not ex.finished)
-
-    def drain(self, now: float) -> None:
-        """Dispatch waiters, oldest first, while a server has a free slot."""
-        if self.draining:
-            return
-        self.draining = True
-        try:
-            self._drain(now)
-        finally:
-            self.draining = False
-
-    def _drain(self, now: float) -> None:
-        entries = self.entries
-        router = self.ctx.router
-        # Retries that wait for a server they have not tried yet, while another server has room:
-        # they keep their places but must not hold up the requests behind them.
-        passed: list[tuple[float, Exchange]] = []
-        while entries:
-            ex = entries[0][1]
-            if ex.finished:        # the client went away while waiting
-                entries.popleft()
-                continue
-            server, set_cookie = router.pick(ex.head, ex.tried, now)
+def serve_waiters(ctx: ProxyContext, now: float) -> None:
+    """Hand free slots to waiting requests, oldest first: the queue decides (waitqueue.py),
+    this carries each decision out before the next is made."""
+    q = ctx.waiting
+    if q.draining:   # (an answer given below finishes an exchange, which would drain again)
+        return
+    q.draining = True
+    try:
+        for ex, server, set_cookie in q.drain(ctx.router, now):
             if server is None:
-                if router.full:
-                    if ex.tried and router.has_room(now):
-                        passed.append(entries.popleft())
-                        continue
-                    break          # still no slot: the head keeps its place
-                entries.popleft()  # no server (not yet tried by it) any more
                 ex.answer_no_server()
             else:
-                entries.popleft()
                 ex.use_server(server, set_cookie, now)
             ex.proto.flush()
-        if passed:
-            entries.extendleft(reversed(passed))
+    finally:
+        q.draining = False
 
-    def expire(self, now: float) -> None:
-        """Called by the tick: 503 for requests that waited `timeouts.queue`, then retry the head."""
-        entries = self.entries
-        self.draining = True
-        try:
-            while entries and entries[0][0] <= now:
-                ex = entries.popleft()[1]
-                if not ex.finished:
-                    self.ctx.counters["queue_timeout"] += 1
-                    ex.answer_error(503)
-                    ex.proto.flush()
-        finally:
-            self.draining = False
-        if entries:
-            self.drain(now)
+
+def expire_waiters(ctx: ProxyContext, now: float) -> None:
+    """Called by the tick: 503 for requests that waited `timeouts.queue`, then retry the head."""
+    q = ctx.waiting
+    q.draining = True
+    try:
+        for ex in q.expired(now):
+            ctx.counters["queue_timeout"] += 1
+            ex.answer_error(503)
+            ex.proto.flush()
+    finally:
+        q.draining = False
+    if q.entries:
+        serve_waiters(ctx, now)

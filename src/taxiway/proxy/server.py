@@ -40,9 +40,11 @@ from taxiway.proxy.forward import (
     PAUSE_PIPELINE,
     PAUSE_UPGRADE,
     PAUSE_UPSTREAM,
+    RESPONDING,
     Downstream,
     Exchange,
     ProxyContext,
+    client_keeps,
 )
 from taxiway.proxy.http1 import ConnContext, RequestHead, error_response
 
@@ -304,11 +306,7 @@ class ClientProtocol(Downstream):
             # Header fields after a chunked body are trailers: collect them apart from the head
             # (which routing and retries read), for `on_message_complete`.
             self._headers = []
-        # Keep the connection: HTTP/1.1 unless the client said close; HTTP/1.0 only when it
-        # asked for keep-alive (what `ab -k` sends), and the answer then says so.
-        # An Upgrade request keeps nothing: either the server switches protocols (a tunnel
-        # follows) or its answer is the last thing this connection carries (rule 6).
-        keep_alive = not info.close and (http11 or info.keep_alive) and not info.upgrade
+        keep_alive = client_keeps(http11, info.close, info.keep_alive, info.upgrade)   # (rule 6)
         ex = Exchange(self, bal, head, info, method, keep_alive, http11)
         self.parsing = ex
         now = monotonic()
@@ -381,7 +379,7 @@ class ClientProtocol(Downstream):
         self.parsing = None
         self.header_deadline = self.body_deadline = 0.0
         if ex is not None and ex is self.current:
-            if ex.response_started or ex.finished:
+            if ex.state >= RESPONDING:
                 self.abort()
                 return
             ex.abort()
