@@ -16,6 +16,7 @@ from typing import Any
 import httptools
 import uvloop
 
+from taxiway.admin.api import serve_admin
 from taxiway.config import Config, parse_config
 from tests.conftest import Processes, free_port, wait_for_port
 
@@ -219,6 +220,9 @@ class InProcess:
         self.call(self.bal.start())
         assert self.bal.bound_http_port is not None
         self.port = self.bal.bound_http_port
+        # The admin listener, as the commands start it beside the balancer.
+        self.admin = self.call(serve_admin(self.bal, self.cfg.admin))
+        self.admin_port = self.admin.port if self.admin is not None else None
 
     def call(self, coro: Any, timeout_s: float = 30.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
@@ -237,6 +241,8 @@ class InProcess:
     def stop(self) -> None:
         try:
             self.call(self.bal.stop(2.0))
+            if self.admin is not None:
+                self.call(self.admin.close())
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)

@@ -349,7 +349,7 @@ def test_admin_allowed_hosts_from_the_config() -> None:
     from tests.proxy_support import InProcess, make_config
 
     with InProcess(make_config([], admin={"listen": "127.0.0.1:0", "allowed_hosts": ["lb1.internal"]})) as b:
-        port = b.bal.admin_port
+        port = b.admin_port
         assert port is not None
         answers = []
         for host in (b"lb1.internal:9901", b"evil.example"):

@@ -33,6 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4 as METRICS_CON
 
 from taxiway.admin.metrics import make_registry, render
 from taxiway.admin.status import BalancerView, build_status
+from taxiway.config import AdminConfig, split_hostport
 
 log = logging.getLogger("taxiway.admin")
 
@@ -162,8 +163,8 @@ async def _lingering_close(reader: asyncio.StreamReader, writer: asyncio.StreamW
 class AdminServer:
     """Serves one balancer's /status and /metrics.
 
-    Called by `Balancer.start()` (`await AdminServer(b).start(host, port)`) and `Balancer.stop()`
-    (`await admin.close()`).
+    Started by the commands beside their balancer (`serve_admin`), not by the balancer: it reads
+    the balancer through `BalancerView` only, and the balancer knows nothing of it.
     """
 
     def __init__(self, balancer: BalancerView, allowed_hosts: Iterable[str] = ()) -> None:
@@ -173,6 +174,7 @@ class AdminServer:
         self.registry = make_registry(balancer)
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self.port: int | None = None   # once listening
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (port 0 picks a free one). Returns the bound port.
@@ -191,7 +193,8 @@ class AdminServer:
                         "authentication; /status and /metrics expose internals (server addresses, "
                         "counters, events). Bind admin.listen to 127.0.0.1 or firewall the port.",
                         ", ".join(exposed), bound)
-        return int(bound)
+        self.port = int(bound)
+        return self.port
 
     async def close(self) -> None:
         """Stop listening and close open admin connections."""
@@ -288,3 +291,15 @@ class AdminServer:
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         writer.write(head if head_only else head + body)
         await writer.drain()
+
+
+async def serve_admin(balancer: BalancerView, cfg: AdminConfig) -> AdminServer | None:
+    """The admin listener `taxiway lb` and `taxiway up` start beside their balancer, once its
+    own listeners are bound (None when `admin.listen` is empty). Raises OSError when the address
+    is taken; the command names the setting."""
+    if not cfg.listen:
+        return None
+    admin = AdminServer(balancer, cfg.allowed_hosts)
+    host, port = split_hostport(cfg.listen, "admin.listen")
+    await admin.start(host, port)
+    return admin

@@ -207,7 +207,7 @@ async def _run_setup_command(pool: PoolConfig, command: str, cwd: str, key: str)
 
 async def _main(cfg: Config, config_path: str, live: bool) -> int:
     from taxiway.proxy.app import Balancer
-    from taxiway.proxy.command import check_addresses_free, listen_error
+    from taxiway.proxy.command import check_addresses_free, start_with_admin
 
     assert cfg.pool is not None
     if cfg.pool.setup:
@@ -239,15 +239,12 @@ async def _main(cfg: Config, config_path: str, live: bool) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     loop.add_signal_handler(signal.SIGHUP, _reload_all, bal, sup, config_path)
-    try:
-        await bal.start()
-    except OSError as exc:
-        raise listen_error(cfg, bal, exc) from None
+    admin_server = await start_with_admin(bal, cfg)
     url = where(cfg, bal)
     admin = ""
-    if cfg.admin.listen and bal.admin_port:
+    if cfg.admin.listen and admin_server is not None:
         host = split_hostport(cfg.admin.listen, "admin.listen")[0]
-        admin = f"; state: taxiway status, or http://{host}:{bal.admin_port}/status"
+        admin = f"; state: taxiway status, or http://{host}:{admin_server.port}/status"
     print(f"taxiway up: listening on {url}; pool {cfg.pool.min}..{cfg.pool.max} x `{cfg.pool.command}` "
           f"({cfg.autoscale.metric} target {cfg.autoscale.target:g}/server"
           f"{'' if cfg.autoscale.enabled else ', autoscale off'}); starting {cfg.pool.min}", flush=True)
@@ -265,6 +262,8 @@ async def _main(cfg: Config, config_path: str, live: bool) -> int:
                 await task
         print("taxiway up: stopping (in-flight requests finish, then app servers get SIGTERM)", flush=True)
         await bal.stop(float(cfg.timeouts.shutdown))
+        if admin_server is not None:
+            await admin_server.close()
         await sup.stop()
         atexit.unregister(sup.kill_all_now)
     print("taxiway up: stopped", flush=True)

@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
-from taxiway.admin.api import AdminServer
 from taxiway.balancing.health import OutlierDetector, RetryBudget
 from taxiway.balancing.model import Pool, PoolEvent, Server
 from taxiway.config import Config, address_family, parse_server_url, split_hostport
@@ -117,8 +116,6 @@ class Balancer(ListenerContext):
         self.upstreams = {}
         self.bound_http_port: int | None = None
         self.bound_https_port: int | None = None
-        self.admin: AdminServer | None = None
-        self.admin_port: int | None = None
         self.health: HealthChecker | None = None
         self._listeners: list[asyncio.Server] = []
         self._tls_sockets: list[socket.socket] = []          # the HTTPS listener (_accept_tls)
@@ -292,7 +289,8 @@ class Balancer(ListenerContext):
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind the listeners, start the tick, the admin API and the health checker."""
+        """Bind the listeners, start the tick and the health checker. (The admin API is the
+        command's: `admin.api.serve_admin`.)"""
         loop = self._loop = asyncio.get_running_loop()
         cfg = self.cfg
         reuse_port = cfg.balancer.workers > 1
@@ -316,10 +314,6 @@ class Balancer(ListenerContext):
             self._listeners.append(srv)
             self.bound_http_port = _bound_port(srv)
         self._tick_handle = loop.call_later(TICK_S, self._tick)
-        if cfg.admin.listen:
-            self.admin = AdminServer(self, cfg.admin.allowed_hosts)
-            host, port = split_hostport(cfg.admin.listen, "admin.listen")
-            self.admin_port = await self.admin.start(host, port)
         if cfg.health.enabled:
             self.health = HealthChecker(self)
             self.health.start()
@@ -358,12 +352,11 @@ class Balancer(ListenerContext):
             await asyncio.sleep(0.05)
         for p in list(self.protocols):
             p.abort()
-        for closing in (self.health.stop if self.health else None, self.admin.close if self.admin else None):
-            if closing is not None:
-                try:
-                    await closing()
-                except Exception:
-                    log.exception("stopping %r", closing)
+        if self.health is not None:
+            try:
+                await self.health.stop()
+            except Exception:
+                log.exception("stopping the health checker")
         if self.edge_guard is not None:
             try:
                 await self.edge_guard.close()

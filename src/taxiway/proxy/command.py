@@ -28,6 +28,7 @@ from taxiway.config import Config, address_family, load_config, split_hostport
 from taxiway.errors import ConfigError, TaxiwayError
 
 if TYPE_CHECKING:
+    from taxiway.admin.api import AdminServer
     from taxiway.proxy.app import Balancer
 
 HELP = ("Run the load balancer: HTTP/1.1 reverse proxy with keep-alive pools, retries, health "
@@ -67,10 +68,7 @@ async def _main(cfg: Config, config_path: str | None, worker: int) -> int:
     from taxiway.proxy.app import Balancer
 
     bal = Balancer(cfg, config_path)
-    try:
-        await bal.start()
-    except OSError as exc:
-        raise listen_error(cfg, bal, exc) from None
+    admin = await start_with_admin(bal, cfg)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -92,11 +90,29 @@ async def _main(cfg: Config, config_path: str | None, worker: int) -> int:
     await stop.wait()
     log.info("stopping: finishing in-flight requests (up to %.0fs)", float(cfg.timeouts.shutdown))
     await bal.stop(float(cfg.timeouts.shutdown))
+    if admin is not None:   # (last: /status shows the drain)
+        await admin.close()
     return 0
 
 
+async def start_with_admin(bal: Balancer, cfg: Config) -> AdminServer | None:
+    """Start `bal`, then its admin listener (`admin.listen`), reporting a taken address by the
+    setting that names it. Used by `taxiway lb` and `taxiway up`."""
+    from taxiway.admin.api import serve_admin
+
+    try:
+        await bal.start()
+    except OSError as exc:
+        raise listen_error(cfg, bal, exc) from None
+    try:
+        return await serve_admin(bal, cfg.admin)
+    except OSError as exc:
+        await bal.stop(0.0)
+        raise _bind_failure("admin.listen", cfg.admin.listen or "", exc) from None
+
+
 def _listeners(cfg: Config) -> list[tuple[str, str]]:
-    """(key, address) of every address taxiway binds, in the order `Balancer.start` binds them."""
+    """(key, address) of every address taxiway binds, in the order it binds them."""
     out = [("listen.https", cfg.listen.https), ("listen.http", cfg.listen.http),
            ("admin.listen", cfg.admin.listen or None)]
     return [(key, addr) for key, addr in out if addr is not None]
@@ -119,13 +135,14 @@ def _bind_failure(key: str, addr: str, exc: OSError) -> TaxiwayError:
 def listen_error(cfg: Config, bal: Balancer, exc: OSError) -> TaxiwayError:
     """The error for an OSError out of `bal.start()`, naming the setting whose address failed.
 
-    Why this way: the OSError says "address already in use" but not which of up to three
-    addresses. `Balancer.start` binds listen.https, listen.http, then admin.listen, recording each
-    port once bound, so the first configured one without a bound port is the one that failed.
+    Why this way: the OSError says "address already in use" but not which of two addresses.
+    `Balancer.start` binds listen.https, then listen.http, recording each port once bound, so the
+    first configured one without a bound port is the one that failed.
     """
-    bound = {"listen.https": bal.bound_https_port, "listen.http": bal.bound_http_port,
-             "admin.listen": bal.admin_port}
+    bound = {"listen.https": bal.bound_https_port, "listen.http": bal.bound_http_port}
     for key, addr in _listeners(cfg):
+        if key not in bound:
+            continue
         if bound[key] is None:
             return _bind_failure(key, addr, exc)
     return TaxiwayError(f"cannot listen: {exc.strerror or exc}")
