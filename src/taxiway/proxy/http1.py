@@ -347,6 +347,12 @@ class RequestRewriter:
         self.trailer_forbidden = REQUEST_TRAILER_FORBIDDEN | ({self.rid_name} if self.rid_name else set())
         self._names = NameCodes(self.special)   # _R_* code per header name, -1: copied as is
 
+    def continue_ids(self, old: RequestRewriter) -> None:
+        """Go on numbering request ids where `old` (the rewriter of the config before a reload)
+        stopped, so ids stay unique for the balancer's whole life."""
+        self._rid_base = old._rid_base
+        self._rid_counter = old._rid_counter
+
     def new_request_id(self) -> bytes:
         """base + the counter in hex, from a cached prefix per 4096 ids and a table of the last
         three digits (one concatenation per request instead of a %-format)."""

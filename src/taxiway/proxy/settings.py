@@ -36,8 +36,7 @@ class Settings:
         self.retries = cfg.balancer.retries
         self.request_rewriter = RequestRewriter(cfg.headers.request_id, cfg.headers.via, self.max_body_bytes)
         if rewriter is not None:   # keep request ids unique across reloads
-            self.request_rewriter._rid_base = rewriter._rid_base
-            self.request_rewriter._rid_counter = rewriter._rid_counter
+            self.request_rewriter.continue_ids(rewriter)
         hsts = float(cfg.listen.tls.hsts_max_age) if cfg.listen.tls is not None else 0.0
         self.response_rewriter = ResponseRewriter(cfg.headers.security, cfg.balancer.served_by_header, hsts,
                                                   int(lim.max_response_header_bytes))
