@@ -4,7 +4,10 @@
     /work/venv/bin/python benchmarks/hotpath_inproc.py --ops      # bytecodes + Python calls/request
     /work/venv/bin/python benchmarks/hotpath_inproc.py --ops --hist   # ... per function
     /work/venv/bin/python benchmarks/hotpath_inproc.py --callgrind    # CPU instructions/request
-    options: --log (access log on), --strategy NAME, --src DIR (compare another checkout's src/)
+    /work/venv/bin/python benchmarks/hotpath_inproc.py --matrix       # request shapes x upstreams
+    options: --log (access log on), --strategy NAME, --src DIR (compare another checkout's src/),
+             --request SHAPE (benchmarks/realistic/shapes.py), --response UPSTREAM (a captured
+             answer in benchmarks/realistic/responses/)
 
 Why: wrk against a pinned proxy on a shared 2-core machine swings by +-20 % between runs, which
 hides any single hot-path change. This drives the real `ClientProtocol` and `UpstreamConnection`
@@ -68,7 +71,29 @@ class NullTransport:
         pass
 
 
-def build(log: bool, strategy: str) -> Callable[[], None]:
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHAPE_NAMES = ("minimal", "browser", "api", "static")
+UPSTREAM_NAMES = ("taxiway", "nginx", "gunicorn", "uvicorn", "node")
+
+
+def request_bytes(shape: str | None) -> bytes:
+    if shape is None:
+        return REQUEST
+    sys.path.insert(0, os.path.join(HERE, "realistic"))
+    from shapes import SHAPES  # type: ignore[import-not-found]
+
+    return SHAPES[shape]  # type: ignore[no-any-return]
+
+
+def response_bytes(upstream: str | None) -> bytes:
+    if upstream is None:
+        return RESPONSE
+    with open(os.path.join(HERE, "realistic", "responses", f"{upstream}.http"), "rb") as f:
+        return f.read()
+
+
+def build(log: bool, strategy: str, request: bytes = REQUEST,
+          response: bytes = RESPONSE) -> Callable[[], None]:
     """A balancer with two servers and idle upstream connections; returns one request's driver."""
     from taxiway.config import load_config
     from taxiway.proxy.app import Balancer
@@ -89,6 +114,7 @@ def build(log: bool, strategy: str) -> Callable[[], None]:
         for _ in range(2):
             conn = UpstreamConnection(up)
             conn.connection_made(NullTransport())  # type: ignore[arg-type]
+            conn.idle_since = time.monotonic()   # (a POST reuses only recently used connections)
             up.idle.append(conn)
     client = ClientProtocol(bal, "http")
     client.connection_made(NullTransport(("127.0.0.1", 5555)))  # type: ignore[arg-type]
@@ -96,15 +122,15 @@ def build(log: bool, strategy: str) -> Callable[[], None]:
     buffered = hasattr(UpstreamConnection, "buffer_updated")   # (as uvloop drives it)
 
     def one() -> None:
-        client.data_received(REQUEST)
+        client.data_received(request)
         ex = client.current
         assert ex is not None and ex.conn is not None
         if buffered:
             view = ex.conn.get_buffer(-1)
-            view[:len(RESPONSE)] = RESPONSE
-            ex.conn.buffer_updated(len(RESPONSE))
+            view[:len(response)] = response
+            ex.conn.buffer_updated(len(response))
         else:
-            ex.conn.data_received(RESPONSE)
+            ex.conn.data_received(response)
 
     def flush() -> None:
         if bal.access_log is not None:
@@ -150,11 +176,19 @@ def main() -> int:
     p.add_argument("-n", type=int, default=100_000, help="requests per timed round")
     p.add_argument("--callgrind", action="store_true",
                    help="instructions/request under valgrind (needs valgrind; -n defaults to 2000)")
+    p.add_argument("--request", choices=SHAPE_NAMES, default=None, help="request shape (default: wrk's)")
+    p.add_argument("--response", choices=UPSTREAM_NAMES, default=None,
+                   help="a captured upstream answer (default: taxiway backend's)")
+    p.add_argument("--matrix", action="store_true",
+                   help="callgrind over every request shape x upstream; table, JSON and chart")
+    p.add_argument("--results", default=None, help="with --matrix: directory for result.json, chart.png")
     a = p.parse_args()
+    if a.matrix:
+        return run_matrix(a)
     if a.callgrind:
         return run_callgrind(a)
     sys.path.insert(0, os.path.abspath(a.src))
-    one = build(a.log, a.strategy)
+    one = build(a.log, a.strategy, request_bytes(a.request), response_bytes(a.response))
     for _ in range(2000):   # warm up: caches, pooled connections
         one()
     if a.ops:
@@ -198,6 +232,9 @@ def run_callgrind(a: argparse.Namespace) -> int:
     args = [sys.argv[0], "-n", str(n), "--strategy", a.strategy, "--src", a.src]
     if a.log:
         args.append("--log")
+    for option in ("request", "response"):
+        if getattr(a, option, None):
+            args += [f"--{option}", getattr(a, option)]
     with tempfile.TemporaryDirectory() as d:
         proc = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.out", *toggles,
                                sys.executable, *args], capture_output=True, text=True)
@@ -210,10 +247,63 @@ def run_callgrind(a: argparse.Namespace) -> int:
         print("nothing collected: the hot path is not compiled here (callgrind counts only the "
               "compiled entry points; see docs/performance.md, 'Compiled hot path')", file=sys.stderr)
         return 1
+    sys.path.insert(0, os.path.abspath(a.src))   # (the build measured, for its label)
     import taxiway
+    a.instructions = total / rounds
     print(f"{total / rounds:.0f} instructions/request ({taxiway.BUILD}; {a.strategy}; "
-          f"callgrind, {rounds} requests)")
+          f"{a.request or 'minimal'} -> {a.response or 'taxiway'}; callgrind, {rounds} requests)", flush=True)
     return 0
+
+
+def run_matrix(a: argparse.Namespace) -> int:
+    """Every request shape x upstream answer under callgrind; the minimal request to taxiway
+    backend's answer is the reference every cell is divided by."""
+    import json
+
+    if a.n == 100_000:
+        a.n = 500
+    cells: dict[str, dict[str, float]] = {}
+    for shape in SHAPE_NAMES:
+        for upstream in UPSTREAM_NAMES:
+            a.request, a.response = shape, upstream
+            if run_callgrind(a) != 0:
+                return 1
+            cells.setdefault(shape, {})[upstream] = a.instructions
+    base = cells["minimal"]["taxiway"]
+    print(f"\n{'request':10}" + "".join(f"{u:>14}" for u in UPSTREAM_NAMES))
+    for shape, row in cells.items():
+        print(f"{shape:10}" + "".join(f"{row[u]:>8.0f} {row[u] / base:4.1f}x" for u in UPSTREAM_NAMES))
+    worst = max(v for row in cells.values() for v in row.values())
+    print(f"worst cell: {worst / base:.2f}x the minimal case ({base:.0f} instructions/request)")
+    if a.results:
+        os.makedirs(a.results, exist_ok=True)
+        import taxiway
+        with open(os.path.join(a.results, "result.json"), "w") as f:
+            json.dump({"build": taxiway.BUILD, "strategy": a.strategy, "access_log": a.log,
+                       "requests_per_cell": 2000 + 5 * a.n, "instructions_per_request": cells}, f, indent=1)
+        plot_matrix(cells, os.path.join(a.results, "chart.png"))
+        print(f"results: {a.results}")
+    return 0
+
+
+def plot_matrix(cells: dict[str, dict[str, float]], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / len(UPSTREAM_NAMES)
+    for i, upstream in enumerate(UPSTREAM_NAMES):
+        xs = [j + i * width for j in range(len(cells))]
+        ax.bar(xs, [cells[s][upstream] / 1000 for s in cells], width, label=upstream)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cells))], list(cells))
+    ax.set_ylabel("thousand instructions per request")
+    ax.set_title("taxiway's CPU work per request (callgrind), by request shape and upstream")
+    ax.axhline(1.5 * cells["minimal"]["taxiway"] / 1000, color="grey", linestyle="--", linewidth=1,
+               label="1.5x the minimal case")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

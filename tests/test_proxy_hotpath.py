@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import httptools
 import pytest
@@ -20,6 +21,9 @@ from taxiway.balancing.strategies import LeastConnections
 from taxiway.proxy.http1 import ResponseContext, ResponseRewriter, split_head
 
 SECURITY = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "SAMEORIGIN"}
+# What real servers answered (benchmarks/realistic/upstreams.py --capture): nginx, gunicorn with
+# Django's security headers, uvicorn, Node, taxiway backend.
+CAPTURED = sorted((Path(__file__).parent.parent / "benchmarks" / "realistic" / "responses").glob("*.http"))
 
 
 def parsed(raw: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -44,6 +48,7 @@ def ctx(**kw: object) -> ResponseContext:
 
 
 @pytest.mark.parametrize("raw", [
+    *(pytest.param(p.read_bytes(), id=f"captured-{p.stem}") for p in CAPTURED),
     pytest.param(b"HTTP/1.1 200 OK\r\nx-backend: b1\r\ndate: Thu, 26 Nov 2026 08:55:26 GMT\r\n"
                  b"content-type: text/plain\r\ncontent-length: 14\r\n\r\n", id="usual"),
     pytest.param(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n", id="no-length-no-date"),
@@ -65,8 +70,8 @@ def test_raw_head_rewrite_matches_general_rewrite(raw, https, client_http11):
     a = ctx(https=https, client_http11=client_http11)
     b = ctx(https=https, client_http11=client_http11)
     flags = 0
-    for name, _ in headers:   # what the upstream connection's on_header collects
-        flags |= rw.classify(name)
+    for name, value in headers:   # what the upstream connection's on_header collects
+        flags |= rw.classify(name, value)
     out: list[bytes] = []
     rw.rewrite_raw(status, head, flags, a, out)
     assert b"".join(out) == rw.rewrite(status, headers, b)
@@ -103,3 +108,19 @@ def test_retry_budget_batched_deposit_equals_one_by_one():
         one.process_request(3.0)
     batch.process_requests(40, 3.0)
     assert [one.allow_retry(3.5) for _ in range(200)] == [batch.allow_retry(3.5) for _ in range(200)]
+
+
+@pytest.mark.parametrize("path", CAPTURED, ids=[p.stem for p in CAPTURED])
+def test_what_real_servers_answer_takes_the_fast_path(path: Path) -> None:
+    """nginx's, Node's and gunicorn's `Connection: keep-alive`, Node's `Keep-Alive`, and the
+    security headers Django sets are all handled without the field-by-field rewrite."""
+    from taxiway.config import parse_config
+    from taxiway.proxy.http1 import HEAD_OTHER
+    from taxiway.proxy.settings import Settings
+
+    rw = Settings(parse_config({})).response_rewriter
+    _, headers, _ = parsed(path.read_bytes())
+    flags = 0
+    for name, value in headers:
+        flags |= rw.classify(name, value)
+    assert not flags & HEAD_OTHER, headers

@@ -13,6 +13,7 @@ import asyncio
 import re
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -45,25 +46,45 @@ def context(https: bool, http11: bool, no_body: bool) -> ResponseContext:
     return ctx
 
 
-@settings(max_examples=300, deadline=None)
+# Fields the fast path handles itself: hop-by-hop lines that name nothing else (nginx, Node and
+# gunicorn send them), a plain chunked coding, and security fields the app set itself (Django).
+_HOP = st.lists(st.sampled_from([(b"Connection", b"keep-alive"), (b"Connection", b"Keep-Alive"),
+                                 (b"connection", b"close"), (b"Keep-Alive", b"timeout=5"),
+                                 (b"keep-alive", b"timeout=5, max=1000")]), max_size=2)
+_APP_SECURITY = st.lists(st.sampled_from([(b"X-Frame-Options", b"DENY"),
+                                          (b"x-content-type-options", b"nosniff"),
+                                          (b"Strict-Transport-Security", b"max-age=60")]),
+                         max_size=3, unique=True)
+
+
+@settings(max_examples=500, deadline=None)
 @given(status=st.sampled_from([200, 201, 204, 301, 304, 404, 500, 503]), headers=_ORDINARY,
        length=st.one_of(st.none(), st.integers(0, 10**9)), date=st.booleans(), https=st.booleans(),
-       http11=st.booleans(), no_body=st.booleans())
+       http11=st.booleans(), no_body=st.booleans(), hop=_HOP, chunked=st.booleans(),
+       security=_APP_SECURITY, seed=st.randoms(use_true_random=False))
 def test_response_fast_path_equals_the_general_rewrite(status: int, headers: list[tuple[bytes, bytes]],
                                                       length: int | None, date: bool, https: bool,
-                                                      http11: bool, no_body: bool) -> None:
+                                                      http11: bool, no_body: bool,
+                                                      hop: list[tuple[bytes, bytes]], chunked: bool,
+                                                      security: list[tuple[bytes, bytes]],
+                                                      seed: Any) -> None:
     fields = list(headers)
     if length is not None:
         fields.append((b"Content-Length", str(length).encode()))
+    elif chunked:
+        fields.append((b"Transfer-Encoding", b"chunked"))
     if date:
         fields.append((b"Date", b"Mon, 30 Nov 2026 23:59:59 GMT"))
+    extra = hop + security
+    for field in extra:   # anywhere among the others
+        fields.insert(seed.randint(0, len(fields)), field)
     # As the upstream connection hands it over: status line and field lines, each ending in CRLF
     # (the blank line that ends the head is not part of it).
     head = b"HTTP/1.1 %d X\r\n" % status + b"".join(n + b": " + v + b"\r\n" for n, v in fields)
     rw = response_rewriter()
     flags = 0
-    for name, _ in split_head(head):
-        flags |= rw.classify(name)
+    for name, value in split_head(head):
+        flags |= rw.classify(name, value)
     assert not flags & HEAD_OTHER          # ordinary heads only: the fast path's domain
     fast_ctx, slow_ctx = context(https, http11, no_body), context(https, http11, no_body)
     out: list[bytes] = []
@@ -72,23 +93,24 @@ def test_response_fast_path_equals_the_general_rewrite(status: int, headers: lis
     assert b"".join(out) == general
     # What the rest of the exchange reads from the context: the same framing decisions. (The fast
     # path only notes that a Content-Length is there; its value matters to httptools alone.)
-    def framing(ctx: ResponseContext) -> tuple[bool, bool, bool, bytes]:
-        return ctx.content_length >= 0, ctx.chunked_out, ctx.close, ctx.te_codings
+    def framing(ctx: ResponseContext) -> tuple[bool, bool, bool, bool, bytes]:
+        return ctx.content_length >= 0, ctx.upstream_chunked, ctx.chunked_out, ctx.close, ctx.te_codings
 
     assert framing(fast_ctx) == framing(slow_ctx)
 
 
 @settings(max_examples=300, deadline=None)
 @given(headers=_ORDINARY, host=_HOST, target=st.sampled_from([b"/", b"/a/b?x=1", b"/search?q=AMS%20LIS"]),
-       via=st.booleans(), harmless=st.sampled_from([(b"Keep-Alive", b"timeout=5"), (b"TE", b"trailers"),
-                                                    (b"Connection", b"keep-alive")]))
+       via=st.booleans(), harmless=st.sampled_from([(b"Expect", b"100-continue"),
+                                                    (b"Connection", b"keep-alive, X-Absent")]))
 def test_request_fast_path_equals_the_field_by_field_rewrite(headers: list[tuple[bytes, bytes]], host: bytes,
                                                             target: bytes, via: bool,
                                                             harmless: tuple[bytes, bytes]) -> None:
     """A request without framing, hop-by-hop or forwarding fields takes the fast path (tail cached
-    per connection and Host, or built on the first request); the same request with one field that
-    is only ever dropped takes the general path. The upstream must get the same head either way
-    (but for the request id, which is new per request)."""
+    per connection and Host, or built on the first request; `Connection: keep-alive` and the
+    fields that are only ever dropped stay on it); the same request with one field that changes
+    nothing in the head but is read field by field takes the general path. The upstream must get
+    the same head either way (but for the request id, which is new per request)."""
     rw = RequestRewriter("X-Request-Id", via, 0)
     fields = [(b"Host", host), *headers]
     fresh = rw.rewrite(b"GET", target, fields, True, ConnContext("192.0.2.7", "https", False))
@@ -211,3 +233,39 @@ def dechunk(message: bytes) -> tuple[bytes, bytes, bytes]:
     trailers, _, after = rest.partition(b"\r\n\r\n") if rest != b"\r\n" else (b"", b"", b"")
     assert after == b"", after
     return re.sub(rb"Date: [^\r]*\r\n", b"", head + b"\r\n"), bytes(body), trailers
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    (b"Connection", b"keep-alive, X-Private"),   # names another field: only the general path reads it
+    (b"Connection", b"upgrade"),
+    (b"Transfer-Encoding", b"gzip, chunked"),     # a coding the client must be told of
+    (b"Close", b"1"),                             # hop-by-hop only if a Connection: close names it
+    (b"Proxy-Connection", b"keep-alive"),
+])
+def test_what_the_fast_path_leaves_to_the_general_one(name: bytes, value: bytes) -> None:
+    assert response_rewriter().classify(name, value) & HEAD_OTHER
+
+
+def test_a_close_field_is_dropped_only_when_connection_names_it() -> None:
+    rw = response_rewriter()
+    ctx = context(False, True, False)
+    kept = rw.rewrite(200, [(b"Close", b"1"), (b"Content-Length", b"0")], ctx)
+    dropped = rw.rewrite(200, [(b"Connection", b"close"), (b"Close", b"1"), (b"Content-Length", b"0")],
+                         context(False, True, False))
+    assert b"Close: 1\r\n" in kept and b"Close: 1" not in dropped
+
+
+@settings(max_examples=200, deadline=None)
+@given(headers=_ORDINARY, host=_HOST, dropped=st.lists(st.sampled_from([
+    (b"Connection", b"keep-alive"), (b"connection", b"Keep-Alive"), (b"Keep-Alive", b"timeout=5"),
+    (b"TE", b"trailers"), (b"Trailer", b"X-Sum"), (b"Proxy-Authorization", b"Basic eA==")]),
+    min_size=1, max_size=3))
+def test_fields_the_fast_path_drops_are_dropped_as_the_general_path_drops_them(
+        headers: list[tuple[bytes, bytes]], host: bytes, dropped: list[tuple[bytes, bytes]]) -> None:
+    rw = RequestRewriter("X-Request-Id", True, 0)
+    fields = [(b"Host", host), *dropped, *headers]
+    fast = rw.rewrite(b"GET", b"/", fields, True, ConnContext("192.0.2.7", "http", False))
+    general = rw.rewrite(b"GET", b"/", [*fields, (b"Expect", b"100-continue")], True,
+                         ConnContext("192.0.2.7", "http", False))
+    assert _RID.sub(b"", fast.head_bytes) == _RID.sub(b"", general.head_bytes)
+    assert fast.keep_alive == general.keep_alive == any(n.lower() == b"connection" for n, _ in dropped)

@@ -313,13 +313,22 @@ class NameCodes:
     (at most NAME_CACHE_MAX): most fields then cost one dict lookup and no lower-casing. Both
     rewriters use one."""
 
-    __slots__ = ("_seen", "special")
+    __slots__ = ("_maybe", "_seen", "special")
 
     def __init__(self, special: dict[bytes, int]) -> None:
         self.special = special
         self._seen: dict[bytes, int] = {}
+        # (length, first letter) of every special name: a browser's fields (User-Agent, Accept,
+        # Sec-Fetch-*, Cookie ...) are ruled out by two byte reads, before hashing the name.
+        self._maybe = bytearray(64 * 32)
+        for lname in special:
+            if len(lname) < 64:
+                self._maybe[len(lname) * 32 + (lname[0] & 31)] = 1
 
     def code(self, name: bytes) -> int:
+        n = len(name)
+        if 0 < n < 64 and not self._maybe[n * 32 + (name[0] & 31)]:
+            return -1
         code = self._seen.get(name)
         if code is None:
             code = self.special.get(name.lower(), -1)
@@ -384,6 +393,11 @@ class RequestRewriter:
                 hosts += 1
                 host = value
             elif code >= 0:   # framing, hop-by-hop, forwarding, request id: `_rewrite_odd`
+                if code == _R_DROP:
+                    continue   # (Keep-Alive, TE, Trailer, Proxy-Authorization: never forwarded)
+                if code == _R_CONN and value.lower() == b"keep-alive":
+                    info.keep_alive = True   # what every browser sends: nothing else to do
+                    continue
                 if odd is None:
                     odd = [(code, name, value)]
                 else:
@@ -589,10 +603,16 @@ _S_DATE: Final = 2
 _S_TE: Final = 3
 _S_SEC: Final = 4
 _S_CONN: Final = 5
-# What `ResponseRewriter.classify` found among a response head's names (bits).
+_S_RARE: Final = 6        # a name only a rare head makes special (`close`: see `classify`)
+# What `ResponseRewriter.classify` found among a response head's fields (bits). Everything
+# but HEAD_OTHER the fast path (`rewrite_raw`) handles itself.
 HEAD_CL: Final = 1        # Content-Length
 HEAD_DATE: Final = 2      # Date
-HEAD_OTHER: Final = 4     # a hop-by-hop, framing or security field: the general `rewrite`
+HEAD_OTHER: Final = 4     # a field only the general `rewrite` handles
+HEAD_HOP: Final = 8       # `Connection: keep-alive` / `close`, `Keep-Alive`: lines to drop
+HEAD_CHUNKED: Final = 16  # `Transfer-Encoding: chunked` (and no other coding): dropped, re-framed
+HEAD_SEC_SHIFT: Final = 8  # bit 8 + i: the server sent the i-th security field (HSTS last)
+_HOP_LINES: Final = (b"\r\nconnection:", b"\r\nkeep-alive:", b"\r\ntransfer-encoding:")
 _HEX3: Final = [b"%03x" % i for i in range(4096)]   # request id suffixes
 
 
@@ -614,14 +634,22 @@ class ResponseRewriter:
             if value:
                 self.security.append((name.lower().encode(), name.encode() + b": " + value.encode() + CRLF))
                 self.special[name.lower().encode()] = _S_SEC
-        # The usual case (the app set none of them) appends one precomputed block.
+        # The usual case (the app set none of them) appends one precomputed block; a head with
+        # some of them (Django sets three) gets the block without those, cached per set.
         self.security_block = b"".join(line for _, line in self.security)
+        self._sec_bits = {lname: 1 << (HEAD_SEC_SHIFT + i) for i, (lname, _) in enumerate(self.security)}
+        self._sec_blocks: dict[int, bytes] = {}
         self.served_by = served_by_header.encode()
         self._served_by_lines: dict[str, bytes] = {}
         self.hsts_line = b"Strict-Transport-Security: max-age=%d\r\n" % int(hsts_max_age_s) \
             if hsts_max_age_s > 0 else b""
+        self._hsts_bit = 1 << (HEAD_SEC_SHIFT + len(self.security))
         if self.hsts_line:
             self.special[b"strict-transport-security"] = _S_SEC
+            self._sec_bits[b"strict-transport-security"] = self._hsts_bit
+        # A field named `close` is hop-by-hop only when `Connection: close` names it: a head that
+        # has one goes the general way, which reads Connection's tokens.
+        self.special[b"close"] = _S_RARE
         # `classify` sees every response header name: most are ruled out by their length alone
         # (one byte read), only names as long as a special one are lower-cased and looked up.
         lengths = {len(n) for n in self.special}
@@ -634,20 +662,34 @@ class ResponseRewriter:
             line = self._served_by_lines[server_name] = self.served_by + b": " + server_name.encode() + CRLF
         return line
 
-    def classify(self, name: bytes) -> int:
-        """What one response header name means to `rewrite_raw` (HEAD_* bits, 0 for most names).
+    def classify(self, name: bytes, value: bytes = b"") -> int:
+        """What one response header field means to `rewrite_raw` (HEAD_* bits, 0 for most).
         Called by the upstream connection for every header field httptools reports: most names
-        are ruled out by their length alone, the others looked up in the name table."""
+        are ruled out by their length alone, the others looked up in the name table. The value
+        matters for three names only: `Connection: keep-alive` or `close` names no other field
+        (nginx, Node and gunicorn send one), a `Keep-Alive` is dropped whatever it says, and a
+        transfer coding of just `chunked` is re-framed; anything else goes the general way."""
         n = len(name)
         cand = self._cand_len
         if n >= len(cand) or not cand[n]:
             return 0
         code = self._names.code(name)
+        if code < 0:
+            return 0
         if code == _S_CL:
             return HEAD_CL
         if code == _S_DATE:
             return HEAD_DATE
-        return 0 if code < 0 else HEAD_OTHER
+        if code == _S_CONN:
+            v = value.lower()
+            return HEAD_HOP if v == b"keep-alive" or v == b"close" else HEAD_OTHER
+        if code == _S_DROP and n == 10:   # (keep-alive; the other dropped names are rare)
+            return HEAD_HOP
+        if code == _S_TE:
+            return HEAD_CHUNKED if value.lower() == b"chunked" else HEAD_OTHER
+        if code == _S_SEC:
+            return self._sec_bits.get(name.lower(), HEAD_OTHER)
+        return HEAD_OTHER
 
     def rewrite_raw(self, status: int, head: bytes, flags: int, ctx: ResponseContext,
                     out: list[bytes]) -> None:
@@ -657,17 +699,35 @@ class ResponseRewriter:
         hop-by-hop, framing or security header) keeps its header lines as received and gets
         taxiway's additions appended: no per-header work.
         """
-        if flags & HEAD_OTHER or status == 101:
+        if flags & HEAD_OTHER or status == 101 or (flags & HEAD_CHUNKED and flags & HEAD_CL):
             out.append(self.rewrite(status, split_head(head), ctx))
             return
         if flags & HEAD_CL:
             ctx.content_length = 0   # present (its value only matters to httptools' framing)
+        if flags & (HEAD_HOP | HEAD_CHUNKED):
+            head = without_lines(head, _HOP_LINES)
+            if flags & HEAD_CHUNKED:
+                ctx.upstream_chunked = True
         out.append(STATUS_LINES.get(status) or status_line(status))
         out.append(head.partition(b"\n")[2])
-        out.append(self.security_block)
-        if ctx.https and self.hsts_line:
-            out.append(self.hsts_line)
+        sec = flags >> HEAD_SEC_SHIFT
+        if not sec:
+            out.append(self.security_block)
+            if ctx.https and self.hsts_line:
+                out.append(self.hsts_line)
+        else:
+            out.append(self._security_block_without(sec))
+            if ctx.https and self.hsts_line and not flags & self._hsts_bit:
+                out.append(self.hsts_line)
         self._finish(out, status, bool(flags & HEAD_DATE), ctx)
+
+    def _security_block_without(self, sent: int) -> bytes:
+        """taxiway's security lines less those the server sent (`sent`: bit i for the i-th)."""
+        block = self._sec_blocks.get(sent)
+        if block is None:
+            block = self._sec_blocks[sent] = b"".join(
+                line for i, (_, line) in enumerate(self.security) if not sent & (1 << i))
+        return block
 
     def rewrite(self, status: int, headers: list[tuple[bytes, bytes]], ctx: ResponseContext) -> bytes:
         """Build the response head for the client and fill in `ctx` (framing found upstream)."""
@@ -684,7 +744,7 @@ class ResponseRewriter:
                     named.update(t.strip() for t in value.lower().split(b","))
         for name, value in headers:
             code = special.get(name.lower())
-            if code is None:
+            if code is None or code == _S_RARE:
                 if named and name.lower() in named:
                     continue
                 parts.extend((name, b": ", value, CRLF))
@@ -753,6 +813,21 @@ class ResponseRewriter:
             parts.append(b"Connection: keep-alive\r\n\r\n")
         else:
             parts.append(CRLF)
+
+
+def without_lines(head: bytes, names: tuple[bytes, ...]) -> bytes:
+    """`head` (a status line and CRLF-terminated field lines, validated by llhttp) without the
+    field lines whose names are `names` (each given as b"\\r\\nname:", lower case): found in a
+    lower-cased copy with `find`, no per-field work."""
+    low = head.lower()
+    for name in names:
+        i = low.find(name)
+        while i >= 0:
+            j = low.find(b"\r\n", i + 2)   # the end of that line (every line ends in CRLF)
+            head = head[:i] + head[j:]
+            low = low[:i] + low[j:]
+            i = low.find(name, i)
+    return head
 
 
 def split_head(head: bytes) -> list[tuple[bytes, bytes]]:

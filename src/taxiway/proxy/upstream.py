@@ -298,7 +298,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if not self.head_done:
             rw = self.rewriter
             if rw is not None:
-                self.head_flags |= rw.classify(name)
+                self.head_flags |= rw.classify(name, value)
         elif self.exchange is not None:
             t = self.trailers
             if t is None:
