@@ -19,11 +19,14 @@ from hypothesis import strategies as st
 
 from taxiway.config import parse_config
 from taxiway.proxy.http1 import (
+    HEAD_CHUNKED,
+    HEAD_HOP,
     HEAD_OTHER,
     ConnContext,
     RequestRewriter,
     ResponseContext,
     ResponseRewriter,
+    cut_line,
     split_head,
 )
 
@@ -38,6 +41,17 @@ _RID = re.compile(rb"X-Request-Id: [^\r]*\r\n")
 def response_rewriter() -> ResponseRewriter:
     return ResponseRewriter({"X-Content-Type-Options": "nosniff", "X-Frame-Options": "SAMEORIGIN"},
                             "X-Served-By", 31536000.0)
+
+
+def classified(rw: ResponseRewriter, fields: list[tuple[bytes, bytes]]) -> tuple[int, list[bytes] | None]:
+    """The flags and the cut lines, as the upstream connection's on_header collects them."""
+    flags, cut = 0, []
+    for name, value in fields:
+        f = rw.classify(name, value)
+        flags |= f
+        if f & (HEAD_HOP | HEAD_CHUNKED):
+            cut.append(cut_line(name, value))
+    return flags, cut or None
 
 
 def context(https: bool, http11: bool, no_body: bool) -> ResponseContext:
@@ -82,13 +96,11 @@ def test_response_fast_path_equals_the_general_rewrite(status: int, headers: lis
     # (the blank line that ends the head is not part of it).
     head = b"HTTP/1.1 %d X\r\n" % status + b"".join(n + b": " + v + b"\r\n" for n, v in fields)
     rw = response_rewriter()
-    flags = 0
-    for name, value in split_head(head):
-        flags |= rw.classify(name, value)
+    flags, cut = classified(rw, split_head(head))
     assert not flags & HEAD_OTHER          # ordinary heads only: the fast path's domain
     fast_ctx, slow_ctx = context(https, http11, no_body), context(https, http11, no_body)
     out: list[bytes] = []
-    rw.rewrite_raw(status, head, flags, fast_ctx, out)
+    rw.rewrite_raw(status, head, flags, fast_ctx, out, cut)
     general = rw.rewrite(status, split_head(head), slow_ctx)
     assert b"".join(out) == general
     # What the rest of the exchange reads from the context: the same framing decisions. (The fast
@@ -269,3 +281,19 @@ def test_fields_the_fast_path_drops_are_dropped_as_the_general_path_drops_them(
                          ConnContext("192.0.2.7", "http", False))
     assert _RID.sub(b"", fast.head_bytes) == _RID.sub(b"", general.head_bytes)
     assert fast.keep_alive == general.keep_alive == any(n.lower() == b"connection" for n, _ in dropped)
+
+
+@pytest.mark.parametrize("line", [b"Connection:keep-alive", b"Keep-Alive:   timeout=5",
+                                  b"Transfer-Encoding:chunked"])
+def test_a_hop_line_written_otherwise_goes_the_general_way(line: bytes) -> None:
+    """The cut looks for the line as llhttp reported it (`name: value`); a server that wrote it
+    another way still gets it dropped, by the general rewrite."""
+    head = b"HTTP/1.1 200 OK\r\nX-A: 1\r\n" + line + b"\r\nX-B: 2\r\n"
+    rw = response_rewriter()
+    fields = split_head(head)
+    flags, cut = classified(rw, fields)
+    assert not flags & HEAD_OTHER and cut
+    out: list[bytes] = []
+    rw.rewrite_raw(200, head, flags, context(False, True, False), out, cut)
+    general = rw.rewrite(200, fields, context(False, True, False))
+    assert b"".join(out) == general and line not in general

@@ -625,7 +625,8 @@ class Exchange(UpstreamEvents):
 
     # -- response from the upstream -------------------------------------------------------------
 
-    def on_upstream_head(self, conn: UpstreamConnection, status: int, head: bytes, flags: int) -> None:
+    def on_upstream_head(self, conn: UpstreamConnection, status: int, head: bytes, flags: int,
+                         cut: list[bytes] | None = None) -> None:
         """Called by the upstream connection with the raw response head (status line + header
         lines, each ending in CRLF; validated by llhttp) and what its names mean to the
         rewriter (`ResponseRewriter.classify` bits)."""
@@ -649,7 +650,7 @@ class Exchange(UpstreamEvents):
         self.server_name = server.name
         rw = conn.rewriter
         assert rw is not None
-        rw.rewrite_raw(status, head, flags, self, proto.wbuf)
+        rw.rewrite_raw(status, head, flags, self, proto.wbuf, cut)
         if self.te_codings and not self.client_http11:
             # A transfer coding (gzip, ...) cannot be sent to an HTTP/1.0 client, and dropping
             # the label would hand it a coded body as if it were the content.

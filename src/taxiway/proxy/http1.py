@@ -612,7 +612,14 @@ HEAD_OTHER: Final = 4     # a field only the general `rewrite` handles
 HEAD_HOP: Final = 8       # `Connection: keep-alive` / `close`, `Keep-Alive`: lines to drop
 HEAD_CHUNKED: Final = 16  # `Transfer-Encoding: chunked` (and no other coding): dropped, re-framed
 HEAD_SEC_SHIFT: Final = 8  # bit 8 + i: the server sent the i-th security field (HSTS last)
-_HOP_LINES: Final = (b"\r\nconnection:", b"\r\nkeep-alive:", b"\r\ntransfer-encoding:")
+
+
+def cut_line(name: bytes, value: bytes) -> bytes:
+    """What `rewrite_raw` looks for to cut one field out of a raw head: its whole line as llhttp
+    reported it, with the line break before it (a value holds no CR or LF, so this matches only a
+    real line). A server that wrote the line differently (no space after the colon, trailing
+    spaces) makes the cut miss, and the head then goes the general way."""
+    return b"\n" + name + b": " + value + b"\r\n"
 _HEX3: Final = [b"%03x" % i for i in range(4096)]   # request id suffixes
 
 
@@ -692,12 +699,13 @@ class ResponseRewriter:
         return HEAD_OTHER
 
     def rewrite_raw(self, status: int, head: bytes, flags: int, ctx: ResponseContext,
-                    out: list[bytes]) -> None:
+                    out: list[bytes], cut: list[bytes] | None = None) -> None:
         """Like `rewrite`, from the raw head (status line and header lines, each ending in CRLF,
         as validated by llhttp) and the `classify` bits of its names; appends the client's head
         to `out` (the connection's write buffer: no join here). The usual response (no
         hop-by-hop, framing or security header) keeps its header lines as received and gets
-        taxiway's additions appended: no per-header work.
+        taxiway's additions appended: no per-header work. `cut`: the `cut_line`s of the
+        hop-by-hop and framing fields the HEAD_HOP / HEAD_CHUNKED bits stand for.
         """
         if flags & HEAD_OTHER or status == 101 or (flags & HEAD_CHUNKED and flags & HEAD_CL):
             out.append(self.rewrite(status, split_head(head), ctx))
@@ -705,9 +713,20 @@ class ResponseRewriter:
         if flags & HEAD_CL:
             ctx.content_length = 0   # present (its value only matters to httptools' framing)
         if flags & (HEAD_HOP | HEAD_CHUNKED):
-            head = without_lines(head, _HOP_LINES)
-            if flags & HEAD_CHUNKED:
-                ctx.upstream_chunked = True
+            raw = head
+            for line in cut or ():
+                shorter = head.replace(line, b"\n", 1)
+                if len(shorter) == len(head):
+                    break   # (the line was written otherwise than llhttp reported it)
+                head = shorter
+            else:
+                if cut:
+                    if flags & HEAD_CHUNKED:
+                        ctx.upstream_chunked = True
+                    raw = b""
+            if raw:
+                out.append(self.rewrite(status, split_head(raw), ctx))
+                return
         out.append(STATUS_LINES.get(status) or status_line(status))
         out.append(head.partition(b"\n")[2])
         sec = flags >> HEAD_SEC_SHIFT
@@ -813,21 +832,6 @@ class ResponseRewriter:
             parts.append(b"Connection: keep-alive\r\n\r\n")
         else:
             parts.append(CRLF)
-
-
-def without_lines(head: bytes, names: tuple[bytes, ...]) -> bytes:
-    """`head` (a status line and CRLF-terminated field lines, validated by llhttp) without the
-    field lines whose names are `names` (each given as b"\\r\\nname:", lower case): found in a
-    lower-cased copy with `find`, no per-field work."""
-    low = head.lower()
-    for name in names:
-        i = low.find(name)
-        while i >= 0:
-            j = low.find(b"\r\n", i + 2)   # the end of that line (every line ends in CRLF)
-            head = head[:i] + head[j:]
-            low = low[:i] + low[j:]
-            i = low.find(name, i)
-    return head
 
 
 def split_head(head: bytes) -> list[tuple[bytes, bytes]]:

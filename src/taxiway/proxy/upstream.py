@@ -35,7 +35,14 @@ from typing import Final, Protocol
 import httptools
 
 from taxiway.balancing.model import Server
-from taxiway.proxy.http1 import RequestInfo, ResponseContext, ResponseRewriter
+from taxiway.proxy.http1 import (
+    HEAD_CHUNKED,
+    HEAD_HOP,
+    RequestInfo,
+    ResponseContext,
+    ResponseRewriter,
+    cut_line,
+)
 
 log = logging.getLogger("taxiway.proxy")
 
@@ -66,9 +73,11 @@ class UpstreamEvents(ResponseContext):
     info: RequestInfo   # what the request asked for (a 101 is valid only after an Upgrade)
     body_out = 0        # response body bytes relayed so far (the connection bounds chunk framing by it)
 
-    def on_upstream_head(self, conn: UpstreamConnection, status: int, head: bytes, flags: int) -> None:
+    def on_upstream_head(self, conn: UpstreamConnection, status: int, head: bytes, flags: int,
+                         cut: list[bytes] | None) -> None:
         """The response head arrived whole (status line and header lines, CRLF-terminated,
-        validated by llhttp; `flags`: what its names mean to the rewriter)."""
+        validated by llhttp; `flags`: what its fields mean to the rewriter; `cut`: the lines of
+        the hop-by-hop fields among them, for `ResponseRewriter.rewrite_raw`)."""
         raise NotImplementedError
 
     def on_upstream_body(self, body: bytes) -> None:
@@ -119,6 +128,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "exchange",
         "got_bytes",
         "head_buf",
+        "head_cut",
         "head_done",
         "head_flags",
         "idle_since",
@@ -151,6 +161,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         # What the response head's field names mean to the rewriter (http1.HEAD_* bits), from
         # `on_header`; `rewriter` is the one of the balancer settings the exchange started with.
         self.head_flags = 0
+        self.head_cut: list[bytes] | None = None   # `cut_line`s of its hop-by-hop fields
         self.rewriter: ResponseRewriter | None = None
         self.trailers: list[tuple[bytes, bytes]] | None = None   # of a chunked response
         self.tail_seen = 0   # bytes of reads that moved no body byte of a chunked response
@@ -298,7 +309,15 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if not self.head_done:
             rw = self.rewriter
             if rw is not None:
-                self.head_flags |= rw.classify(name, value)
+                f = rw.classify(name, value)
+                if f:
+                    self.head_flags |= f
+                    if f & (HEAD_HOP | HEAD_CHUNKED):
+                        line = cut_line(name, value)
+                        if self.head_cut is None:
+                            self.head_cut = [line]
+                        else:
+                            self.head_cut.append(line)
         elif self.exchange is not None:
             t = self.trailers
             if t is None:
@@ -320,12 +339,14 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.informational = True   # 100 Continue etc.: taxiway answered 100 itself
             self.head_buf = buf[end + 4:].lstrip(b"\r\n")
             self.head_flags = 0
+            self.head_cut = None
             return
         self.head_buf = b""
         self.head_done = True
         if ex is not None:
             head = buf[:end + 2]
-            ex.on_upstream_head(self, status, head if type(head) is bytes else bytes(head), self.head_flags)
+            ex.on_upstream_head(self, status, head if type(head) is bytes else bytes(head), self.head_flags,
+                                self.head_cut)
 
     def on_body(self, body: bytes) -> None:
         ex = self.exchange
@@ -352,6 +373,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.head_buf = b""
         self.head_done = False
         self.head_flags = 0
+        self.head_cut = None
         self.rewriter = rewriter
         self.trailers = None
         self.tail_seen = 0
