@@ -2,6 +2,7 @@
 uvicorn, Node's `http` and `taxiway backend`, each answering the same small HTML page.
 
     python benchmarks/realistic/upstreams.py --capture     # rewrite responses/*.http
+    (needs Debian's nginx and nodejs, gunicorn from taxiway's `app` extra, and `pip install uvicorn`)
 
 `start(name, port, workdir)` starts one (the wrk runs use them live); `--capture` sends each
 one request and stores its answer byte for byte in `responses/NAME.http`, which the in-process
