@@ -1,8 +1,9 @@
 """The access log: one JSON line per request, buffered, with credentials in targets redacted.
 
 Compiled with the hot path (`taxiway.compiled`): with the log on (the default), `record` runs
-for every request. Lines are formatted at once and written by the balancer's tick (or when 256
-wait), so a request never waits for the disk.
+for every request. It only keeps the fields (`logline.AccessLine`); the balancer's tick (or 256
+waiting lines) encodes the batch with msgspec and writes it, so a request never waits for the
+disk and no line is %-formatted in Python.
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ from typing import IO, Final
 import msgspec
 
 from taxiway.proxy.http1 import RequestHead, RequestInfo
-
-_LINE: Final = (b'{"ts":%.3f,"client":"%s","method":"%s","path":%s,"status":%d,"server":%s,"bytes":%d,'
-         b'"bytes_in":%d,"duration_ms":%.3f,"request_id":%s}')
+from taxiway.proxy.logline import AccessLine
 
 
 class AccessLog:
@@ -26,39 +25,39 @@ class AccessLog:
     def __init__(self, path: str) -> None:
         self.path = path
         self.stream: IO[bytes] = sys.stderr.buffer if path == "-" else open(path, "ab")  # noqa: SIM115
-        self.buf: list[bytes] = []
+        self.buf: list[AccessLine] = []
         self.encoder = msgspec.json.Encoder()
-        self._names: dict[str | None, bytes] = {}   # server name -> its JSON (names are few)
+        self._methods: dict[bytes, str] = {}   # b"GET" -> "GET" (methods are few)
         # Wall clock = monotonic `now` + offset, re-read at every flush (tick): no clock call per line.
         self.wall_offset = time.time() - time.monotonic()
 
     def record(self, head: RequestHead, info: RequestInfo, method: bytes, status: int, server: str | None,
                bytes_out: int, bytes_in: int, started: float, now: float) -> None:
         """Called once per finished request (by `forward.Exchange`, with what it measured:
-        the fields, not the exchange, so this module needs nothing above http1). Formatting is
-        one bytes %-format: client-controlled strings (path, request id) go through the JSON
-        encoder, the rest cannot need escaping. The client is the one a trusted proxy reported,
-        if any (else the peer); a query's secrets (API keys, tokens, passwords) are written as `***`."""
-        enc = self.encoder.encode
-        server_json = self._names.get(server)
-        if server_json is None:
-            server_json = self._names[server] = enc(server)
+        the fields, not the exchange, so this module needs nothing above http1). Nothing is
+        formatted here: the fields are kept in an `AccessLine` and the batch is encoded at once
+        by `flush` (msgspec escapes the client-controlled strings). The client is the one a
+        trusted proxy reported, if any (else the peer); a query's secrets (API keys, tokens,
+        passwords) are written as `***`."""
         target = head.raw_target
         if _MAY_HOLD_SECRET.search(target) is not None:
             target = redact_target(target)
-        self.buf.append(_LINE % (
-            now + self.wall_offset, head.client_ip.encode(), method, enc(target.decode("latin-1")),
-            status, server_json, bytes_out, bytes_in, (now - started) * 1000,
-            enc(info.request_id.decode("latin-1"))))
+        m = self._methods.get(method)
+        if m is None:
+            m = method.decode("latin-1")
+            if len(self._methods) < 64:
+                self._methods[method] = m
+        self.buf.append(AccessLine(now + self.wall_offset, head.client_ip, m, target.decode("latin-1"),
+                                   status, server, bytes_out, bytes_in, (now - started) * 1000,
+                                   info.request_id.decode("latin-1")))
         if len(self.buf) >= 256:
             self.flush()
 
     def flush(self) -> None:
         self.wall_offset = time.time() - time.monotonic()
         if self.buf:
-            self.buf.append(b"")
             try:
-                self.stream.write(b"\n".join(self.buf))
+                self.stream.write(self.encoder.encode_lines(self.buf))
                 self.stream.flush()
             except (OSError, ValueError):
                 pass
