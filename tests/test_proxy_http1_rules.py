@@ -297,3 +297,16 @@ def test_a_hop_line_written_otherwise_goes_the_general_way(line: bytes) -> None:
     rw.rewrite_raw(200, head, flags, context(False, True, False), out, cut)
     general = rw.rewrite(200, fields, context(False, True, False))
     assert b"".join(out) == general and line not in general
+
+
+def test_hsts_named_in_headers_security_is_not_repeated_when_the_app_sends_its_own() -> None:
+    rw = ResponseRewriter({"Strict-Transport-Security": "max-age=5", "X-Frame-Options": "DENY"},
+                          "X-Served-By", 3600.0)
+    fields = [(b"Transfer-Encoding", b"chunked"), (b"Strict-Transport-Security", b"max-age=1")]
+    head = b"HTTP/1.1 200 OK\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in fields)
+    flags, cut = classified(rw, fields)
+    fast_ctx, slow_ctx = context(True, True, False), context(True, True, False)
+    out: list[bytes] = []
+    rw.rewrite_raw(200, head, flags, fast_ctx, out, cut)
+    general = rw.rewrite(200, fields, slow_ctx)
+    assert b"".join(out) == general and general.lower().count(b"strict-transport-security") == 1

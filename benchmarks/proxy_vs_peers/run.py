@@ -344,8 +344,25 @@ def versions() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def backends(procs: Procs, cpus: str | None) -> Iterator[tuple[int, int]]:
+def backends(procs: Procs, cpus: str | None, upstream: str = "taxiway",
+             rundir: Path | None = None) -> Iterator[tuple[int, int]]:
+    """Two upstreams every target shares: `taxiway backend`, or (`--upstream`) one of the real
+    servers of benchmarks/realistic/upstreams.py."""
     ports = (free_port(), free_port())
+    if upstream != "taxiway":
+        sys.path.insert(0, str(HERE.parent / "realistic"))
+        import upstreams  # type: ignore[import-not-found]
+
+        assert rundir is not None
+        started = [upstreams.start(upstream, port, rundir / f"upstream{i}", cpus.split(",") if cpus else None)
+                   for i, port in enumerate(ports, 1)]
+        try:
+            yield ports
+        finally:
+            for p in started:
+                p.terminate()
+                p.wait(10)
+        return
     started = []
     for i, port in enumerate(ports, 1):
         p = procs.start(f"backend{i}", [sys.executable, "-m", "taxiway", "backend", "--port", str(port),
@@ -354,6 +371,30 @@ def backends(procs: Procs, cpus: str | None) -> Iterator[tuple[int, int]]:
     for port, p in zip(ports, started, strict=True):
         wait_for_port(port, p)
     yield ports
+
+
+def request_script(shape: str, path: Path) -> Path:
+    """A wrk Lua script that sends request shape `shape` (benchmarks/realistic/shapes.py): its
+    method, target, header fields and body (wrk adds Content-Length itself)."""
+    sys.path.insert(0, str(HERE.parent / "realistic"))
+    from shapes import SHAPES  # type: ignore[import-not-found]
+
+    head, _, body = SHAPES[shape].partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = lines[0].split(" ")
+
+    def lua(text: str) -> str:
+        return json.dumps(text)   # (a JSON string is a valid Lua string literal here: ASCII)
+
+    out = [f"wrk.method = {lua(method)}", f"wrk.path = {lua(target)}"]
+    for line in lines[1:]:
+        name, _, value = line.partition(": ")
+        if name.lower() != "content-length":
+            out.append(f"wrk.headers[{lua(name)}] = {lua(value)}")
+    if body:
+        out.append(f"wrk.body = {lua(body.decode('latin-1'))}")
+    path.write_text("\n".join(out) + "\n")
+    return path
 
 
 def chart(result: dict[str, object], path: Path) -> None:
@@ -391,6 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="wrk -t")
     p.add_argument("--connections", type=int, default=50, help="wrk -c")
     p.add_argument("--path", default="/", help="request path (the backend answers 'hello from NAME')")
+    p.add_argument("--request", default=None, metavar="SHAPE",
+                   help="send a request shape of benchmarks/realistic/shapes.py (browser, api, static; "
+                        "implies --no-half-load)")
+    p.add_argument("--upstream", default="taxiway", metavar="NAME",
+                   help="the two upstreams: taxiway (backend), nginx, gunicorn, uvicorn or node "
+                        "(benchmarks/realistic/upstreams.py)")
     p.add_argument("--targets", default="direct,taxiway,haproxy,nginx",
                    help="comma list from: direct, taxiway, haproxy, nginx, bare (a featureless uvloop + "
                         "httptools forwarder: the floor for a Python proxy)")
@@ -407,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=None,
                    help="results dir (default benchmarks/proxy_vs_peers/results/DATE)")
     args = p.parse_args(argv)
+    if args.request:
+        args.no_half_load = True   # (the pacing script and the request script are both wrk -s)
 
     missing = [t for t in ("wrk", "haproxy", "nginx") if not shutil.which(t)
                and (t == "wrk" or t in args.targets)]
@@ -434,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(),
         "versions": versions(), "pinning": {"proxy": proxy_cpus, "wrk_and_backends": other_cpus},
         "wrk": {"threads": args.threads, "connections": args.connections, "duration_s": args.duration,
-                "path": args.path},
+                "path": args.path, "request": args.request or "minimal"},
+        "upstream": args.upstream,
         "taxiway_strategy": args.strategy, "taxiway_workers": args.taxiway_workers,
         "taxiway_hot_path": hot_path_build(),
         "proxy_cpu_quota": args.proxy_cpu_quota, "peak": {}, "half_load": {},
@@ -444,21 +494,22 @@ def main(argv: list[str] | None = None) -> int:
     ports: dict[str, int] = {}
     running: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        with backends(procs, other_cpus) as (b1, b2):
+        script = request_script(args.request, rundir / "request.lua") if args.request else None
+        with backends(procs, other_cpus, args.upstream, rundir) as (b1, b2):
             if "direct" in targets:
                 for i, port in enumerate((b1, b2), 1):
                     url = f"http://127.0.0.1:{port}{args.path}"
-                    run_wrk(url, args, args.warmup, other_cpus)
-                    peak[f"direct-b{i}"] = run_wrk(url, args, args.duration, other_cpus)
+                    run_wrk(url, args, args.warmup, other_cpus, script)
+                    peak[f"direct-b{i}"] = run_wrk(url, args, args.duration, other_cpus, script)
                     print(f"direct b{i}: {peak[f'direct-b{i}']['rps']:.0f} req/s", flush=True)
             for name in (t for t in targets if t != "direct"):
                 proc, port = start_target(name, procs, rundir, (b1, b2), args, proxy_cpus)
                 running[name], ports[name] = proc, port
                 url = f"http://127.0.0.1:{port}{args.path}"
                 with cpu_quota(proc.pid, args.proxy_cpu_quota):
-                    run_wrk(url, args, args.warmup, other_cpus)
+                    run_wrk(url, args, args.warmup, other_cpus, script)
                     user0, sys0 = cpu_seconds(proc.pid)
-                    peak[name] = run_wrk(url, args, args.duration, other_cpus)
+                    peak[name] = run_wrk(url, args, args.duration, other_cpus, script)
                     user1, sys1 = cpu_seconds(proc.pid)
                 cpu = (user1 - user0) + (sys1 - sys0)
                 # Requests per CPU-second of the proxy: its ceiling on one core, meaningful even when

@@ -261,10 +261,12 @@ async def _main(cfg: Config, config_path: str, live: bool) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         print("taxiway up: stopping (in-flight requests finish, then app servers get SIGTERM)", flush=True)
-        await bal.stop(float(cfg.timeouts.shutdown))
-        if admin_server is not None:
-            await admin_server.close()
-        await sup.stop()
+        try:
+            await bal.stop(float(cfg.timeouts.shutdown))
+        finally:
+            if admin_server is not None:
+                await admin_server.close()
+            await sup.stop()
         atexit.unregister(sup.kill_all_now)
     print("taxiway up: stopped", flush=True)
     return 0

@@ -47,8 +47,12 @@ class AccessLog:
             m = method.decode("latin-1")
             if len(self._methods) < 64:
                 self._methods[method] = m
-        self.buf.append(AccessLine(now + self.wall_offset, head.client_ip, m, target.decode("latin-1"),
-                                   status, server, bytes_out, bytes_in, (now - started) * 1000,
+        # Rounded as the lines always were (the time to the millisecond, milliseconds to 3 places):
+        # k / 1000 is the double nearest that decimal, so it is written as exactly 3 places or
+        # fewer. (`round(x, 3)` gets there through a decimal string: 3,000 instructions a call.)
+        self.buf.append(AccessLine(int((now + self.wall_offset) * 1000 + 0.5) / 1000, head.client_ip, m,
+                                   target.decode("latin-1"), status, server, bytes_out, bytes_in,
+                                   int((now - started) * 1_000_000 + 0.5) / 1000,
                                    info.request_id.decode("latin-1")))
         if len(self.buf) >= 256:
             self.flush()

@@ -89,9 +89,11 @@ async def _main(cfg: Config, config_path: str | None, worker: int) -> int:
           file=sys.stderr, flush=True)
     await stop.wait()
     log.info("stopping: finishing in-flight requests (up to %.0fs)", float(cfg.timeouts.shutdown))
-    await bal.stop(float(cfg.timeouts.shutdown))
-    if admin is not None:   # (last: /status shows the drain)
-        await admin.close()
+    try:
+        await bal.stop(float(cfg.timeouts.shutdown))
+    finally:
+        if admin is not None:   # (last: /status shows the drain)
+            await admin.close()
     return 0
 
 
@@ -109,6 +111,9 @@ async def start_with_admin(bal: Balancer, cfg: Config) -> AdminServer | None:
     except OSError as exc:
         await bal.stop(0.0)
         raise _bind_failure("admin.listen", cfg.admin.listen or "", exc) from None
+    except BaseException:
+        await bal.stop(0.0)
+        raise
 
 
 def _listeners(cfg: Config) -> list[tuple[str, str]]:

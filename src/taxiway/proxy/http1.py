@@ -653,7 +653,9 @@ class ResponseRewriter:
         self._hsts_bit = 1 << (HEAD_SEC_SHIFT + len(self.security))
         if self.hsts_line:
             self.special[b"strict-transport-security"] = _S_SEC
-            self._sec_bits[b"strict-transport-security"] = self._hsts_bit
+            # (headers.security may name HSTS too: the server's own then stands for both)
+            sts = b"strict-transport-security"
+            self._sec_bits[sts] = self._sec_bits.get(sts, 0) | self._hsts_bit
         # A field named `close` is hop-by-hop only when `Connection: close` names it: a head that
         # has one goes the general way, which reads Connection's tokens.
         self.special[b"close"] = _S_RARE

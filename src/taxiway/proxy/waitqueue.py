@@ -101,12 +101,11 @@ class WaitQueue(Generic[W]):
             if passed:
                 entries.extendleft(reversed(passed))
 
-    def expired(self, now: float) -> list[W]:
-        """Take out the waiters whose wait is over at `now` (the driver answers them 503)."""
-        out: list[W] = []
+    def expired(self, now: float) -> Iterator[W]:
+        """The waiters whose wait is over at `now`, taken out one at a time as the driver asks
+        (it answers each 503 before the next is taken: one that fails leaves the rest queued)."""
         entries = self.entries
         while entries and entries[0][0] <= now:
             w = entries.popleft()[1]
             if not w.gone():
-                out.append(w)
-        return out
+                yield w
