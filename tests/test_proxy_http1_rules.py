@@ -310,3 +310,35 @@ def test_hsts_named_in_headers_security_is_not_repeated_when_the_app_sends_its_o
     rw.rewrite_raw(200, head, flags, fast_ctx, out, cut)
     general = rw.rewrite(200, fields, slow_ctx)
     assert b"".join(out) == general and general.lower().count(b"strict-transport-security") == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(headers=_ORDINARY, host=_HOST, length=st.integers(0, 10**9), keep=st.booleans(),
+       spelled=st.sampled_from([b"Content-Length", b"content-length", b"CONTENT-LENGTH"]))
+def test_a_body_with_content_length_is_framed_the_same_on_both_paths(
+        headers: list[tuple[bytes, bytes]], host: bytes, length: int, keep: bool, spelled: bytes) -> None:
+    """A POST with a Content-Length (every API call) takes the fast path; its head must be the
+    general path's, the length written last and normalised."""
+    rw = RequestRewriter("X-Request-Id", False, 0)
+    fields = [(b"Host", host), *headers, (spelled, str(length).encode())]
+    if keep:
+        fields.insert(1, (b"Connection", b"keep-alive"))
+    fast = rw.rewrite(b"POST", b"/api", fields, True, ConnContext("192.0.2.7", "http", False))
+    general = rw.rewrite(b"POST", b"/api", [*fields, (b"Expect", b"100-continue")], True,
+                         ConnContext("192.0.2.7", "http", False))
+    assert _RID.sub(b"", fast.head_bytes) == _RID.sub(b"", general.head_bytes)
+    assert fast.content_length == general.content_length == length
+    assert fast.head_bytes.endswith(b"Content-Length: %d\r\n\r\n" % length)
+
+
+def test_a_body_over_the_limit_is_refused_on_the_fast_path_too() -> None:
+    from taxiway.errors import RequestRefused
+
+    rw = RequestRewriter("X-Request-Id", False, 100)
+    with pytest.raises(RequestRefused) as refused:
+        rw.rewrite(b"POST", b"/", [(b"Host", b"t"), (b"Content-Length", b"101")], True,
+                   ConnContext("192.0.2.7", "http", False))
+    assert refused.value.status == 413
+    ok = rw.rewrite(b"POST", b"/", [(b"Host", b"t"), (b"Content-Length", b"100")], True,
+                    ConnContext("192.0.2.7", "http", False))
+    assert ok.content_length == 100

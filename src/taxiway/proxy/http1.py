@@ -398,6 +398,11 @@ class RequestRewriter:
                 if code == _R_CONN and value.lower() == b"keep-alive":
                     info.keep_alive = True   # what every browser sends: nothing else to do
                     continue
+                if code == _R_CL:
+                    # Read here for both paths (llhttp checked its digits and refused a second,
+                    # differing one); the head gets it back last, normalised, as framing.
+                    info.content_length = int(value)
+                    continue
                 if odd is None:
                     odd = [(code, name, value)]
                 else:
@@ -427,10 +432,16 @@ class RequestRewriter:
             else:
                 check_host(host)
                 parts.append(conn_ctx.tail_for(host, self.via))
+            cl = info.content_length
+            if cl > 0 and self.max_body_bytes and cl > self.max_body_bytes:
+                raise RequestRefused(413, "body larger than limits.max_body_bytes")
             info.request_id = rid = self.new_request_id()
             parts.append(self.rid_prefix)
             parts.append(rid)
-            parts.append(b"\r\n\r\n")
+            if cl >= 0:   # (framing last, as the general path writes it)
+                parts.append(b"\r\nContent-Length: " + str(cl).encode() + b"\r\n\r\n")
+            else:
+                parts.append(b"\r\n\r\n")
             info.head_bytes = b"".join(parts)
             return info
         return self._rewrite_odd(info, parts, odd, conn_ctx)
@@ -445,9 +456,7 @@ class RequestRewriter:
         upgrade_value = b""
         upgrade_fields = 0
         for code, name, value in odd:
-            if code == _R_CL:
-                info.content_length = int(value)   # httptools already checked digits/duplicates
-            elif code == _R_TE:
+            if code == _R_TE:
                 # llhttp accepts "gzip, chunked"; we re-frame the body, so only plain chunked
                 # can pass without two readers disagreeing about the content.
                 if info.chunked or value.strip().lower() != b"chunked":
@@ -490,7 +499,8 @@ class RequestRewriter:
                 parts.append(b": ")
                 parts.append(value)
                 parts.append(CRLF)
-            # _R_DROP, and _R_TRUSTED from an untrusted peer: not forwarded
+            # _R_DROP, and _R_TRUSTED from an untrusted peer: not forwarded (Content-Length
+            # was read by `rewrite`)
         if info.content_length >= 0 and self.max_body_bytes and info.content_length > self.max_body_bytes:
             raise RequestRefused(413, "body larger than limits.max_body_bytes")
         if info.upgrade and upgrade_fields:
