@@ -4,6 +4,7 @@ and tiny raw-socket upstreams that misbehave on purpose."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import threading
@@ -22,12 +23,13 @@ from tests.conftest import Processes, free_port, wait_for_port
 
 
 def toml_value(v: Any) -> str:
+    """`v` as a TOML value (the tests write configs from Python values)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
         return repr(v)
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return json.dumps(v)   # (a JSON string is a TOML basic string: same escapes)
     if isinstance(v, list):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, dict):

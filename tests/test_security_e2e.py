@@ -22,22 +22,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import Processes, free_port, taxiway_env, wait_for_port
+from tests.proxy_support import toml_value
 from tests.services import RedisTarget
 
 ATTACKER = "127.0.0.2"
 USER = "127.0.0.1"
-
-
-def _toml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    raise TypeError(v)
 
 
 def write_config(path: Path, backends: list[int], sections: dict[str, dict[str, Any]],
@@ -50,11 +39,11 @@ def write_config(path: Path, backends: list[int], sections: dict[str, dict[str, 
     lines: list[str] = []
     for name, values in doc.items():
         lines.append(f"[{name}]")
-        lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
     for name, items in (tables or {}).items():
         for item in items:
             lines.append(f"[[{name}]]")
-            lines += [f"{k} = {_toml(v)}" for k, v in item.items()]
+            lines += [f"{k} = {toml_value(v)}" for k, v in item.items()]
     for p in backends:
         lines += ["[[servers]]", f'url = "http://127.0.0.1:{p}"']
     path.write_text("\n".join(lines) + "\n")
