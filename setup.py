@@ -22,7 +22,7 @@ import sys
 from importlib.machinery import EXTENSION_SUFFIXES
 from types import ModuleType
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,7 +62,7 @@ class BuildHotPath(build_ext):
             directory = os.path.join(HERE, PACKAGE, sub)
             stray += [os.path.join(directory, f) for f in os.listdir(directory)
                       if f.endswith(tuple(EXTENSION_SUFFIXES))
-                      and f"{sub}.{f.split('.')[0]}" not in compiled.COMPILED]
+                      and f"{sub}.{f.split('.')[0]}" not in compiled.COMPILED + compiled.NATIVE]
         for path in outputs + stray:
             if os.path.exists(path):
                 os.remove(path)
@@ -95,6 +95,9 @@ def ext_modules() -> list:
         print(f"taxiway: not compiling the hot path ({exc!r}); the proxy runs from its Python sources",
               file=sys.stderr)
         return []
+    # The C modules (the request-head scanner): plain extensions, built and chosen with the rest.
+    exts += [Extension(f"taxiway.{name}", [os.path.join(PACKAGE, *name.split(".")) + ".c"],
+                       extra_compile_args=["-O2"]) for name in compiled.NATIVE]
     for ext in exts:
         ext.optional = True   # no C compiler: install anyway, the sources run
     return exts

@@ -50,7 +50,7 @@ def _copy_package(tmp_path: str) -> str:
 
 def _fake_extensions(d: str) -> None:
     """Empty stand-ins for the extensions: only their presence is checked."""
-    for name in compiled.COMPILED:
+    for name in compiled.COMPILED + compiled.NATIVE:
         open(os.path.join(d, *name.split(".")) + ".abi3.so", "w").close()
 
 
@@ -59,7 +59,7 @@ def _write_manifest(d: str, runtime: str) -> None:
         json.dump({"runtime": runtime, "sha256": compiled.source_digests(d)}, f)
 
 
-@pytest.mark.parametrize("edited", ["proxy/upstream.py", "balancing/strategies.py"])
+@pytest.mark.parametrize("edited", ["proxy/upstream.py", "balancing/strategies.py", "proxy/_headscan.c"])
 def test_edited_source_is_detected(tmp_path, monkeypatch, edited: str) -> None:
     monkeypatch.delenv("TAXIWAY_PURE_PYTHON", raising=False)
     d = _copy_package(str(tmp_path))

@@ -16,7 +16,7 @@ SRC = Path(taxiway.__file__).parent
 # proxy/'s layers, top first; a module may import only modules of a later layer.
 PROXY_LAYERS = (("command",), ("app",), ("server",), ("forward",),
                 ("upstream", "waitqueue", "accesslog", "settings", "healthcheck", "heap"),
-                ("http1", "logline"))
+                ("http1", "logline"), ("headscan",))
 
 
 def module_name(path: Path) -> str:

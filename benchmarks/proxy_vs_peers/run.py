@@ -267,20 +267,22 @@ end
 
 
 def fixed_rate(url: str, args: argparse.Namespace, rate: float, cpus: str | None, workdir: Path,
-               tag: str) -> dict[str, float]:
-    """p50/p99 at about `rate` requests/s: calibrate the per-connection delay, then measure."""
+               tag: str, request: Path | None = None) -> dict[str, float]:
+    """p50/p99 at about `rate` requests/s: calibrate the per-connection delay, then measure.
+    `request`: the request shape's script, which the pacing script joins (wrk takes one `-s`)."""
     script = workdir / f"pace-{tag}.lua"
+    shape = request.read_text() if request is not None else ""
     c = args.connections
     delay_ms = max(0.0, c / rate * 1000.0)
     for _ in range(3):
-        script.write_text(Template(PACING_LUA).substitute(delay_ms=f"{delay_ms:.3f}"))
+        script.write_text(shape + Template(PACING_LUA).substitute(delay_ms=f"{delay_ms:.3f}"))
         probe = run_wrk(url, args, 3, cpus, script)
         if abs(probe["rps"] - rate) / rate < 0.05 or probe["rps"] <= 0:
             break
         # rate = c / (delay + L)  =>  L = c/rate_seen - delay; solve for the delay giving `rate`.
         overhead_ms = max(0.0, c / probe["rps"] * 1000.0 - delay_ms)
         delay_ms = max(0.0, c / rate * 1000.0 - overhead_ms)
-    script.write_text(Template(PACING_LUA).substitute(delay_ms=f"{delay_ms:.3f}"))
+    script.write_text(shape + Template(PACING_LUA).substitute(delay_ms=f"{delay_ms:.3f}"))
     res = run_wrk(url, args, args.duration, cpus, script)
     res["target_rps"] = rate
     res["delay_ms"] = delay_ms
@@ -433,8 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=50, help="wrk -c")
     p.add_argument("--path", default="/", help="request path (the backend answers 'hello from NAME')")
     p.add_argument("--request", default=None, metavar="SHAPE",
-                   help="send a request shape of benchmarks/realistic/shapes.py (browser, api, static; "
-                        "implies --no-half-load)")
+                   help="send a request shape of benchmarks/realistic/shapes.py (browser, api, static), "
+                        "at peak and in the half-load runs")
     p.add_argument("--upstream", default="taxiway", metavar="NAME",
                    help="the two upstreams: taxiway (backend), nginx, gunicorn, uvicorn or node "
                         "(benchmarks/realistic/upstreams.py)")
@@ -454,8 +456,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=None,
                    help="results dir (default benchmarks/proxy_vs_peers/results/DATE)")
     args = p.parse_args(argv)
-    if args.request:
-        args.no_half_load = True   # (the pacing script and the request script are both wrk -s)
 
     missing = [t for t in ("wrk", "haproxy", "nginx") if not shutil.which(t)
                and (t == "wrk" or t in args.targets)]
@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "(wrk2 not available), does not correct coordinated omission")
                 for name, port in ports.items():
                     half[name] = fixed_rate(f"http://127.0.0.1:{port}{args.path}", args, rate, other_cpus,
-                                            rundir, name)
+                                            rundir, name, script)
                     r = half[name]
                     print(f"{name} at {r['rps']:.0f} req/s (target {rate:.0f}): "
                           f"p50 {r.get('p50_ms', 0):.2f} ms, p99 {r.get('p99_ms', 0):.2f} ms", flush=True)

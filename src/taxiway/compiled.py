@@ -3,7 +3,9 @@
 Why: `setup.py` compiles the modules every proxied request runs through (`COMPILED`: the proxy's
 `app` (the `Balancer` every request reads), `accesslog`, `forward`, `http1`, `server`,
 `settings`, `upstream` and `waitqueue`, and the balancing `model` and `strategies`) with mypyc,
-and records the SHA-256 of each source it compiled in `_compiled.json`. A compiled module is a snapshot, so
+builds the C request-head scanner (`NATIVE`: `proxy/_headscan.c`, whose Python twin is
+`proxy/headscan.py`) beside them, and records the SHA-256 of each source it compiled in
+`_compiled.json`. A compiled module is a snapshot, so
 `taxiway/__init__.py` calls `select` before any of them can be imported, and the sources are
 imported instead when:
 - a source was edited after the build (an editable install: the edit must take effect);
@@ -28,6 +30,10 @@ from types import ModuleType
 COMPILED = ("proxy.accesslog", "proxy.app", "proxy.forward", "proxy.http1", "proxy.server",
             "proxy.settings", "proxy.upstream", "proxy.waitqueue", "balancing.model",
             "balancing.strategies")
+# C extensions built with them (a C source per module, `.c` beside it): chosen, checked and
+# digested with the mypyc modules, so an edited `.c` falls back to the Python twin as an edited
+# `.py` falls back to its source.
+NATIVE = ("proxy._headscan",)
 MANIFEST = "_compiled.json"   # written by setup.py beside this file
 _DIR = os.path.dirname(os.path.abspath(__file__))   # the taxiway package
 
@@ -50,8 +56,8 @@ def _source(directory: str, name: str, suffix: str = ".py") -> str:
 def source_digests(directory: str = _DIR) -> dict[str, str]:
     """Module name -> SHA-256 of its source: what setup.py records and `why_not_compiled` checks."""
     digests = {}
-    for name in COMPILED:
-        with open(_source(directory, name), "rb") as f:
+    for name, suffix in [(n, ".py") for n in COMPILED] + [(n, ".c") for n in NATIVE]:
+        with open(_source(directory, name, suffix), "rb") as f:
             digests[name] = hashlib.sha256(f.read()).hexdigest()
     return digests
 
@@ -59,7 +65,7 @@ def source_digests(directory: str = _DIR) -> dict[str, str]:
 def compiled_files(directory: str = _DIR) -> dict[str, str]:
     """Module name -> its compiled extension's path, for the compiled modules that have one."""
     found = {}
-    for name in COMPILED:
+    for name in COMPILED + NATIVE:
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
             path = _source(directory, name, suffix)
             if os.path.exists(path):
@@ -81,14 +87,14 @@ def why_not_compiled(directory: str = _DIR) -> str | None:
         return "not compiled at install (TAXIWAY_COMPILE=0, no C compiler, or mypyc missing)"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"unreadable {MANIFEST} ({exc})"
-    missing = [n for n in COMPILED if n not in compiled_files(directory)]
+    missing = [n for n in COMPILED + NATIVE if n not in compiled_files(directory)]
     if missing:
         return f"the compile failed at install ({', '.join(missing)} not built)"
     if importlib.util.find_spec(runtime) is None:
         return f"mypyc's shared library {runtime} is missing"
     for name, digest in source_digests(directory).items():
         if digest != digests.get(name):
-            path = name.replace(".", "/") + ".py"
+            path = name.replace(".", "/") + (".c" if name in NATIVE else ".py")
             return f"{path} changed since it was compiled (reinstall to recompile)"
     return None
 

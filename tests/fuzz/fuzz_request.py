@@ -67,7 +67,7 @@ import taxiway  # noqa: E402  (first: its source finder must sit behind atheris'
 with atheris.instrument_imports(include=["taxiway"]):
     import taxiway.proxy.app
     from taxiway.proxy.http1 import RequestRefused
-    from taxiway.proxy.server import ClientProtocol
+    from taxiway.proxy.server import ClientProtocol, _GeneralPath
     from taxiway.proxy.upstream import UpstreamConnection
 
 from tests.fuzz.invariants import (  # noqa: E402
@@ -331,9 +331,12 @@ class Stack:
 
     def __init__(self) -> None:
         self.internal = InternalErrors()
-        refusals = tuple(c for c in (RequestRefused, _optional_error("ClientProtocolError")) if c)
-        self.internal.watch(ClientProtocol, ("on_message_begin", "on_url", "on_header", "on_headers_complete",
-                                             "on_body", "on_message_complete"), refusals)
+        # (_GeneralPath is the fast path handing a head to the field callbacks: control flow.)
+        refusals = tuple(c for c in (RequestRefused, _GeneralPath, _optional_error("ClientProtocolError"))
+                         if c)
+        self.internal.watch(ClientProtocol, ("on_message_begin", "on_url", "on_headers_complete",
+                                             "begin_fields", "on_field", "on_fields_complete", "on_body",
+                                             "on_message_complete"), refusals)
         self.internal.watch(UpstreamConnection, ("on_header", "on_headers_complete", "on_body",
                                                  "on_message_complete"), ())
         logging.getLogger("taxiway").addHandler(self.internal)

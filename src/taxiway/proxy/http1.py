@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Final
 
 from taxiway.errors import RequestRefused
+from taxiway.proxy.headscan import fields
 
 CRLF: Final = b"\r\n"
 
@@ -65,30 +66,48 @@ class RequestHead:
     """One parsed request head, as edge guards (security/) and strategies see it.
 
     `headers` holds (name, value) pairs as received, names in their original case; use
-    `header(b"lower-case-name")` for a case-insensitive lookup of the first value.
+    `header(b"lower-case-name")` for a case-insensitive lookup of the first value. A head the
+    fast path read (headscan.py) keeps its raw bytes instead and builds the list only when
+    something asks for it (most requests meet no guard or strategy that reads a header).
     """
 
     __slots__ = (
+        "_fields_end",
+        "_fields_start",
+        "_headers",
         "_path",
+        "_raw",
         "_target",
         "client_ip",
-        "headers",
         "http_version",
         "method",
         "raw_target",
         "scheme",
     )
 
-    def __init__(self, method: str, raw_target: bytes, headers: list[tuple[bytes, bytes]],
-                 client_ip: str, scheme: str, http_version: str) -> None:
+    def __init__(self, method: str, raw_target: bytes, headers: list[tuple[bytes, bytes]] | None,
+                 client_ip: str, scheme: str, http_version: str, raw: bytes = b"",
+                 fields_start: int = 0, fields_end: int = 0) -> None:
         self.method = method
         self.raw_target = raw_target
-        self.headers = headers
+        self._headers = headers
+        self._raw = raw                   # with headers None: the fields are raw[start:end]
+        self._fields_start = fields_start
+        self._fields_end = fields_end
         self.client_ip = client_ip
         self.scheme = scheme
         self.http_version = http_version
         self._path: str | None = None
         self._target: str | None = None
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """(name, value) pairs as received."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = fields(self._raw, self._fields_start, self._fields_end)
+            self._raw = b""
+        return headers
 
     @property
     def target(self) -> str:
@@ -315,15 +334,21 @@ class NameCodes:
 
     __slots__ = ("_maybe", "_seen", "special")
 
+    @property
+    def table(self) -> bytes:
+        """The (length, first letter) table of the special names, for headscan.scan."""
+        return self._maybe
+
     def __init__(self, special: dict[bytes, int]) -> None:
         self.special = special
         self._seen: dict[bytes, int] = {}
         # (length, first letter) of every special name: a browser's fields (User-Agent, Accept,
         # Sec-Fetch-*, Cookie ...) are ruled out by two byte reads, before hashing the name.
-        self._maybe = bytearray(64 * 32)
+        maybe = bytearray(64 * 32)
         for lname in special:
             if len(lname) < 64:
-                self._maybe[len(lname) * 32 + (lname[0] & 31)] = 1
+                maybe[len(lname) * 32 + (lname[0] & 31)] = 1
+        self._maybe = bytes(maybe)   # (also the table headscan.scan marks fields by)
 
     def code(self, name: bytes) -> int:
         n = len(name)
@@ -355,6 +380,7 @@ class RequestRewriter:
         # What a request's trailers may not carry, with this config's request-id name.
         self.trailer_forbidden = REQUEST_TRAILER_FORBIDDEN | ({self.rid_name} if self.rid_name else set())
         self._names = NameCodes(self.special)   # _R_* code per header name, -1: copied as is
+        self.name_table = self._names.table     # what the fast path's scan marks fields by
 
     def continue_ids(self, old: RequestRewriter) -> None:
         """Go on numbering request ids where `old` (the rewriter of the config before a reload)
@@ -412,6 +438,45 @@ class RequestRewriter:
             parts.append(b": ")
             parts.append(value)
             parts.append(CRLF)
+        self._check_host_and_target(info, parts, host, hosts, target, http11)
+        if odd is None:
+            return self._finish_plain(info, parts, conn_ctx)
+        return self._rewrite_odd(info, parts, odd, conn_ctx)
+
+    def rewrite_raw(self, method: bytes, target: bytes, raw: bytes, fields_start: int, head_end: int,
+                    cands: list[tuple[bytes, bytes, int, int]], http11: bool,
+                    conn_ctx: ConnContext) -> RequestInfo | None:
+        """`rewrite` for a head the fast path scanned (headscan.scan): the same checks and the same
+        upstream head, from the raw bytes and the few fields `cands` marks. The fields between
+        them are forwarded as they came. None: a field needs the general path (`rewrite`, with
+        the field list), which the caller then takes."""
+        info = RequestInfo()
+        parts: list[bytes] = [method, b" ", target, b" HTTP/1.1\r\n"]
+        host = b""
+        hosts = 0
+        at = fields_start
+        for name, value, line_start, line_end in cands:
+            code = self._names.code(name)
+            if code < 0:
+                continue   # (a name that only shares a length and a first letter with one)
+            if code == _R_HOST:
+                hosts += 1
+                host = value
+                continue
+            if code == _R_CONN and value.lower() == b"keep-alive":
+                info.keep_alive = True
+            elif code == _R_CL:
+                info.content_length = int(value)   # (as `rewrite`: written last, normalised)
+            elif code != _R_DROP:
+                return None
+            parts.append(raw[at:line_start])   # the line is cut: not forwarded
+            at = line_end
+        parts.append(raw[at:head_end - 2])
+        self._check_host_and_target(info, parts, host, hosts, target, http11)
+        return self._finish_plain(info, parts, conn_ctx)
+
+    def _check_host_and_target(self, info: RequestInfo, parts: list[bytes], host: bytes, hosts: int,
+                               target: bytes, http11: bool) -> None:
         if hosts > 1 or (hosts == 0 and http11):
             raise RequestRefused(400, "missing or repeated Host")
         if hosts == 0:
@@ -423,28 +488,29 @@ class RequestRewriter:
         # clearing a TypeError each time, and `bytes.find` parses its arguments the slow way.)
         if _SUSPECT_TARGET.search(target) is not None:
             check_target(target)
-        if odd is None:
-            # The common request: nothing to merge, the per-connection tail is cached per Host
-            # (a cached Host was checked when it was cached).
-            tail_key = conn_ctx._tail_host
-            if tail_key is not None and tail_key[0] == host and tail_key[1] == self.via:
-                parts.append(conn_ctx._tail)
-            else:
-                check_host(host)
-                parts.append(conn_ctx.tail_for(host, self.via))
-            cl = info.content_length
-            if cl > 0 and self.max_body_bytes and cl > self.max_body_bytes:
-                raise RequestRefused(413, "body larger than limits.max_body_bytes")
-            info.request_id = rid = self.new_request_id()
-            parts.append(self.rid_prefix)
-            parts.append(rid)
-            if cl >= 0:   # (framing last, as the general path writes it)
-                parts.append(b"\r\nContent-Length: " + str(cl).encode() + b"\r\n\r\n")
-            else:
-                parts.append(b"\r\n\r\n")
-            info.head_bytes = b"".join(parts)
-            return info
-        return self._rewrite_odd(info, parts, odd, conn_ctx)
+
+    def _finish_plain(self, info: RequestInfo, parts: list[bytes], conn_ctx: ConnContext) -> RequestInfo:
+        """The common request: nothing to merge, the per-connection tail is cached per Host
+        (a cached Host was checked when it was cached)."""
+        host = info.host
+        tail_key = conn_ctx._tail_host
+        if tail_key is not None and tail_key[0] == host and tail_key[1] == self.via:
+            parts.append(conn_ctx._tail)
+        else:
+            check_host(host)
+            parts.append(conn_ctx.tail_for(host, self.via))
+        cl = info.content_length
+        if cl > 0 and self.max_body_bytes and cl > self.max_body_bytes:
+            raise RequestRefused(413, "body larger than limits.max_body_bytes")
+        info.request_id = rid = self.new_request_id()
+        parts.append(self.rid_prefix)
+        parts.append(rid)
+        if cl >= 0:   # (framing last, as the general path writes it)
+            parts.append(b"\r\nContent-Length: " + str(cl).encode() + b"\r\n\r\n")
+        else:
+            parts.append(b"\r\n\r\n")
+        info.head_bytes = b"".join(parts)
+        return info
 
     def _rewrite_odd(self, info: RequestInfo, parts: list[bytes], odd: list[tuple[int, bytes, bytes]],
                      conn_ctx: ConnContext) -> RequestInfo:

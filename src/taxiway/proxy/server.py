@@ -22,6 +22,14 @@ Rules of this module (driver, uvicorn's httptools protocol made stricter):
 9. What this module needs of the balancer is `ListenerContext` (declared here, `app.Balancer`
    derives from it); of an exchange, its public methods and the fields it reports. It is the
    `forward.Downstream` every exchange writes to.
+10. Two paths read a head. The fast one: llhttp parses and checks every byte without a callback
+   per field, and `on_headers_complete` reads the head it accepted from the bytes themselves
+   (`headscan.scan`), so the fields that need no change are forwarded as they came; for that it
+   knows where each message starts (heads and Content-Length bodies have known ends). The general
+   one (`FieldCallbacks`, every field through `on_field`, as before the fast path existed) takes
+   over a connection for good at a head the scanner does not read (anything but plain and
+   strict) and at a chunked request (its trailers are fields too, and its end is llhttp's to
+   find): it re-reads that head from its first byte, so both see the same request.
 """
 
 from __future__ import annotations
@@ -46,13 +54,47 @@ from taxiway.proxy.forward import (
     ProxyContext,
     client_keeps,
 )
-from taxiway.proxy.http1 import ConnContext, RequestHead, error_response
+from taxiway.proxy.headscan import fields, scan
+from taxiway.proxy.http1 import ConnContext, RequestHead, RequestInfo, error_response
 
 UPGRADE_HOLD_MAX_BYTES: Final = 64 * 1024   # client bytes held while an upgrade is answered
 # Bytes queued for a client before its upstream stops being read (HAProxy's 16k buffers; nginx's
 # busy buffers 8-16k): with one upstream read (64 KiB) on top, what a slow reader can pin.
 CLIENT_WRITE_HIGH_BYTES: Final = 16 * 1024
 
+
+
+class _GeneralPath(Exception):
+    """Raised by the fast path's head callback: this head goes through the field callbacks."""
+
+
+class FieldCallbacks:
+    """The general path's parser callbacks (rule 10). httptools reports every field of every head
+    to an object that has `on_header`, so the client protocol has none and gives this one to the
+    parser of a connection that needs them."""
+
+    __slots__ = ("proto",)
+
+    def __init__(self, proto: ClientProtocol) -> None:
+        self.proto = proto
+
+    def on_message_begin(self) -> None:
+        self.proto.begin_fields()
+
+    def on_url(self, url: bytes) -> None:
+        self.proto.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.proto.on_field(name, value)
+
+    def on_headers_complete(self) -> None:
+        self.proto.on_fields_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.proto.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.proto.on_message_complete()
 
 
 class ListenerContext(ProxyContext):
@@ -78,8 +120,8 @@ class ClientProtocol(Downstream):
     # Slots: thousands of idle keep-alive connections each hold one of these.
     __slots__ = (
         "_began",
-        "_conn_header", "_head_seen", "_header_bytes", "_headers", "_in_head", "_refuse_head",
-        "_refuse_status", "_url",
+        "_conn_header", "_data", "_fed", "_general", "_head_buf", "_head_seen", "_header_bytes",
+        "_headers", "_in_head", "_next_msg", "_refuse_head", "_refuse_status", "_replay", "_url",
         "admitted", "bal", "body_deadline", "client_ip", "closed", "closing", "ctx", "current",
         "dead", "header_deadline", "held", "https", "idle_deadline", "parser", "parsing", "paused",
         "pipeline", "redirect_https", "scheme", "transport", "tunnel_ex", "upgrade_ex", "wbuf",
@@ -96,6 +138,8 @@ class ClientProtocol(Downstream):
         self.redirect_https = redirect_https
         # Per-connection
         self.transport: asyncio.Transport | None = None
+        # The fast path's parser: no field callbacks (this class has no `on_header`), the head
+        # is read from the bytes once llhttp accepted it (rule 10).
         self.parser = httptools.HttpRequestParser(self)
         self.ctx: ConnContext | None = None
         self.client_ip = ""
@@ -127,6 +171,16 @@ class ClientProtocol(Downstream):
         self._in_head = False       # between the first byte of a request and the end of its head
         self._began = False         # a message began in the read being parsed
         self._head_seen = 0         # bytes of whole reads that fell inside the head
+        # Where the fast path finds the head's bytes (rule 10): the read being parsed, the stream
+        # offset of its first byte, the offset where the next message starts (the end of the
+        # current one: heads and Content-Length bodies only), the earlier reads of an unfinished
+        # head, and the bytes the general path re-reads when a head needs it.
+        self._data = b""
+        self._fed = 0
+        self._next_msg = 0
+        self._head_buf = b""
+        self._replay: bytes | None = None
+        self._general = False       # this connection's heads go through the field callbacks
 
     # -- asyncio callbacks --------------------------------------------------------------------
 
@@ -183,12 +237,16 @@ class ClientProtocol(Downstream):
         ex = self.parsing
         moved = ex.body_in if ex is not None and ex.info.chunked else -1
         self._began = False
+        self._data = data
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._on_upgrade(data[exc.args[0]:])
         except httptools.HttpParserError:
-            self._on_client_error(self._refuse_status or 400)
+            if self._replay is not None:
+                self._take_general_path()
+            else:
+                self._on_client_error(self._refuse_status or 400)
         else:
             if in_head and self._in_head and not self._began:
                 # The whole read belonged to one unfinished head (a read in which a message
@@ -201,8 +259,33 @@ class ClientProtocol(Downstream):
                     self._count_unreported(len(data))
                 else:
                     self._head_seen = 0
+            if self._in_head and not self._general:
+                # An unfinished head: keep its bytes for `on_headers_complete` (bounded by rule 7).
+                if in_head and not self._began:
+                    self._head_buf += data
+                else:
+                    self._head_buf = data[max(self._next_msg - self._fed, 0):]
+        self._fed += len(data)
+        self._data = b""
         if self.wbuf:
             self.flush()
+
+    def _take_general_path(self) -> None:
+        """A head the fast path does not read (see headscan.py) or a chunked request (its
+        trailers are fields too): from this head on, the connection's heads go through a parser
+        with field callbacks, which re-reads this one from its first byte."""
+        replay = self._replay
+        assert replay is not None
+        self._replay = None
+        self._general = True
+        self._head_buf = b""
+        self.parser = httptools.HttpRequestParser(FieldCallbacks(self))
+        try:
+            self.parser.feed_data(replay)
+        except httptools.HttpParserUpgrade as exc:
+            self._on_upgrade(replay[exc.args[0]:])
+        except httptools.HttpParserError:
+            self._on_client_error(self._refuse_status or 400)
 
     def _count_unreported(self, n: int) -> None:
         """Count `n` bytes httptools has not reported as anything yet (it reports a field only
@@ -234,10 +317,7 @@ class ClientProtocol(Downstream):
 
     def on_message_begin(self) -> None:
         self._url = b""
-        self._headers = []
-        self._header_bytes = 0
         self._refuse_status = 0
-        self._conn_header = False
         self._refuse_head = False
         self._began = True
         self._in_head = True
@@ -252,7 +332,79 @@ class ClientProtocol(Downstream):
             self._refuse_status = 414
             raise RequestRefused(414, "request target too long")
 
-    def on_header(self, name: bytes, value: bytes) -> None:
+    def on_headers_complete(self) -> None:
+        """The fast path (rule 10): llhttp accepted the head; read it from its bytes."""
+        data = self._data
+        start = self._next_msg - self._fed
+        if start >= 0:
+            buf = data
+            pos = start
+        else:   # (it began in an earlier read; empty lines before it were not kept)
+            buf = self._head_buf + data
+            pos = 0
+        self._head_buf = b""
+        bal = self.bal
+        s = bal.settings
+        rewriter = s.request_rewriter
+        found = scan(buf, pos, rewriter.name_table)
+        if found is None:
+            self._replay = buf[pos:]
+            raise _GeneralPath()
+        fields_start, head_end, count, field_bytes, version, cands = found
+        self.header_deadline = 0.0
+        self._in_head = False
+        method = self.parser.get_method()
+        self._refuse_head = method == b"HEAD"
+        if field_bytes > s.max_header_bytes:
+            self._refuse_status = 431
+            raise RequestRefused(431, "request head too large")
+        if count > s.max_headers:
+            self._refuse_status = 431
+            raise RequestRefused(431, "too many header fields")
+        if version == 11:
+            http_version = "1.1"
+        elif version == 10:
+            http_version = "1.0"
+        else:
+            http_version = ""
+        headers: list[tuple[bytes, bytes]] | None = None
+        assert self.ctx is not None
+        try:
+            self._check_request_line(method, http_version)
+            if self._url[:1] != b"/" and self._url != b"*":
+                self._headers = fields(buf, fields_start, head_end)
+                self._to_origin_form()
+                headers = self._headers
+                info = rewriter.rewrite(method, self._url, headers, version == 11, self.ctx)
+            else:
+                found_info = rewriter.rewrite_raw(method, self._url, buf, fields_start, head_end, cands,
+                                                  version == 11, self.ctx)
+                if found_info is None:   # a field the raw path leaves to the general one
+                    headers = fields(buf, fields_start, head_end)
+                    found_info = rewriter.rewrite(method, self._url, headers, version == 11, self.ctx)
+                info = found_info
+        except RequestRefused as exc:
+            self._refuse_status = exc.status
+            raise
+        if info.chunked:
+            self._replay = buf[pos:]
+            raise _GeneralPath()
+        # The next message starts after this one's body (a stream offset: `buf` may begin
+        # with bytes of earlier reads).
+        self._next_msg = self._fed + head_end - (len(buf) - len(data)) + max(info.content_length, 0)
+        head = RequestHead(method.decode("ascii"), self._url, headers, info.client_ip or self.client_ip,
+                           self.scheme, http_version, buf, fields_start, head_end - 2)
+        self._start(method, head, info, version == 11)
+
+    # The general path's callbacks (FieldCallbacks calls them): every field through `on_field`.
+
+    def begin_fields(self) -> None:
+        self.on_message_begin()
+        self._headers = []
+        self._header_bytes = 0
+        self._conn_header = False
+
+    def on_field(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
         n = len(name)
         if (n == 10 or n == 16) and name.lower() in (b"connection", b"proxy-connection"):
@@ -264,7 +416,7 @@ class ClientProtocol(Downstream):
             self._refuse_status = 431
             raise RequestRefused(431, "request head too large")
 
-    def on_headers_complete(self) -> None:
+    def on_fields_complete(self) -> None:
         self.header_deadline = 0.0
         self._in_head = False
         parser = self.parser
@@ -276,26 +428,17 @@ class ClientProtocol(Downstream):
         if len(self._headers) > bal.settings.max_headers:
             self._refuse_status = 431
             raise RequestRefused(431, "too many header fields")
-        if method == b"CONNECT":
-            self._refuse_status = 405
-            raise RequestRefused(405, "CONNECT is not proxied")
         # Without a Connection field llhttp keeps HTTP/1.1 alive and nothing older: that is the
         # version, without get_http_version's string formatting (the usual request).
         version = "1.1" if not self._conn_header and parser.should_keep_alive() else parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            version = ""
         http11 = version == "1.1"
-        if not http11 and version != "1.0":
-            # llhttp also reads HTTP/0.9 and HTTP/2.0 request lines; neither is spoken here.
-            self._refuse_status = 505
-            raise RequestRefused(505, "HTTP version not supported")
         assert self.ctx is not None
-        if self._url[:1] != b"/":
-            if self._url == b"*":
-                if method != b"OPTIONS":   # (RFC 9112 §3.2.4: asterisk-form is for OPTIONS only)
-                    self._refuse_status = 400
-                    raise RequestRefused(400, "asterisk-form target for a method other than OPTIONS")
-            else:
-                self._to_origin_form()
         try:
+            self._check_request_line(method, version)
+            if self._url[:1] != b"/" and self._url != b"*":
+                self._to_origin_form()
             info = bal.settings.request_rewriter.rewrite(method, self._url, self._headers, http11, self.ctx)
         except RequestRefused as exc:
             self._refuse_status = exc.status
@@ -306,6 +449,22 @@ class ClientProtocol(Downstream):
             # Header fields after a chunked body are trailers: collect them apart from the head
             # (which routing and retries read), for `on_message_complete`.
             self._headers = []
+        self._start(method, head, info, http11)
+
+    def _check_request_line(self, method: bytes, version: str) -> None:
+        """What both paths refuse about the request line (version "": neither 1.1 nor 1.0)."""
+        if method == b"CONNECT":
+            raise RequestRefused(405, "CONNECT is not proxied")
+        if not version:
+            # llhttp also reads HTTP/0.9 and HTTP/2.0 request lines; neither is spoken here.
+            raise RequestRefused(505, "HTTP version not supported")
+        if self._url == b"*" and method != b"OPTIONS":
+            # (RFC 9112 §3.2.4: asterisk-form is for OPTIONS only)
+            raise RequestRefused(400, "asterisk-form target for a method other than OPTIONS")
+
+    def _start(self, method: bytes, head: RequestHead, info: RequestInfo, http11: bool) -> None:
+        """A request's head is read: its exchange starts now, or after the ones ahead (rule 2)."""
+        bal = self.bal
         keep_alive = client_keeps(http11, info.close, info.keep_alive, info.upgrade)   # (rule 6)
         ex = Exchange(self, bal, head, info, method, keep_alive, http11)
         self.parsing = ex

@@ -1,0 +1,6 @@
+"""Types of the C request-head scanner (`_headscan.c`); the contract is in headscan.py."""
+
+Candidate = tuple[bytes, bytes, int, int]
+
+def scan(buf: bytes, pos: int, table: bytes, /) -> tuple[int, int, int, int, int, list[Candidate]] | None: ...
+def fields(buf: bytes, start: int, end: int, /) -> list[tuple[bytes, bytes]]: ...

@@ -1,0 +1,244 @@
+"""The request-head scanner (proxy/headscan.py, proxy/_headscan.c) and the fast path built on it.
+
+What a user would notice: a field that reaches the app changed, lost or in another order; a
+pipelined request answered out of turn or read from the wrong byte (the fast path must know
+where every message starts); a head in several reads, or an unusual one, treated differently
+from before. The C scanner and its Python twin must give the same answer for every input.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+
+import pytest
+
+import taxiway
+from taxiway.proxy import headscan
+from taxiway.proxy.http1 import RequestRewriter
+from tests.proxy_support import Client, InProcess, RawServer, make_config, wait_until
+
+TABLE = RequestRewriter("X-Request-Id", False, 0).name_table
+
+try:
+    from taxiway.proxy import _headscan
+    IMPLEMENTATIONS = [("python", headscan.scan_py, headscan.fields_py),
+                       ("c", _headscan.scan, _headscan.fields)]
+except ImportError:   # (the sources build: no C scanner was compiled)
+    IMPLEMENTATIONS = [("python", headscan.scan_py, headscan.fields_py)]
+
+BROWSER = (b"GET /flights?from=ams HTTP/1.1\r\n"
+           b"Host: shop.example\r\n"
+           b"Connection: keep-alive\r\n"
+           b"User-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n"
+           b"Accept: text/html,application/xhtml+xml;q=0.9\r\n"
+           b"Accept-Encoding: gzip, deflate, br\r\n"
+           b"Cookie: session=abc; theme=dark\r\n"
+           b"\r\n")
+
+
+@pytest.fixture(params=IMPLEMENTATIONS, ids=[i[0] for i in IMPLEMENTATIONS])
+def impl(request):
+    return request.param
+
+
+def test_a_browser_head_marks_only_the_fields_the_proxy_rewrites(impl) -> None:
+    _, scan, fields = impl
+    found = scan(BROWSER, 0, TABLE)
+    assert found is not None
+    fields_start, head_end, count, field_bytes, version, cands = found
+    assert BROWSER[:fields_start] == b"GET /flights?from=ams HTTP/1.1\r\n"
+    assert head_end == len(BROWSER) and count == 6 and version == 11
+    pairs = fields(BROWSER, fields_start, head_end - 2)
+    assert field_bytes == sum(len(n) + len(v) + 4 for n, v in pairs)
+    assert [n for n, *_ in cands] == [b"Host", b"Connection"]   # the others are copied as they are
+    host = cands[0]
+    assert host[1] == b"shop.example" and BROWSER[host[2]:host[3]] == b"Host: shop.example\r\n"
+    assert pairs[2] == (b"User-Agent", b"Mozilla/5.0 (X11; Linux x86_64)")
+
+
+@pytest.mark.parametrize("head, expected", [
+    # (fields_start, head_end, count, version) for plain heads
+    (b"GET / HTTP/1.1\r\n\r\n", (16, 18, 0, 11)),
+    (b"\r\n\r\nGET / HTTP/1.0\r\nA: b\r\n\r\n", (20, 28, 1, 10)),   # empty lines first: skipped
+    (b"GET / HTTP/1.1\r\nA:\t b \t\r\n\r\n", (16, 27, 1, 11)),       # OWS around the value
+    (b"GET / HTTP/2.0\r\nA: b\r\n\r\nrest", (16, 24, 1, 20)),        # version told, not judged
+])
+def test_plain_heads(impl, head: bytes, expected: tuple[int, int, int, int]) -> None:
+    _, scan, fields = impl
+    found = scan(head, 0, TABLE)
+    assert found is not None and (found[0], found[1], found[2], found[4]) == expected
+    if found[2]:
+        assert fields(head, found[0], found[1] - 2)[0] == (b"A", b"b")
+
+
+@pytest.mark.parametrize("head", [
+    b"GET / HTTP/1.1\r\nA: b\r\n",                       # no empty line yet
+    b"GET / HTTP/1.1\nA: b\r\n\r\n",                     # bare LF ending the request line
+    b"GET / HTTP/1.1\r\nA: b\n\r\n",                     # bare LF ending a field
+    b"GET / HTTP/1.1\r\nA: b\rc\r\n\r\n",                # a CR inside a line
+    b"GET / HTTP/1.1\r\nA: b\r\n c\r\n\r\n",             # a folded line
+    b"GET / HTTP/1.1\r\nA : b\r\n\r\n",                  # whitespace before the colon
+    b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
+    b"GET / HTTP/1.1\r\n: empty name\r\n\r\n",
+    b"GET / HTTP/1.1\r\nA(b): c\r\n\r\n",                # not a token
+    b"GET /\r\n\r\n",                                    # no version
+    b"GET / HTTP/1.x\r\n\r\n",
+    b"GET / HTTP/1.1 \r\n\r\n",
+])
+def test_anything_but_plain_and_strict_is_left_to_the_general_path(impl, head: bytes) -> None:
+    _, scan, _ = impl
+    assert scan(head, 0, TABLE) is None
+
+
+def test_bad_arguments_are_errors_not_crashes(impl) -> None:
+    _, scan, fields = impl
+    with pytest.raises(ValueError):
+        scan(BROWSER, len(BROWSER) + 1, TABLE)
+    with pytest.raises(ValueError):
+        scan(BROWSER, 0, b"short")
+    with pytest.raises(ValueError):
+        fields(BROWSER, 10, 5)
+
+
+def _random_head(rng: random.Random) -> bytes:
+    """Mostly plain heads, with the odd bytes the scanner must refuse sprinkled in."""
+    names = [b"Host", b"Connection", b"Content-Length", b"X-Forwarded-For", b"Accept", b"Via", b"te",
+             b"Cookie", b"X-Real-IP", b"a", b"B-c", b"Keep-Alive", b"Expect"]
+    odd = [b" ", b"\t", b"\r", b"\n", b":", b"(", b"\x00", b"\xff"]
+    lines = [b"\r\n" * rng.randrange(2) + rng.choice([b"GET", b"POST"]) + b" /x HTTP/1." +
+             rng.choice([b"0", b"1"]) + b"\r\n"]
+    for _ in range(rng.randrange(8)):
+        value = bytes(rng.choice(b"abc ;=,\t-") for _ in range(rng.randrange(12)))
+        line = rng.choice(names) + b":" + value + b"\r\n"
+        if rng.random() < 0.15:
+            i = rng.randrange(len(line))
+            line = line[:i] + rng.choice(odd) + line[i:]
+        lines.append(line)
+    head = b"".join(lines) + (b"\r\n" if rng.random() < 0.9 else b"")
+    return head + (b"GET / HTTP/1.1\r\n\r\n" if rng.random() < 0.3 else b"")
+
+
+@pytest.mark.skipif(len(IMPLEMENTATIONS) < 2, reason="the C scanner is not built (sources build)")
+def test_the_c_scanner_and_its_python_twin_agree() -> None:
+    rng = random.Random(20261202)
+    for _ in range(20_000):
+        head = _random_head(rng)
+        pos = rng.randrange(3) if rng.random() < 0.1 else 0
+        py = headscan.scan_py(head, min(pos, len(head)), TABLE)
+        c = _headscan.scan(head, min(pos, len(head)), TABLE)
+        assert py == c, head
+        if py is not None:
+            end = py[1] - 2
+            assert headscan.fields_py(head, py[0], end) == _headscan.fields(head, py[0], end), head
+
+
+def test_the_build_that_runs_uses_its_own_scanner() -> None:
+    compiled = taxiway.BUILD.startswith("compiled")
+    assert (headscan.scan is not headscan.scan_py) == compiled
+
+
+# --------------------------------------------------------------------------------------------
+# The fast path over real sockets
+
+
+class HeadRecorder(RawServer):
+    """An upstream that records every request's head and body (Content-Length or chunked, with
+    trailers) and answers with the number of the request and its body length."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[bytes, bytes]] = []
+        super().__init__(self._handle)
+
+    def _handle(self, conn: socket.socket) -> None:
+        data = b""
+        while True:
+            while b"\r\n\r\n" not in data:
+                d = conn.recv(65536)
+                if not d:
+                    return
+                data += d
+            head, data = data.split(b"\r\n\r\n", 1)
+            lower = head.lower()
+            if b"transfer-encoding: chunked" in lower:
+                while not (b"\r\n0\r\n" in b"\r\n" + data and data.endswith(b"\r\n\r\n")):
+                    data += conn.recv(65536)
+                body, data = data, b""
+            else:
+                n = 0
+                for line in lower.split(b"\r\n"):
+                    if line.startswith(b"content-length:"):
+                        n = int(line.split(b":")[1])
+                while len(data) < n:
+                    data += conn.recv(65536)
+                body, data = data[:n], data[n:]
+            self.seen.append((head + b"\r\n\r\n", body))
+            answer = b"%d:%d" % (len(self.seen), len(body))
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+
+
+def test_ordinary_fields_reach_the_app_as_they_came_in_their_order() -> None:
+    with HeadRecorder() as up, InProcess(make_config([up.port])) as lb:
+        c = Client(lb.port)
+        c.send(BROWSER.replace(b"Cookie: session=abc; theme=dark", b"Cookie:session=abc;  theme=dark  "))
+        assert c.read_response().status == 200
+        head = up.seen[0][0]
+        lines = head.split(b"\r\n")
+        assert lines[0] == b"GET /flights?from=ams HTTP/1.1"
+        # Everything between the request line and what taxiway adds, unchanged and in order
+        # (the OWS a field came with stays: it is no part of the value); Connection is hop-by-hop.
+        assert lines[1:6] == [b"Host: shop.example", b"User-Agent: Mozilla/5.0 (X11; Linux x86_64)",
+                              b"Accept: text/html,application/xhtml+xml;q=0.9",
+                              b"Accept-Encoding: gzip, deflate, br", b"Cookie:session=abc;  theme=dark  "]
+        assert b"connection: keep-alive" not in head.lower()
+        assert lines[6].startswith(b"X-Forwarded-For: 127.0.0.1")
+        c.close()
+
+
+def test_pipelined_heads_and_bodies_are_read_from_the_right_bytes() -> None:
+    """One write with every kind of message the fast path must find the start of, a chunked
+    request (the general path takes over the connection) and what follows it."""
+    batch = (b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\n"
+             b"POST /2 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nGET /"  # a body like a head
+             b"\r\nGET /3 HTTP/1.1\r\nHost: t\r\n\r\n"   # (an empty line first)
+             b"POST /4 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+             b"POST /5 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+             b"3\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n"
+             b"GET /6 HTTP/1.1\r\nHost: t\r\nX-After: chunked\r\n\r\n")
+    with HeadRecorder() as up, InProcess(make_config([up.port])) as lb:
+        c = Client(lb.port)
+        c.send(batch)
+        answers = [c.read_response() for _ in range(6)]
+        assert [r.status for r in answers] == [200] * 6
+        assert [r.body.split(b":")[1] for r in answers] == [b"0", b"5", b"0", b"0", b"23", b"0"]
+        targets = [h.split(b" ")[1] for h, _ in up.seen]
+        assert targets == [b"/1", b"/2", b"/3", b"/4", b"/5", b"/6"]
+        assert up.seen[1][1] == b"GET /"
+        assert up.seen[4][1] == b"3\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n"
+        assert b"X-After: chunked" in up.seen[5][0]
+        c.close()
+
+
+def test_a_head_in_many_reads_is_read_whole() -> None:
+    request = BROWSER + b"POST /next HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+    with HeadRecorder() as up, InProcess(make_config([up.port])) as lb:
+        c = Client(lb.port)
+        for i in range(0, len(request), 7):   # 7-byte writes, each a read of its own
+            c.send(request[i:i + 7])
+            wait_until(lambda: False, 0.002)
+        r1, r2 = c.read_response(), c.read_response()
+        assert (r1.status, r2.status) == (200, 200) and r2.body.endswith(b":3")
+        assert b"Cookie: session=abc; theme=dark\r\n" in up.seen[0][0]
+        assert up.seen[1][1] == b"abc"
+        c.close()
+
+
+def test_a_folded_field_is_refused_as_it_always_was() -> None:
+    """obs-fold (RFC 9112 §5.2): llhttp refuses it, before the scanner could see it; 400, and
+    nothing reaches the app."""
+    with HeadRecorder() as up, InProcess(make_config([up.port])) as lb:
+        c = Client(lb.port)
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\r\n b\r\n\r\n")
+        assert c.read_response().status == 400
+        assert up.seen == []
+        c.close()
