@@ -307,6 +307,41 @@ class RawServer:
         self.sock.close()
 
 
+class HeadRecorder(RawServer):
+    """An upstream that records every request's head and body (Content-Length or chunked, with
+    trailers) and answers with the number of the request and its body length."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[bytes, bytes]] = []
+        super().__init__(self._handle)
+
+    def _handle(self, conn: socket.socket) -> None:
+        data = b""
+        while True:
+            while b"\r\n\r\n" not in data:
+                d = conn.recv(65536)
+                if not d:
+                    return
+                data += d
+            head, data = data.split(b"\r\n\r\n", 1)
+            lower = head.lower()
+            if b"transfer-encoding: chunked" in lower:
+                while not (b"\r\n0\r\n" in b"\r\n" + data and data.endswith(b"\r\n\r\n")):
+                    data += conn.recv(65536)
+                body, data = data, b""
+            else:
+                n = 0
+                for line in lower.split(b"\r\n"):
+                    if line.startswith(b"content-length:"):
+                        n = int(line.split(b":")[1])
+                while len(data) < n:
+                    data += conn.recv(65536)
+                body, data = data[:n], data[n:]
+            self.seen.append((head + b"\r\n\r\n", body))
+            answer = b"%d:%d" % (len(self.seen), len(body))
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+
+
 def read_request_head(conn: socket.socket) -> bytes:
     data = b""
     while b"\r\n\r\n" not in data:

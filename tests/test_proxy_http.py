@@ -7,6 +7,7 @@ import socket
 
 from tests.proxy_support import (
     Client,
+    HeadRecorder,
     InProcess,
     RawServer,
     http_get,
@@ -306,25 +307,7 @@ def test_absolute_form_target_becomes_origin_form(procs, tmp_path):
 def test_request_trailers_are_forwarded_and_never_become_headers():
     """A chunked request's trailer fields reach the server after the body; forbidden ones
     (framing, routing, credentials) are dropped; none of them is read as a request header."""
-    received: list[bytes] = []
-
-    def handler(conn: socket.socket) -> None:
-        data = b""
-        while True:
-            while b"\r\n\r\n" not in data:
-                d = conn.recv(65536)
-                if not d:
-                    return
-                data += d
-            head, rest = data.split(b"\r\n\r\n", 1)
-            if b"chunked" in head.lower():   # read to the end of the trailer section
-                while b"0\r\n" not in rest or not rest.endswith(b"\r\n\r\n"):
-                    rest += conn.recv(65536)
-            received.append(head + b"\r\n\r\n" + rest)
-            data = b""
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
-    up = RawServer(handler)
+    up = HeadRecorder()
     lb = InProcess(make_config([up.port], affinity={"mode": "cookie", "secret": "x" * 32}))
     try:
         c = Client(lb.port)
@@ -333,8 +316,8 @@ def test_request_trailers_are_forwarded_and_never_become_headers():
                b"5\r\nhello\r\n0\r\nX-Checksum: abc123\r\nCookie: taxiway_server=evil\r\n"
                b"Host: other.example\r\n\r\n")
         assert c.read_response().status == 200
-        assert wait_until(lambda: bool(received))
-        head, body = received[0].split(b"\r\n\r\n", 1)
+        assert wait_until(lambda: bool(up.seen))
+        head, body = up.seen[0]
         assert b"x-checksum" not in head.lower() and b"taxiway_server" not in head   # not headers
         assert body == b"5\r\nhello\r\n0\r\nX-Checksum: abc123\r\n\r\n"   # allowed one forwarded
         # The connection stays usable: the next request is framed correctly.

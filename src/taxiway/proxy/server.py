@@ -371,18 +371,18 @@ class ClientProtocol(Downstream):
         assert self.ctx is not None
         try:
             self._check_request_line(method, http_version)
-            if self._url[:1] != b"/" and self._url != b"*":
-                self._headers = fields(buf, fields_start, head_end)
-                self._to_origin_form()
+            origin_form = self._url[:1] == b"/" or self._url == b"*"
+            found_info = rewriter.rewrite_raw(method, self._url, buf, fields_start, head_end, cands,
+                                              version == 11, self.ctx) if origin_form else None
+            if found_info is None:
+                # A field the raw path leaves to the general rewriter, or an absolute-form target
+                # (its authority replaces Host): the field list, then `rewrite`.
+                self._headers = fields(buf, fields_start, head_end - 2)
+                if not origin_form:
+                    self._to_origin_form()
                 headers = self._headers
-                info = rewriter.rewrite(method, self._url, headers, version == 11, self.ctx)
-            else:
-                found_info = rewriter.rewrite_raw(method, self._url, buf, fields_start, head_end, cands,
-                                                  version == 11, self.ctx)
-                if found_info is None:   # a field the raw path leaves to the general one
-                    headers = fields(buf, fields_start, head_end)
-                    found_info = rewriter.rewrite(method, self._url, headers, version == 11, self.ctx)
-                info = found_info
+                found_info = rewriter.rewrite(method, self._url, headers, version == 11, self.ctx)
+            info = found_info
         except RequestRefused as exc:
             self._refuse_status = exc.status
             raise
