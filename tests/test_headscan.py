@@ -1,30 +1,43 @@
-"""The request-head scanner (proxy/headscan.py, proxy/_headscan.c) and the fast path built on it.
+"""The head scanner (proxy/headscan.py, proxy/_headscan.c) and the fast paths built on it.
 
-What a user would notice: a field that reaches the app changed, lost or in another order; a
-pipelined request answered out of turn or read from the wrong byte (the fast path must know
-where every message starts); a head in several reads, or an unusual one, treated differently
-from before. The C scanner and its Python twin must give the same answer for every input.
+What a user would notice: a field that reaches the app (or the client) changed, lost or in
+another order; a pipelined request answered out of turn or read from the wrong byte (the fast
+path must know where every message starts); a head in several reads, or an unusual one, treated
+differently from before; a chunked answer's trailers lost once a connection has served plain
+answers. The C scanner and its Python twin must give the same answer for every input.
 """
 
 from __future__ import annotations
 
 import random
+import socket
 
 import pytest
 
 import taxiway
 from taxiway.proxy import headscan
-from taxiway.proxy.http1 import RequestRewriter
-from tests.proxy_support import Client, HeadRecorder, InProcess, make_config, wait_until
+from taxiway.proxy.http1 import RequestRewriter, ResponseRewriter
+from tests.proxy_support import (
+    Client,
+    HeadRecorder,
+    InProcess,
+    RawServer,
+    make_config,
+    read_request_head,
+    wait_until,
+)
 
 TABLE = RequestRewriter("X-Request-Id", False, 0).name_table
+RESPONSE_TABLE = ResponseRewriter({"X-Frame-Options": "DENY"}, "X-Served-By", 0).name_table
 
 try:
     from taxiway.proxy import _headscan
     IMPLEMENTATIONS = [("python", headscan.scan_py, headscan.fields_py),
                        ("c", _headscan.scan, _headscan.fields)]
+    RESPONSE_SCANNERS = [("python", headscan.scan_response_py), ("c", _headscan.scan_response)]
 except ImportError:   # (the sources build: no C scanner was compiled)
     IMPLEMENTATIONS = [("python", headscan.scan_py, headscan.fields_py)]
+    RESPONSE_SCANNERS = [("python", headscan.scan_response_py)]
 
 BROWSER = (b"GET /flights?from=ams HTTP/1.1\r\n"
            b"Host: shop.example\r\n"
@@ -36,9 +49,26 @@ BROWSER = (b"GET /flights?from=ams HTTP/1.1\r\n"
            b"\r\n")
 
 
+NGINX_ANSWER = (b"HTTP/1.1 200 OK\r\n"
+                b"Server: nginx/1.22.1\r\n"
+                b"Date: Wed, 02 Dec 2026 12:00:00 GMT\r\n"
+                b"Content-Type: text/html\r\n"
+                b"Content-Length: 5\r\n"
+                b"Last-Modified: Tue, 01 Dec 2026 08:00:00 GMT\r\n"
+                b"Connection: keep-alive\r\n"
+                b"ETag: \"6756-5\"\r\n"
+                b"Accept-Ranges: bytes\r\n"
+                b"\r\n")
+
+
 @pytest.fixture(params=IMPLEMENTATIONS, ids=[i[0] for i in IMPLEMENTATIONS])
 def impl(request):
     return request.param
+
+
+@pytest.fixture(params=RESPONSE_SCANNERS, ids=[i[0] for i in RESPONSE_SCANNERS])
+def scan_response(request):
+    return request.param[1]
 
 
 def test_a_browser_head_marks_only_the_fields_the_proxy_rewrites(impl) -> None:
@@ -100,6 +130,42 @@ def test_bad_arguments_are_errors_not_crashes(impl) -> None:
         fields(BROWSER, 10, 5)
 
 
+def test_an_nginx_answer_marks_framing_hop_by_hop_and_date_only(scan_response) -> None:
+    found = scan_response(NGINX_ANSWER, 0, RESPONSE_TABLE)
+    assert found is not None
+    fields_start, head_end, count, _, version, cands = found
+    assert NGINX_ANSWER[:fields_start] == b"HTTP/1.1 200 OK\r\n"
+    assert (head_end, count, version) == (len(NGINX_ANSWER), 8, 11)
+    # Server, Content-Type, Last-Modified, ETag, Accept-Ranges stay bytes.
+    assert [n for n, *_ in cands] == [b"Date", b"Content-Length", b"Connection"]
+    conn = cands[2]
+    assert conn[1] == b"keep-alive" and NGINX_ANSWER[conn[2]:conn[3]] == b"Connection: keep-alive\r\n"
+
+
+@pytest.mark.parametrize("head, expected", [
+    (b"HTTP/1.1 204 No Content\r\n\r\n", (25, 27, 0, 11)),
+    (b"HTTP/1.0 200\r\nA: b\r\n\r\nbody", (14, 22, 1, 10)),   # no reason phrase
+    (b"\r\nHTTP/1.1 200 OK\r\nA:b\r\n\r\n", (19, 26, 1, 11)),  # an empty line first
+])
+def test_plain_response_heads(scan_response, head: bytes, expected: tuple[int, int, int, int]) -> None:
+    found = scan_response(head, 0, RESPONSE_TABLE)
+    assert found is not None and (found[0], found[1], found[2], found[4]) == expected
+
+
+@pytest.mark.parametrize("head", [
+    b"GET / HTTP/1.1\r\n\r\n",                           # a request line is no status line
+    b"HTTP/1.1 200 OK\nA: b\r\n\r\n",                     # bare LF
+    b"HTTP/1.1 200 OK\r\nA: b\r\n c\r\n\r\n",             # folded
+    b"HTTP/1.1 200 O\rK\r\n\r\n",                         # a CR in the status line
+    b"HTTP/1.1 200 OK\r\nA : b\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nA: b\r\n",                        # not finished
+    b"HTTP/1.x 200 OK\r\n\r\n",
+    b"HTTP/1.1\r\n\r\n",
+])
+def test_odd_response_heads_are_left_to_the_general_path(scan_response, head: bytes) -> None:
+    assert scan_response(head, 0, RESPONSE_TABLE) is None
+
+
 def _random_head(rng: random.Random) -> bytes:
     """Mostly plain heads, with the odd bytes the scanner must refuse sprinkled in."""
     names = [b"Host", b"Connection", b"Content-Length", b"X-Forwarded-For", b"Accept", b"Via", b"te",
@@ -132,9 +198,22 @@ def test_the_c_scanner_and_its_python_twin_agree() -> None:
             assert headscan.fields_py(head, py[0], end) == _headscan.fields(head, py[0], end), head
 
 
+@pytest.mark.skipif(len(IMPLEMENTATIONS) < 2, reason="the C scanner is not built (sources build)")
+def test_the_c_response_scanner_and_its_python_twin_agree() -> None:
+    rng = random.Random(20261203)
+    for _ in range(20_000):
+        head = _random_head(rng)
+        status_line = rng.choice([b"HTTP/1.1 200 OK", b"HTTP/1.0 304", b"HTTP/1.1 404 Not Found",
+                                  b"HTTP/1.1  200", b"HTTP/11 200"])
+        head = head.replace(head.split(b"\r\n", 1)[0], status_line, 1)
+        assert headscan.scan_response_py(head, 0, RESPONSE_TABLE) == \
+            _headscan.scan_response(head, 0, RESPONSE_TABLE), head
+
+
 def test_the_build_that_runs_uses_its_own_scanner() -> None:
     compiled = taxiway.BUILD.startswith("compiled")
     assert (headscan.scan is not headscan.scan_py) == compiled
+    assert (headscan.scan_response is not headscan.scan_response_py) == compiled
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,4 +284,79 @@ def test_a_folded_field_is_refused_as_it_always_was() -> None:
         c.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\r\n b\r\n\r\n")
         assert c.read_response().status == 400
         assert up.seen == []
+        c.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The response side over real sockets
+
+CHUNKED_ANSWER = (b"HTTP/1.1 200 OK\r\nServer: gunicorn\r\nTransfer-Encoding: chunked\r\n"
+                  b"Trailer: X-Checksum\r\nConnection: keep-alive\r\n\r\n"
+                  b"5\r\nhello\r\n0\r\nX-Checksum: abc123\r\n\r\n")
+OWS_ANSWER = b"HTTP/1.1 200 OK\r\nServer:  spaced \r\nContent-Length: 3\r\n\r\nows"
+
+
+def _answers_in_turn(answers: list[bytes], piece: int = 0) -> RawServer:
+    """An upstream that answers the n-th request on a connection with answers[n] (in `piece`-byte
+    writes when asked: every head then arrives in several reads)."""
+
+    def handler(conn: socket.socket) -> None:
+        for answer in answers:
+            if not read_request_head(conn):
+                return
+            if not piece:
+                conn.sendall(answer)
+                continue
+            for i in range(0, len(answer), piece):
+                conn.sendall(answer[i:i + piece])
+                wait_until(lambda: False, 0.002)
+
+    return RawServer(handler)
+
+
+def _exchange(c: Client, target: bytes, ends: bytes) -> tuple[bytes, bytes]:
+    """Send GET `target`, read the raw answer until it ends with `ends`: (head, rest)."""
+    c.send(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+    raw = b""
+    while b"\r\n\r\n" not in raw or not raw.endswith(ends):
+        more = c.sock.recv(65536)
+        assert more, raw
+        raw += more
+    head, rest = raw.split(b"\r\n\r\n", 1)
+    return head, rest
+
+
+def _dechunk(body: bytes) -> tuple[bytes, bytes]:
+    """A chunked body's data and trailer section."""
+    data = b""
+    while True:
+        size, _, body = body.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            return data, body[:-2]
+        data, body = data + body[:n], body[n + 2:]
+
+
+@pytest.mark.parametrize("piece", [0, 5], ids=["whole", "5-byte-writes"])
+def test_answers_keep_their_bytes_and_a_chunked_one_its_trailers(piece: int) -> None:
+    """nginx's answer (Connection: keep-alive, which the fast path cuts), then a chunked answer
+    with a trailer (the connection switches to the field parser for good), then nginx's again
+    and one with spaces around a value: one upstream connection, every answer as the server
+    meant it."""
+    # The server's fields between the status line and what taxiway adds: as sent, in their
+    # order, less the hop-by-hop Connection.
+    nginx_fields = [f for f in NGINX_ANSWER.split(b"\r\n")[1:-2] if not f.startswith(b"Connection")]
+    answers = [NGINX_ANSWER + b"hello", CHUNKED_ANSWER, NGINX_ANSWER + b"again", OWS_ANSWER]
+    with _answers_in_turn(answers, piece) as up, InProcess(make_config([up.port])) as lb:
+        c = Client(lb.port)
+        head, body = _exchange(c, b"/1", b"hello")
+        assert head.split(b"\r\n")[1:8] == nginx_fields and body == b"hello"
+        head, body = _exchange(c, b"/2", b"\r\n0\r\nX-Checksum: abc123\r\n\r\n")
+        assert b"x-checksum" not in head.lower() and b"server: gunicorn" in head.lower()
+        assert _dechunk(body) == (b"hello", b"X-Checksum: abc123\r\n")   # (re-chunked per read)
+        head, body = _exchange(c, b"/3", b"again")
+        assert head.split(b"\r\n")[1:8] == nginx_fields and body == b"again"
+        head, body = _exchange(c, b"/4", b"ows")
+        assert b"Server:  spaced \r\n" in head + b"\r\n" and body == b"ows"
+        assert up.accepted == 1   # all four on one upstream connection
         c.close()

@@ -69,6 +69,7 @@ with atheris.instrument_imports(include=["taxiway"]):
     from taxiway.proxy.http1 import RequestRefused
     from taxiway.proxy.server import ClientProtocol, _GeneralPath
     from taxiway.proxy.upstream import UpstreamConnection
+    from taxiway.proxy.upstream import _GeneralPath as UpstreamGeneralPath
 
 from tests.fuzz.invariants import (  # noqa: E402
     ParsedHead,
@@ -337,8 +338,8 @@ class Stack:
         self.internal.watch(ClientProtocol, ("on_message_begin", "on_url", "on_headers_complete",
                                              "begin_fields", "on_field", "on_fields_complete", "on_body",
                                              "on_message_complete"), refusals)
-        self.internal.watch(UpstreamConnection, ("on_header", "on_headers_complete", "on_body",
-                                                 "on_message_complete"), ())
+        self.internal.watch(UpstreamConnection, ("on_field", "on_headers_complete",
+                                                 "on_body", "on_message_complete"), (UpstreamGeneralPath,))
         logging.getLogger("taxiway").addHandler(self.internal)
         self.log = UpstreamLog()
         self.upstream = Upstream(self.log)

@@ -1,14 +1,15 @@
-/* The request-head scanner behind taxiway's fast path (taxiway/proxy/headscan.py holds the
+/* The head scanner behind taxiway's fast path (taxiway/proxy/headscan.py holds the
  * Python twin and the contract both keep; tests/test_headscan.py holds them to it).
  *
  * Why C: with httptools reporting every header field through a Python callback, a browser's
  * 15-field request cost about 3,000 machine instructions per field before the proxy had done
- * anything with it. llhttp still parses and validates every byte (the proxy feeds it first);
- * this scanner runs only on heads llhttp has accepted, finds the few fields the proxy must look
- * at (by the same (length, first letter) table the rewriter's NameCodes keeps) and leaves the
- * others as raw bytes to forward unchanged. Anything a plain strict head does not have (a folded
- * line, a bare CR or LF, whitespace before a colon) makes it answer None, and the proxy takes its
- * general path for that request: the scanner never has to agree with llhttp on odd input.
+ * anything with it, and every field of an nginx answer about 1,000 more. llhttp still parses and
+ * validates every byte (the proxy feeds it first); this scanner runs only on heads llhttp has
+ * accepted, finds the few fields the proxy must look at (by the same (length, first letter) table
+ * the rewriters' NameCodes keep) and leaves the others as raw bytes to forward unchanged. Anything
+ * a plain strict head does not have (a folded line, a bare CR or LF, whitespace before a colon)
+ * makes it answer None, and the proxy takes its general path for that message: the scanner never
+ * has to agree with llhttp on odd input.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -41,39 +42,38 @@ static int split_field(const unsigned char *line, const unsigned char *cr,
     return 1;
 }
 
-static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (nargs != 3 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "scan(buf: bytes, pos: int, table: bytes)");
-        return NULL;
+/* (name, value, line_start, line_end) of one marked field. Built by hand: Py_BuildValue parses
+ * its format string on every call, which cost as much as scanning the whole head. */
+static PyObject *candidate(const unsigned char *name, Py_ssize_t name_len, const unsigned char *vs,
+                           const unsigned char *ve, Py_ssize_t start, Py_ssize_t stop) {
+    PyObject *item = PyTuple_New(4);
+    if (item == NULL) return NULL;
+    PyObject *parts[4] = {
+        PyBytes_FromStringAndSize((const char *)name, name_len),
+        PyBytes_FromStringAndSize((const char *)vs, ve - vs),
+        PyLong_FromSsize_t(start),
+        PyLong_FromSsize_t(stop),
+    };
+    for (int i = 0; i < 4; i++) {
+        if (parts[i] == NULL) {
+            for (int k = 0; k < 4; k++) Py_XDECREF(parts[k]);
+            Py_DECREF(item);   /* (its slots are still NULL) */
+            return NULL;
+        }
     }
-    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    if (pos == -1 && PyErr_Occurred()) return NULL;
-    if (pos < 0 || pos > n || PyBytes_GET_SIZE(args[2]) < TABLE_SIZE) {
-        PyErr_SetString(PyExc_ValueError, "scan: pos out of range or table too short");
-        return NULL;
-    }
-    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    const unsigned char *table = (const unsigned char *)PyBytes_AS_STRING(args[2]);
-    const unsigned char *end = b + n, *p = b + pos;
-    while (p < end && (*p == '\r' || *p == '\n')) p++;   /* (llhttp skips empty lines first) */
+    for (int i = 0; i < 4; i++) PyTuple_SET_ITEM(item, i, parts[i]);
+    return item;
+}
 
-    /* The request line: ends in CRLF, no other CR, " HTTP/d.d" last. */
-    const unsigned char *lf = memchr(p, '\n', (size_t)(end - p));
-    if (lf == NULL || lf - p < 10 || lf[-1] != '\r') Py_RETURN_NONE;
-    const unsigned char *cr = lf - 1;
-    if (memchr(p, '\r', (size_t)(cr - p)) != NULL) Py_RETURN_NONE;
-    const unsigned char *v = cr - 9;
-    if (memcmp(v, " HTTP/", 6) != 0 || v[6] < '0' || v[6] > '9' || v[7] != '.'
-            || v[8] < '0' || v[8] > '9') Py_RETURN_NONE;
-    int version = (v[6] - '0') * 10 + (v[8] - '0');
-    Py_ssize_t fields_start = lf + 1 - b;
-
+/* The field lines from `line` to the empty line that ends the head: the result tuple of
+ * scan / scan_response, or None when a line is not plain and strict. */
+static PyObject *scan_fields(const unsigned char *b, const unsigned char *end,
+                             const unsigned char *line, const unsigned char *table, int version) {
+    Py_ssize_t fields_start = line - b;
     PyObject *cands = PyList_New(0);
     if (cands == NULL) return NULL;
     Py_ssize_t count = 0, field_bytes = 0;
-    const unsigned char *line = lf + 1;
+    const unsigned char *lf, *cr;
     for (;;) {
         lf = memchr(line, '\n', (size_t)(end - line));
         if (lf == NULL || lf == line || lf[-1] != '\r') goto none;   /* unfinished, or bare LF */
@@ -86,9 +86,7 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         count++;
         field_bytes += name_len + (ve - vs) + 4;
         if (name_len < 64 && table[name_len * 32 + (line[0] & 31)]) {
-            PyObject *item = Py_BuildValue("(y#y#nn)", (const char *)line, name_len,
-                                           (const char *)vs, (Py_ssize_t)(ve - vs),
-                                           (Py_ssize_t)(line - b), (Py_ssize_t)(lf + 1 - b));
+            PyObject *item = candidate(line, name_len, vs, ve, line - b, lf + 1 - b);
             if (item == NULL || PyList_Append(cands, item) < 0) {
                 Py_XDECREF(item);
                 Py_DECREF(cands);
@@ -98,11 +96,80 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         }
         line = lf + 1;
     }
-    return Py_BuildValue("(nnnniN)", fields_start, (Py_ssize_t)(lf + 1 - b), count, field_bytes,
-                         version, cands);
+    PyObject *result = PyTuple_New(6);
+    if (result == NULL) {
+        Py_DECREF(cands);
+        return NULL;
+    }
+    Py_ssize_t numbers[5] = {fields_start, lf + 1 - b, count, field_bytes, version};
+    for (int i = 0; i < 5; i++) {
+        PyObject *o = PyLong_FromSsize_t(numbers[i]);
+        if (o == NULL) {
+            Py_DECREF(result);   /* (the slots set so far go with it; cands is not in it yet) */
+            Py_DECREF(cands);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(result, i, o);
+    }
+    PyTuple_SET_ITEM(result, 5, cands);
+    return result;
 none:
     Py_DECREF(cands);
     Py_RETURN_NONE;
+}
+
+/* The arguments both scanners take: buf (bytes), pos, table (bytes). 0 on a bad call. */
+static int scan_args(PyObject *const *args, Py_ssize_t nargs, const char *usage,
+                     const unsigned char **b, const unsigned char **p, const unsigned char **end,
+                     const unsigned char **table) {
+    if (nargs != 3 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return 0;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) return 0;
+    if (pos < 0 || pos > n || PyBytes_GET_SIZE(args[2]) < TABLE_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "scan: pos out of range or table too short");
+        return 0;
+    }
+    *b = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    *table = (const unsigned char *)PyBytes_AS_STRING(args[2]);
+    *end = *b + n;
+    *p = *b + pos;
+    while (*p < *end && (**p == '\r' || **p == '\n')) (*p)++;   /* (llhttp skips empty lines first) */
+    return 1;
+}
+
+static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    const unsigned char *b, *p, *end, *table;
+    if (!scan_args(args, nargs, "scan(buf: bytes, pos: int, table: bytes)", &b, &p, &end, &table))
+        return NULL;
+    /* The request line: ends in CRLF, no other CR, " HTTP/d.d" last. */
+    const unsigned char *lf = memchr(p, '\n', (size_t)(end - p));
+    if (lf == NULL || lf - p < 10 || lf[-1] != '\r') Py_RETURN_NONE;
+    const unsigned char *cr = lf - 1;
+    if (memchr(p, '\r', (size_t)(cr - p)) != NULL) Py_RETURN_NONE;
+    const unsigned char *v = cr - 9;
+    if (memcmp(v, " HTTP/", 6) != 0 || v[6] < '0' || v[6] > '9' || v[7] != '.'
+            || v[8] < '0' || v[8] > '9') Py_RETURN_NONE;
+    return scan_fields(b, end, lf + 1, table, (v[6] - '0') * 10 + (v[8] - '0'));
+}
+
+static PyObject *scan_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    const unsigned char *b, *p, *end, *table;
+    if (!scan_args(args, nargs, "scan_response(buf: bytes, pos: int, table: bytes)",
+                   &b, &p, &end, &table))
+        return NULL;
+    /* The status line: "HTTP/d.d " first, ends in CRLF, no other CR. */
+    const unsigned char *lf = memchr(p, '\n', (size_t)(end - p));
+    if (lf == NULL || lf - p < 13 || lf[-1] != '\r') Py_RETURN_NONE;
+    if (memchr(p, '\r', (size_t)(lf - 1 - p)) != NULL) Py_RETURN_NONE;
+    if (memcmp(p, "HTTP/", 5) != 0 || p[5] < '0' || p[5] > '9' || p[6] != '.'
+            || p[7] < '0' || p[7] > '9' || p[8] != ' ') Py_RETURN_NONE;
+    return scan_fields(b, end, lf + 1, table, (p[5] - '0') * 10 + (p[7] - '0'));
 }
 
 static PyObject *fields(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -146,13 +213,15 @@ static PyObject *fields(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(buf, pos, table) -> (fields_start, head_end, count, field_bytes, version, candidates) | None"},
+    {"scan_response", (PyCFunction)(void (*)(void))scan_response, METH_FASTCALL,
+     "scan_response(buf, pos, table) -> like scan, for a response head (a status line first)"},
     {"fields", (PyCFunction)(void (*)(void))fields, METH_FASTCALL,
      "fields(buf, start, end) -> [(name, value), ...] of the field lines in buf[start:end]"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_headscan", "taxiway's request-head scanner (see headscan.py).", -1,
+    PyModuleDef_HEAD_INIT, "_headscan", "taxiway's head scanner (see headscan.py).", -1,
     methods, NULL, NULL, NULL, NULL,
 };
 

@@ -1,4 +1,4 @@
-"""Find the fields of a request head that the proxy must look at, and leave the rest as bytes.
+"""Find the fields of a request or response head that the proxy must look at, and leave the rest as bytes.
 
 Why: httptools reports every header field through a Python callback, and the rewriter then
 looked at every field again; a browser's request (15 fields, cookies) cost three times wrk's
@@ -24,6 +24,12 @@ None when the head is anything but plain and strict: a request line that does no
 ` HTTP/d.d`, a line ending in a bare LF, a CR inside a line, a folded line, a field line that is
 not `token ":" value`, or no empty line in `buf`. The caller then takes the general path (the
 field callbacks, as before), so this scanner never needs to agree with llhttp on odd input.
+
+`scan_response(buf, pos, table)`: the same for a response head, whose first line is a status
+line (`HTTP/d.d ` first, then the status and reason llhttp has checked). The upstream connection
+runs it on the heads of its responses: the fields the response rewriter must see are framing,
+hop-by-hop, `Date` and the security headers, and an nginx or gunicorn answer's other fields
+(`Server`, `Content-Type`, `ETag`, `Last-Modified`, `Accept-Ranges` ...) stay bytes.
 
 `fields(buf, start, end)`: the `(name, value)` pairs of the field lines in `buf[start:end]` (a
 range `scan` accepted), for the edge guards and strategies that read headers (`RequestHead`
@@ -56,13 +62,17 @@ def _split_field(line: bytes) -> tuple[bytes, bytes] | None:
     return name, line[colon + 1:].strip(b" \t")
 
 
+def _skip_empty(buf: bytes, pos: int, table: bytes) -> int:
+    if pos < 0 or pos > len(buf) or len(table) < TABLE_SIZE:
+        raise ValueError("scan: pos out of range or table too short")
+    while pos < len(buf) and buf[pos] in (13, 10):
+        pos += 1
+    return pos
+
+
 def scan_py(buf: bytes, pos: int, table: bytes) -> ScanResult | None:
     """The Python twin of `_headscan.scan` (see the module docstring)."""
-    n = len(buf)
-    if pos < 0 or pos > n or len(table) < TABLE_SIZE:
-        raise ValueError("scan: pos out of range or table too short")
-    while pos < n and buf[pos] in (13, 10):
-        pos += 1
+    pos = _skip_empty(buf, pos, table)
     lf = buf.find(b"\n", pos)
     if lf < 0 or lf - pos < 10 or buf[lf - 1] != 13:
         return None
@@ -72,8 +82,24 @@ def scan_py(buf: bytes, pos: int, table: bytes) -> ScanResult | None:
     v = buf[cr - 9:cr]
     if v[:6] != b" HTTP/" or v[7] != 46 or not (48 <= v[6] <= 57 and 48 <= v[8] <= 57):
         return None
-    version = (v[6] - 48) * 10 + (v[8] - 48)
-    fields_start = line = lf + 1
+    return _scan_fields(buf, lf + 1, table, (v[6] - 48) * 10 + (v[8] - 48))
+
+
+def scan_response_py(buf: bytes, pos: int, table: bytes) -> ScanResult | None:
+    """The Python twin of `_headscan.scan_response` (see the module docstring)."""
+    pos = _skip_empty(buf, pos, table)
+    lf = buf.find(b"\n", pos)
+    if lf < 0 or lf - pos < 13 or buf[lf - 1] != 13 or buf.find(b"\r", pos, lf - 1) >= 0:
+        return None
+    v = buf[pos:pos + 9]
+    if v[:5] != b"HTTP/" or v[6] != 46 or v[8] != 32 or not (48 <= v[5] <= 57 and 48 <= v[7] <= 57):
+        return None
+    return _scan_fields(buf, lf + 1, table, (v[5] - 48) * 10 + (v[7] - 48))
+
+
+def _scan_fields(buf: bytes, line: int, table: bytes, version: int) -> ScanResult | None:
+    """The field lines from `line` on, up to the empty line (the part both scanners share)."""
+    fields_start = line
     cands: list[tuple[bytes, bytes, int, int]] = []
     count = field_bytes = 0
     while True:
@@ -114,9 +140,10 @@ def fields_py(buf: bytes, start: int, end: int) -> list[tuple[bytes, bytes]]:
 
 
 scan: Callable[[bytes, int, bytes], ScanResult | None]
+scan_response: Callable[[bytes, int, bytes], ScanResult | None]
 fields: Callable[[bytes, int, int], list[tuple[bytes, bytes]]]
 if taxiway.BUILD.startswith("compiled"):
     # (The C scanner is part of the compiled build: installed, checked and chosen with it.)
-    from taxiway.proxy._headscan import fields, scan
+    from taxiway.proxy._headscan import fields, scan, scan_response
 else:
-    scan, fields = scan_py, fields_py
+    scan, scan_response, fields = scan_py, scan_response_py, fields_py

@@ -742,6 +742,7 @@ class ResponseRewriter:
         lengths = {len(n) for n in self.special}
         self._cand_len = bytes(1 if n in lengths else 0 for n in range(max(lengths) + 1))
         self._names = NameCodes(self.special)
+        self.name_table = self._names.table   # what the upstream's scan_response marks fields by
 
     def served_by_line(self, server_name: str) -> bytes:
         line = self._served_by_lines.get(server_name)
@@ -751,8 +752,9 @@ class ResponseRewriter:
 
     def classify(self, name: bytes, value: bytes = b"") -> int:
         """What one response header field means to `rewrite_raw` (HEAD_* bits, 0 for most).
-        Called by the upstream connection for every header field httptools reports: most names
-        are ruled out by their length alone, the others looked up in the name table. The value
+        Called by the upstream connection for the fields `headscan.scan_response` marks (or, on
+        its general path, for every field httptools reports): most names are ruled out by their
+        length alone, the others looked up in the name table. The value
         matters for three names only: `Connection: keep-alive` or `close` names no other field
         (nginx, Node and gunicorn send one), a `Keep-Alive` is dropped whatever it says, and a
         transfer coding of just `chunked` is re-framed; anything else goes the general way."""

@@ -23,6 +23,12 @@ Rules of this module (driver):
 6. The pool keeps at most `limits.upstream_pool_size` idle connections per server (LIFO: the most
    recently used one is the least likely to have been closed by the server); the balancer's tick
    closes those idle longer than `timeouts.upstream_idle`.
+7. A response head is read the way a request head is (server.py rule 10): the parser reports
+   no field, and `headscan.scan_response` finds in the head's bytes the few fields the response
+   rewriter must see (framing, hop-by-hop, `Date`, security headers); the others are forwarded
+   as received. A head the scan does not read (odd but valid to llhttp) or a chunked response
+   (whose trailer fields the exchange forwards) switches the connection, for good, to a parser
+   with field callbacks (`FieldEvents`), which re-reads that response from its first byte.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Final, Protocol
 import httptools
 
 from taxiway.balancing.model import Server
+from taxiway.proxy import headscan
 from taxiway.proxy.http1 import (
     HEAD_CHUNKED,
     HEAD_HOP,
@@ -45,6 +52,36 @@ from taxiway.proxy.http1 import (
 )
 
 log = logging.getLogger("taxiway.proxy")
+
+
+class _GeneralPath(Exception):
+    """Raised by the fast parser's head callback: this response goes through the field callbacks."""
+
+
+class FieldEvents:
+    """The general path's parser callbacks (rule 7). httptools reports every field of every head
+    (and every trailer field) to an object that has `on_header`, so the connection has none and
+    gives this one to the parser of a connection that needs them."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+
+    def on_message_begin(self) -> None:
+        self.conn.on_message_begin()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.conn.on_field(name, value)
+
+    def on_headers_complete(self) -> None:
+        self.conn.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.conn.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.conn.on_message_complete()
 
 
 class _StopParsing(Exception):
@@ -126,6 +163,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     __slots__ = (
         "closed",
         "exchange",
+        "general",
         "got_bytes",
         "head_buf",
         "head_cut",
@@ -141,6 +179,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "rewriter",
         "server_keeps",
         "status",
+        "switching",
         "tail_seen",
         "trailers",
         "transport",
@@ -151,7 +190,11 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
+        # The fast parser reports no field (no `on_header` here): the fields of a head the
+        # rewriter must see are found by `headscan.scan_response` (rule 7).
         self.parser = httptools.HttpResponseParser(self)
+        self.general = False     # this connection's responses go through the field callbacks
+        self.switching = False   # ... from the response being parsed on (its head callback said)
         self.exchange: UpstreamEvents | None = None
         # The raw response head is collected from the bytes fed to the parser (llhttp validates it:
         # CRLF only, no bare CR, no obs-fold), so the head is forwarded without one Python callback
@@ -159,7 +202,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.head_buf: bytes | bytearray = b""
         self.head_done = False
         # What the response head's field names mean to the rewriter (http1.HEAD_* bits), from
-        # `on_header`; `rewriter` is the one of the balancer settings the exchange started with.
+        # the scan or `on_field`; `rewriter` is the one of the balancer settings the exchange started with.
         self.head_flags = 0
         self.head_cut: list[bytes] | None = None   # `cut_line`s of its hop-by-hop fields
         self.rewriter: ResponseRewriter | None = None
@@ -258,7 +301,12 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         """Parse one read for exchange `ex`; decide reuse once it is parsed whole (rule 2)."""
         self.got_bytes = True
         try:
-            self.parser.feed_data(data)
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserCallbackError:
+                if not self.switching:
+                    raise
+                self._take_general_path()   # (the head callback raised _GeneralPath)
         except httptools.HttpParserUpgrade as exc:
             if self.exchange is ex:
                 self.tunnel = True
@@ -276,6 +324,17 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             if self.overrun:
                 self.close()
         ex.on_upstream_read_done()
+
+    def _take_general_path(self) -> None:
+        """A response head the scan does not read, or a chunked response (its trailers are
+        fields too): from this response on, the connection's heads go through a parser with
+        field callbacks, which re-reads this one from its first byte (`head_buf` holds every
+        byte of it received so far: the head was not done). Parser errors go to `_feed`'s."""
+        self.general = True
+        self.switching = False
+        self.parser = httptools.HttpResponseParser(FieldEvents(self))
+        replay = self.head_buf
+        self.parser.feed_data(replay if type(replay) is bytes else bytes(replay))
 
     def _invalid(self, ex: UpstreamEvents) -> None:
         """The server broke HTTP or a bound (rule 3): retire the connection, tell the exchange."""
@@ -302,10 +361,11 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             # connection is not at a boundary any more. Stop here; data_received retires it.
             raise _StopParsing
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        """Every response header field, and the trailer fields of a chunked response. For the
-        head only the name is looked at: one callback per field costs less than scanning the raw
-        head's bytes again. Trailer fields are kept for the last chunk (`forward.last_chunk`)."""
+    def on_field(self, name: bytes, value: bytes) -> None:
+        """Every response header field, and the trailer fields of a chunked response, on the
+        general path (`FieldEvents`). For the head only the name is looked at (and the value of
+        the three names `classify` reads). Trailer fields are kept for the last chunk
+        (`forward.last_chunk`)."""
         if not self.head_done:
             rw = self.rewriter
             if rw is not None:
@@ -333,8 +393,33 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if status == 101 and ex is not None and not ex.info.upgrade:
             raise _StopParsing   # a protocol switch the client did not ask for
         buf = self.head_buf
-        # The head starts at buf[0] and llhttp accepted it, so its first empty line ends it.
-        end = buf.find(b"\r\n\r\n")
+        rw = self.rewriter
+        if self.general or rw is None or status == 101:
+            # The head starts at buf[0] and llhttp accepted it, so its first empty line ends it.
+            # (A 101's head is rewritten field by field anyway; no body or trailer follows it.)
+            end = buf.find(b"\r\n\r\n")
+        else:
+            # The fast path: the fields the rewriter must see, found in the head's bytes (rule 7).
+            if type(buf) is not bytes:
+                buf = self.head_buf = bytes(buf)
+            found = headscan.scan_response(buf, 0, rw.name_table)
+            if found is None:
+                self.switching = True
+                raise _GeneralPath()
+            end = found[1] - 4
+            for name, value, start, stop in found[5]:
+                f = rw.classify(name, value)
+                if f:
+                    if f & HEAD_CHUNKED:
+                        self.switching = True   # its trailers are fields the exchange forwards
+                        raise _GeneralPath()
+                    self.head_flags |= f
+                    if f & HEAD_HOP:
+                        line = buf[start - 1:stop]   # (what `cut_line` stands for: LF + the line)
+                        if self.head_cut is None:
+                            self.head_cut = [line]
+                        else:
+                            self.head_cut.append(line)
         if 100 <= status < 200 and status != 101:
             self.informational = True   # 100 Continue etc.: taxiway answered 100 itself
             self.head_buf = buf[end + 4:].lstrip(b"\r\n")
