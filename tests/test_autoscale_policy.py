@@ -59,6 +59,39 @@ def test_scale_from_zero_uses_the_pool_total() -> None:
     assert d.desired == 1
 
 
+def run_full(c: PolicyConfig, samples: list[Sample]) -> Decision:
+    """Like `run`, with whole samples (requests waiting in the balancer, requests begun)."""
+    h = History(c)
+    d: Decision | None = None
+    for sample in samples:
+        h.process_sample(sample)
+        d = decide(h, sample.at)
+        h.process_decision(d)
+    assert d is not None
+    return d
+
+
+@pytest.mark.parametrize(("samples", "desired", "rule"), [
+    # (at, current, ready, value, queued, begun)
+    pytest.param([(0.0, 0, 0, 0.0, 1, 0)], 1, Rule.FROM_ZERO, id="a-waiting-request-starts-one"),
+    pytest.param([(0.0, 0, 0, 0.0, 0, 0)], 0, Rule.TRACKING, id="nothing-waiting-stays-at-zero"),
+    pytest.param([(0.0, 0, 0, 0.0, 1, 0)], 1, Rule.FROM_ZERO, id="past-the-up-window-too"),
+    pytest.param([(0.0, 1, 1, 2.0, 0, 5), (20.0, 1, 1, 0.0, 0, 0)], 1, Rule.ZERO_GRACE,
+                 id="busy-20s-ago-keeps-the-last-server"),
+    pytest.param([(0.0, 1, 1, 2.0, 0, 5), (31.0, 1, 1, 0.0, 0, 0)], 0, Rule.TRACKING,
+                 id="idle-past-the-grace-goes-to-zero"),
+    pytest.param([(0.0, 1, 1, 0.0, 0, 3), (29.0, 1, 1, 0.0, 0, 0)], 1, Rule.ZERO_GRACE,
+                 id="requests-begun-count-as-busy-even-at-0-in-flight"),
+    pytest.param([(0.0, 1, 1, 0.0, 0, 0), (5.0, 0, 0, 0.0, 2, 0)], 1, Rule.FROM_ZERO,
+                 id="the-last-one-draining-and-a-request-waits"),
+])
+def test_scale_to_zero_and_back(samples: list[tuple[float, int, int, float, int, int]], desired: int,
+                                rule: Rule) -> None:
+    c = cfg(min=0, zero_after_s=30.0, up_window_s=10.0)
+    d = run_full(c, [Sample(*s) for s in samples])
+    assert (d.desired, d.rule) == (desired, rule), d.reason
+
+
 def test_below_min_is_raised_to_min() -> None:
     d = run(cfg(min=3), [(0.0, 1, 1, 0.0)])
     assert (d.desired, d.rule) == (3, Rule.MIN)

@@ -123,3 +123,46 @@ def test_redis_rate_limit_through_the_proxy(procs, redis_server):
         statuses = [c.get("/api/x").status for _ in range(3)]
         assert statuses[0] == 200 and statuses[-1] == 429
         assert c.get("/free").status == 200
+
+
+def test_a_connect_cut_short_by_the_server_leaving_still_answers_its_request():
+    """A request whose new upstream connection is under way when its server leaves the pool
+    (removed after a crash: the pool closes) hears of it as a refused connect, once, and so is
+    retried elsewhere; before, the cancelled connect left it waiting until the client gave up."""
+    import asyncio
+    import socket
+
+    from taxiway.proxy.upstream import UpstreamPool
+
+    class Owner:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def on_connected(self, conn) -> None:
+            self.calls.append("connected")
+            conn.close()
+
+        def on_connect_failed(self, timed_out: bool) -> None:
+            self.calls.append(f"failed timed_out={timed_out}")
+
+        def on_internal_error(self) -> None:
+            self.calls.append("internal")
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        server = Server(name="b1", host="127.0.0.1", port=listener.getsockname()[1])
+
+        async def scenario() -> tuple[list[str], list[str]]:
+            pool = UpstreamPool(server, asyncio.get_running_loop(), 4, 5.0)
+            cut, done = Owner(), Owner()
+            pool.connect(done)
+            await asyncio.sleep(0.2)      # this one connects
+            pool.connect(cut)
+            pool.close()                  # ... this one is under way when the server leaves
+            await asyncio.sleep(0.2)
+            return cut.calls, done.calls
+
+        cut_calls, done_calls = asyncio.run(scenario())
+    assert cut_calls == ["failed timed_out=False"]
+    assert done_calls == ["connected"]

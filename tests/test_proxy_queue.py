@@ -1,5 +1,6 @@
 """The upstream wait queue's decisions, table by table, in virtual time (no sockets, no clock,
-no sleep): who gets a freed slot, who keeps waiting, who is refused, and when a wait is over.
+no sleep): who gets a freed slot, who keeps waiting (for a slot, or for a server that is starting
+or down for now), who is refused, and when a wait is over.
 
 Each table drives the pure `WaitQueue` with the real `Router` over two servers capped at one
 request each, and plays the driver's part itself: a server a waiter is sent to takes one more
@@ -63,6 +64,17 @@ def play(steps: list[tuple]) -> None:
         elif op == "expire":  # ("expire", now, [names answered 503])
             now, expected = args
             assert [w.name for w in q.expired(now)] == expected, step
+        elif op == "state":   # ("state", server, starting | up | down | draining | removed)
+            name, state = args
+            srv = servers[name]
+            srv.inflight = 0
+            if state == "draining":
+                pool.drain(name)
+            elif state == "removed":
+                pool.remove(name)
+            else:
+                srv.ready, srv.healthy = state != "starting", state != "down"
+                router.invalidate()
         elif op == "waiting":
             assert [w.name for _, w in q.entries if not w.gone()] == args[0], step
             assert q.live() == len(args[0])
@@ -112,6 +124,46 @@ TABLES = {
         ("push", "r", 10.0, 8, True, ("b1", "b2")), ("drain", 1.0, [("r", None)]), ("waiting", []),
     ],
 }
+
+
+# Capacity that is coming: a request that finds no server in rotation waits for one that is
+# starting or down for now (Knative's activator), and only one that nothing can serve is refused.
+TABLES.update({
+    "a-request-waits-for-a-server-that-is-starting": [
+        ("state", "b1", "starting"), ("state", "b2", "draining"),
+        ("push", "a", 10.0, 8, True), ("push", "b", 10.0, 8, True),
+        ("drain", 1.0, []), ("waiting", ["a", "b"]),
+        ("state", "b1", "up"), ("drain", 2.0, [("a", "b1")]),   # (b1 takes one: capped at one)
+        ("free", "b1"), ("drain", 2.1, [("b", "b1")]),
+    ],
+    "servers-that-are-down-may-recover": [
+        ("state", "b1", "down"), ("state", "b2", "down"),
+        ("push", "a", 10.0, 8, True), ("drain", 1.0, []),
+        ("state", "b2", "up"), ("drain", 2.0, [("a", "b2")]),
+    ],
+    "nothing-coming-is-answered-at-once": [
+        ("state", "b1", "draining"), ("state", "b2", "removed"),
+        ("push", "a", 10.0, 8, True), ("drain", 1.0, [("a", None)]), ("waiting", []),
+    ],
+    "the-server-it-waited-for-went-away": [
+        ("state", "b1", "starting"), ("state", "b2", "removed"),
+        ("push", "a", 10.0, 8, True), ("drain", 1.0, []),
+        ("state", "b1", "removed"), ("drain", 2.0, [("a", None)]),
+    ],
+    "a-wait-for-capacity-is-bounded-in-time-too": [
+        ("state", "b1", "starting"), ("state", "b2", "starting"),
+        ("push", "a", 1.0, 8, True), ("drain", 0.5, []), ("expire", 1.0, ["a"]), ("waiting", []),
+    ],
+    "a-retry-waits-for-a-starting-server-it-has-not-tried": [
+        ("state", "b1", "up"), ("state", "b2", "starting"),
+        ("push", "r", 10.0, 8, True, ("b1",)), ("drain", 1.0, []), ("waiting", ["r"]),
+        ("state", "b2", "up"), ("drain", 2.0, [("r", "b2")]),
+    ],
+    "a-retry-whose-other-servers-are-leaving-is-answered-at-once": [
+        ("state", "b1", "up"), ("state", "b2", "draining"),
+        ("push", "r", 10.0, 8, True, ("b1",)), ("drain", 1.0, [("r", None)]),
+    ],
+})
 
 
 @pytest.mark.parametrize("steps", TABLES.values(), ids=TABLES.keys())

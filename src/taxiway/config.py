@@ -287,8 +287,10 @@ class LimitsConfig(_Section, frozen=True):
     # Requests (so connections) in flight per server at most; a full server takes no new request
     # (nginx's max_conns, HAProxy's maxconn). 0 = no cap.
     upstream_max_connections: int = 0
-    # When every server is full, up to this many requests wait (first in, first out) for a slot,
-    # each at most timeouts.queue (HAProxy's queue); more, or a longer wait, get 503. 0 = no queue.
+    # When every server is full, or none is in rotation but one is coming (starting, down for
+    # now), up to this many requests wait (first in, first out) for it, each at most
+    # timeouts.queue (HAProxy's queue, Knative's activator); more, or a longer wait, get 503.
+    # 0 = no queue: 503 at once.
     upstream_queue: int = 1024
 
 
@@ -338,6 +340,9 @@ class AutoscaleConfig(_Section, frozen=True):
     scale_down_window: Duration = Duration(120)
     max_scale_up: int = 4                        # servers added per period at most
     max_scale_down: int = 1
+    # With pool.min = 0: the last server is stopped after the pool was idle this long (Knative's
+    # scale-to-zero grace period); the next request starts one and waits for it.
+    scale_to_zero_after: Duration = Duration(30)
     panic_window: Duration = Duration(6)         # Knative: 10 % of the 60 s stable window
     panic_threshold: float = 2.0                 # desired >= 2x current: scale up at once
     enabled: bool = True

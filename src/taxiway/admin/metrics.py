@@ -78,7 +78,7 @@ class BalancerCollector(Collector):
         yield GaugeMetricFamily("taxiway_connections", "Open client connections.",
                                 value=b.connections)
         yield GaugeMetricFamily("taxiway_waiting_requests",
-                                "Requests queued for a server slot (all servers at max connections).",
+                                "Requests queued for a server slot or for a server that is starting.",
                                 value=b.waiting.live())
         started = b.started_at
         if started:

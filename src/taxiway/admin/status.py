@@ -47,6 +47,8 @@ class BalancerView(Protocol):
     @property
     def waiting(self) -> WaitingView: ...
     @property
+    def cold_start(self) -> Mapping[str, float | int | None]: ...
+    @property
     def autoscale_status(self) -> Callable[[], dict[str, Any]] | None: ...
 
     def fold_counters(self) -> Mapping[str, int]:
@@ -147,7 +149,8 @@ def build_status(balancer: BalancerView, now_monotonic: float,
     Returns:
         A dict of JSON types only: `version`, `hot_path` (the proxy build running: compiled or
         python, with the reason), `started_at` (Unix time), `uptime_s`, `strategy`, `connections`,
-        `waiting` (requests queued for a server slot),
+        `waiting` (requests queued for a server slot, or for one that is starting),
+        `cold_start` (requests that waited for a server to start: count, failed, last_s, max_s),
         `servers`
         (one row per server, see `server_status`), `totals`, `counters` (the proxy's named counters,
         sorted), `events` (newest last, at most MAX_EVENTS) and `autoscale` (None without autoscaler).
@@ -167,6 +170,8 @@ def build_status(balancer: BalancerView, now_monotonic: float,
         "connections": balancer.connections,
         # Requests waiting for a server slot (limits.upstream_max_connections reached everywhere).
         "waiting": balancer.waiting.live(),
+        # Requests that waited for a server to start or recover: arrival to answer, seconds.
+        "cold_start": dict(balancer.cold_start),
         "servers": rows,
         "totals": _totals(rows),
         "counters": {k: int(v) for k, v in sorted(balancer.fold_counters().items())},

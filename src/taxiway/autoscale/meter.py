@@ -47,24 +47,26 @@ class LoadMeter:
         self._inflight_sum += sum(s.inflight for s in servers if takes_traffic(s))
         self._ticks += 1
 
-    def sample(self, servers: Iterable[Server], current: int, now: float) -> Sample:
-        """The period's observation. `current` = servers the supervisor intends to run."""
+    def sample(self, servers: Iterable[Server], current: int, now: float, queued: int = 0) -> Sample:
+        """The period's observation. `current` = servers the supervisor intends to run; `queued`
+        = requests waiting in the balancer for a server (demand no server has seen yet)."""
         servers = list(servers)
         ready = sum(1 for s in servers if takes_traffic(s))
         per = max(ready, 1)
         requests = {s.name: s.requests for s in servers}
         elapsed = None if self._last_sample_at is None else now - self._last_sample_at
+        begun = sum(n - self._requests_seen.get(name, 0) for name, n in requests.items())
         if self.metric is Metric.INFLIGHT:
             total = self._inflight_sum / self._ticks if self._ticks else \
                 float(sum(s.inflight for s in servers if takes_traffic(s)))
-            value = total / per
+            # Waiting requests are concurrency too (Knative's activator reports what it holds).
+            value = (total + queued) / per
         elif self.metric is Metric.RPS:
-            done = sum(n - self._requests_seen.get(name, 0) for name, n in requests.items())
-            value = done / elapsed / per if elapsed and elapsed > 0 else 0.0
+            value = begun / elapsed / per if elapsed and elapsed > 0 else 0.0
         else:
             since = self._last_sample_at if self._last_sample_at is not None else -math.inf
             value = p95([lat for s in servers for at, lat in s.recent if since < at <= now])
         self._inflight_sum, self._ticks = 0.0, 0
         self._requests_seen = requests
         self._last_sample_at = now
-        return Sample(now, current, ready, value)
+        return Sample(now, current, ready, value, queued, max(begun, 0))

@@ -22,7 +22,10 @@ Theory of operation (Kubernetes HPA's algorithm plus Knative's panic mode):
    at once to it (no up window, no rate limit), and never scale down until `panic_hold_s` passed
    since the condition last held (Knative holds for its 60 s stable window = 10 x panic window).
 5. While servers are still starting, the pool does not shrink (their capacity is not yet counted).
-6. Finally the result is clamped to [min, max]; that clamp is reported as the rule when it bites.
+6. Scale to zero and back (Knative): with `min = 0` the last server goes only after the pool was
+   idle (no request begun, none in flight, none waiting) for `zero_after_s`; a pool at zero with a
+   request waiting in the balancer starts one at once, whatever the windows and rate limits say.
+7. Finally the result is clamped to [min, max]; that clamp is reported as the rule when it bites.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class Rule(enum.Enum):
     PANIC = "panic"                 # burst: scaled up at once
     PANIC_HOLD = "panic_hold"       # panicking: no scale-down
     STARTING = "starting"           # servers still starting: no scale-down
+    FROM_ZERO = "from_zero"         # no server, a request waiting: start one now
+    ZERO_GRACE = "zero_grace"       # min 0, but the pool was busy within scale_to_zero_after
     MIN = "min"
     MAX = "max"
     NO_DATA = "no_data"             # no sample yet: keep current (but within min/max)
@@ -76,6 +81,7 @@ class PolicyConfig:
     panic_window_s: float = 6.0     # Knative: 10 % of its 60 s stable window
     panic_threshold: float = 2.0    # Knative default panic threshold: 200 %
     panic_hold_s: float = 60.0      # Knative: panic ends after a stable window without the condition
+    zero_after_s: float = 30.0      # Knative's scale-to-zero grace period (with min = 0 only)
 
     def __post_init__(self) -> None:
         if not 0 <= self.min <= self.max or self.max < 1:
@@ -86,6 +92,8 @@ class PolicyConfig:
             raise ConfigError("autoscale.max_scale_up/down", "numbers >= 1", (self.max_up, self.max_down))
         if self.period_s <= 0:
             raise ConfigError("autoscale.period", "a positive duration", self.period_s)
+        if self.zero_after_s < 0:
+            raise ConfigError("autoscale.scale_to_zero_after", "a duration >= 0", self.zero_after_s)
         if self.panic_threshold <= 1:
             raise ConfigError("autoscale.panic_threshold", "a factor > 1 (2.0 = 200 %)", self.panic_threshold)
 
@@ -98,7 +106,7 @@ class PolicyConfig:
             up_window_s=float(auto.scale_up_window), down_window_s=float(auto.scale_down_window),
             max_up=auto.max_scale_up, max_down=auto.max_scale_down,
             panic_window_s=float(auto.panic_window), panic_threshold=auto.panic_threshold,
-            panic_hold_s=10 * float(auto.panic_window),
+            panic_hold_s=10 * float(auto.panic_window), zero_after_s=float(auto.scale_to_zero_after),
         )
 
 
@@ -107,13 +115,17 @@ class Sample:
     """One observation by the driver.
 
     `current` counts servers that are starting or ready (not draining); `ready` those taking
-    traffic; `value` is the metric per ready server (or the pool total when `ready` is 0).
+    traffic; `value` is the metric per ready server (or the pool total when `ready` is 0);
+    `queued` the requests waiting in the balancer for a server; `begun` the requests sent to a
+    server since the last sample (with `queued` and `value`, what tells an idle pool).
     """
 
     at: float
     current: int
     ready: int
     value: float
+    queued: int = 0
+    begun: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,11 +173,14 @@ class History:
         self.samples: deque[Sample] = deque()
         self.changes: deque[tuple[float, int]] = deque()   # (at, delta) of acted-on decisions
         self.panic_until = -math.inf                       # panic holds until this time
+        self.busy_at = -math.inf     # the last sample with a request begun, in flight or waiting
         self._keep_s = max(cfg.up_window_s, cfg.down_window_s, cfg.panic_window_s, cfg.period_s) + 1e-9
 
     def process_sample(self, sample: Sample) -> None:
         """Called by the driver once per period with the latest observation."""
         self.samples.append(sample)
+        if sample.queued or sample.begun or sample.value > 0:
+            self.busy_at = sample.at
         while self.samples and self.samples[0].at < sample.at - self._keep_s:
             self.samples.popleft()
 
@@ -257,7 +272,13 @@ def decide(history: History, now: float) -> Decision:
         desired = current
         rule = Rule.STARTING
 
-    # 6. Bounds.
+    # 6. Scale to zero only after an idle grace period; from zero at once when a request waits.
+    if desired == 0 and current > 0 and now - history.busy_at < cfg.zero_after_s:
+        desired, rule = 1, Rule.ZERO_GRACE
+    if latest.ready == 0 and latest.queued > 0 and desired == 0:
+        desired, rule = 1, Rule.FROM_ZERO
+
+    # 7. Bounds.
     if desired > cfg.max:
         desired, rule = cfg.max, Rule.MAX
     elif desired < cfg.min:

@@ -35,6 +35,7 @@ class Rotation(Protocol):
     def add_server(self, server: Server) -> None: ...
     def drain_server(self, name: str) -> None: ...
     def remove_server(self, name: str) -> None: ...
+    def queued(self) -> int: ...   # requests waiting for a server (scale from zero reads it)
 
 
 class PoolRotation:
@@ -51,6 +52,9 @@ class PoolRotation:
 
     def remove_server(self, name: str) -> None:
         self.pool.remove(name)
+
+    def queued(self) -> int:
+        return 0   # (no proxy: nothing waits)
 
 
 class ProcState(enum.Enum):

@@ -65,6 +65,7 @@ class Supervisor:
         self.slow_start_s = slow_start_s    # balancer.slow_start, as for static servers
         self.procs: dict[str, AppProcess] = {}
         self.desired = policy.min
+        rotation.pool.expected = max(policy.min, 1)   # (requests before the first launch wait)
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
         self.decisions: deque[Decision] = deque(maxlen=DECISIONS_KEPT)
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -90,6 +91,7 @@ class Supervisor:
     async def stop(self) -> None:
         """Stop everything: SIGTERM to every process group, SIGKILL after stop_grace."""
         self._stopping = True
+        self.rotation.pool.expected = 0   # nothing more is coming: waiters get their 503
         if self._loop_task:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -173,13 +175,15 @@ class Supervisor:
             servers = [ap.server for ap in self.procs.values()]
             self.meter.process_tick(servers)
             now = self._now()
-            if now >= next_decision:
+            # A pool at zero with a request waiting decides now, not at the period's end: that
+            # request's wait is the cold start.
+            if now >= next_decision or (self.desired == 0 and self.rotation.queued()):
                 next_decision = now + self.policy.period_s
                 self._decide_once(servers, now)
             self._reconcile()
 
     def _decide_once(self, servers: list[Server], now: float) -> None:
-        sample: Sample = self.meter.sample(servers, self.desired, now)
+        sample: Sample = self.meter.sample(servers, self.desired, now, self.rotation.queued())
         self.history.process_sample(sample)
         d = decide(self.history, now)
         self.history.process_decision(d)
@@ -197,9 +201,14 @@ class Supervisor:
     def _reconcile(self) -> None:
         """Start servers until `desired` are live (crash back-off permitting)."""
         if self._stopping:
+            self.rotation.pool.expected = 0
             return
         while self.live_count() < self.desired and self._now() >= self._next_start_at:
             self._launch()
+        # What is still to come (a crash back-off holds a launch, or a pool at zero will start
+        # one for the first request): requests wait for it rather than get 503.
+        live = self.live_count()
+        self.rotation.pool.expected = max(self.desired - live, 1 if live == 0 else 0)
 
     def _scale_down(self, n: int) -> None:
         """Retire `n` servers: the ones with the fewest in-flight requests, newest first."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -147,6 +147,9 @@ class Pool:
         self._servers: dict[str, Server] = {}
         self._listeners: list[Listener] = []
         self.version = 0   # bumped on every change; strategies rebuild when it moves
+        # Servers its owner (the autoscaler) is bringing that are not in it yet: between the
+        # listener opening and the first launch, or a crashed server and its replacement.
+        self.expected = 0
 
     def __iter__(self) -> Iterator[Server]:
         return iter(self._servers.values())
@@ -166,6 +169,17 @@ class Pool:
 
     def available(self, now: float) -> list[Server]:
         return [s for s in self._servers.values() if s.is_available(now)]
+
+    def coming(self, now: float, tried: Sequence[Server] = ()) -> bool:
+        """Is a server out of rotation only for now (starting, failing its health checks,
+        ejected), so that a request that found none available may wait for it? A draining
+        server, or one weighted 0, is leaving, not coming; `tried`: servers a retry avoids."""
+        if self.expected > 0:
+            return True
+        for s in self._servers.values():
+            if not s.draining and s.weight > 0 and not s.is_available(now) and s not in tried:
+                return True
+        return False
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)

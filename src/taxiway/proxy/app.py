@@ -28,7 +28,7 @@ from taxiway.balancing.model import Pool, PoolEvent, Server
 from taxiway.config import Config, address_family, parse_server_url, split_hostport
 from taxiway.errors import ConfigError, UpstreamFailed
 from taxiway.proxy.accesslog import AccessLog
-from taxiway.proxy.forward import Router, expire_waiters
+from taxiway.proxy.forward import Router, expire_waiters, serve_waiters
 from taxiway.proxy.healthcheck import HealthChecker
 from taxiway.proxy.heap import TrimPolicy, load_malloc_trim
 from taxiway.proxy.http1 import DateCache, RequestHead
@@ -107,6 +107,9 @@ class Balancer(ListenerContext):
         self.settings = Settings(cfg)
         self.router = Router(cfg, self.pool, self.rng)
         self.waiting = WaitQueue()
+        # Requests that waited for a server to start or come back, arrival to answer (/status).
+        self.cold_start: dict[str, float | int | None] = {"requests": 0, "failed": 0, "last_s": None,
+                                                          "max_s": 0.0, "at": None}
         self.outlier = OutlierDetector(cfg.outlier)
         self.retry_budget = RetryBudget(cfg.balancer.retry_budget)
         self._budget_counted = 0    # counters["requests"] already deposited in the retry budget
@@ -153,8 +156,14 @@ class Balancer(ListenerContext):
         self.events.append({"at": time.time(), "kind": kind, "server": server, "detail": detail})
 
     def _on_pool_event(self, event: PoolEvent, server: Server) -> None:
-        self.event(event.value, server.name, pool_event_detail(event, server, time.monotonic()))
+        now = time.monotonic()
+        self.event(event.value, server.name, pool_event_detail(event, server, now))
         self.router.invalidate()
+        if self.waiting.entries and event is not PoolEvent.ADDED and self._loop is not None:
+            # A server became ready (the requests that waited for it go now), or left: those
+            # that waited for nothing else to come are answered now, not at their deadline.
+            # (Soon, not here: whoever changed the pool finishes first.)
+            self._loop.call_soon(self._serve_waiters)
         if event is PoolEvent.EJECTED:
             log.warning("server %s ejected until +%.1fs", server.name,
                         server.ejected_until - time.monotonic())
@@ -167,6 +176,10 @@ class Balancer(ListenerContext):
             up = self.upstreams.get(server)
             if up is not None:
                 up.close_idle()
+
+    def _serve_waiters(self) -> None:
+        if self.waiting.entries:
+            serve_waiters(self, time.monotonic())
 
     def fold_counters(self) -> collections.defaultdict[str, int]:
         """`counters`, up to date: the hot counts (requests, 2xx responses) added in. Admin
@@ -414,6 +427,19 @@ class Balancer(ListenerContext):
 
     def remove_server(self, name: str) -> None:
         self.pool.remove(name)
+
+    def record_cold_start(self, seconds: float, ok: bool) -> None:
+        c = self.cold_start
+        c["requests"] = int(c["requests"] or 0) + 1
+        c["last_s"] = round(seconds, 3)
+        c["max_s"] = round(max(float(c["max_s"] or 0.0), seconds), 3)
+        c["at"] = round(time.time(), 3)
+        if not ok:
+            c["failed"] = int(c["failed"] or 0) + 1
+
+    def queued(self) -> int:
+        """Requests waiting for a server (the autoscaler's demand when no server is ready)."""
+        return self.waiting.live() if self.waiting.entries else 0
 
     def reload(self, cfg: Config) -> None:
         """Apply a new config (SIGHUP): servers added, drained+removed, reweighted; settings swapped.

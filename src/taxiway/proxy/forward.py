@@ -242,6 +242,11 @@ class ProxyContext:
         """Feed the retry budget the requests counted since the last call."""
         raise NotImplementedError
 
+    def record_cold_start(self, seconds: float, ok: bool) -> None:
+        """A request that waited for a server to start (or come back) is done: arrival to the
+        end of its answer took `seconds` (for /status)."""
+        raise NotImplementedError
+
 
 class Guard(Protocol):
     """What the exchange asks of an edge guard (security/edge.py's `EdgeGuard`) before any server
@@ -269,6 +274,7 @@ class Router:
         self.max_conns = cfg.limits.upstream_max_connections
         # Set by `pick` when it found servers but every one was at max_conns (the request may wait).
         self.full = False
+        self.coming = False   # the last pick found none in rotation, but one is coming (waitqueue)
         self._cands: list[Server] = []
         self._version = -1
         self._valid_until = 0.0
@@ -321,6 +327,8 @@ class Router:
             self.full = not has_room and bool(cands)
             cands = has_room
         if not cands:
+            # (Only here, on the way to a 503: is a server coming that the request may wait for?)
+            self.coming = not self.full and self.pool.coming(now, tried)
             return None, False
         if self.affinity is not None:
             named = self.affinity.server_from(head.header(b"cookie"))
@@ -369,6 +377,7 @@ class Exchange(UpstreamEvents):
     failure: type[UpstreamFailed] | None = None   # how the last server tried failed (errors.py)
     sent_continue = False
     stale_retried = False
+    cold = False                   # waited for a server to start or come back (a cold start)
     # Lists created only when needed (most requests have no body and no retry).
     tried: tuple[Server, ...] = ()          # servers attempted, in order
     pending: list[bytes] | None = None      # framed body bytes not yet written upstream
@@ -453,12 +462,16 @@ class Exchange(UpstreamEvents):
                 if not self._wait(now):
                     self.answer_error(503)
                 return
-        server, set_cookie = ctx.router.pick(self.head, self.tried, now)
+        router = ctx.router
+        server, set_cookie = router.pick(self.head, self.tried, now)
         if server is None:
-            # Every server it may still use is at its cap: wait for a slot (a retry too, like
-            # HAProxy's redispatch), unless the queue is off or full.
-            if not (ctx.router.full and self._wait(now)):
+            # Every server it may still use is at its cap, or none is in rotation yet but one
+            # is starting or may recover: wait for it (a retry too, like HAProxy's redispatch),
+            # unless the queue is off or full.
+            if not ((router.full or router.coming) and self._wait(now)):
                 self.answer_no_server()
+            elif not router.full:
+                self.cold = True
             return
         self.use_server(server, set_cookie, now)
 
@@ -951,6 +964,8 @@ class Exchange(UpstreamEvents):
                                   server.name if server is not None else
                                   (self.tried[-1].name if self.tried else None),
                                   self.body_out, self.body_in, self.t_start, now)
+        if self.cold:
+            ctx.record_cold_start(now - self.t_start, ok)
         if ctx.waiting.entries:   # the slot this request held goes to the oldest waiter
             serve_waiters(ctx, now)
 

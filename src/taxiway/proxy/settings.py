@@ -31,7 +31,8 @@ class Settings:
         self.max_connections = lim.max_connections
         self.max_connections_per_client = lim.max_connections_per_client
         self.upstream_pool_size = lim.upstream_pool_size
-        self.queue_size = lim.upstream_queue if lim.upstream_max_connections else 0
+        # (Used with or without a cap: requests also wait for servers that are on their way.)
+        self.queue_size = lim.upstream_queue
         self.queue_s = float(t.queue)
         self.retries = cfg.balancer.retries
         self.request_rewriter = RequestRewriter(cfg.headers.request_id, cfg.headers.via, self.max_body_bytes)

@@ -500,7 +500,7 @@ class UpstreamPool:
         self.idle: list[UpstreamConnection] = []
         self.open_count = 0
         self.closed = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], ConnectionOwner] = {}   # connects under way
 
     def acquire_idle(self, used_since: float = 0.0) -> UpstreamConnection | None:
         """The most recently used idle connection; with `used_since`, only one idle since then
@@ -532,8 +532,11 @@ class UpstreamPool:
     def connect(self, owner: ConnectionOwner) -> None:
         """Open a new connection; calls `owner.on_connected(conn)` or `owner.on_connect_failed`."""
         task = self.loop.create_task(self._connect(owner))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = owner
+        task.add_done_callback(self._connect_done)
+
+    def _connect_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
 
     async def _connect(self, owner: ConnectionOwner) -> None:
         try:
@@ -572,7 +575,16 @@ class UpstreamPool:
         self.idle = []
 
     def close(self) -> None:
+        """Close every idle connection and stop the connects under way (the server left the
+        pool: removed after a crash, or by a reload). Each request waiting on one of those
+        connects hears of it as a refused connect, and is retried on another server where it
+        may be; a cancelled task alone would leave it waiting forever (a task cancelled before
+        it ran never enters its `except`)."""
         self.closed = True
         self.close_idle()
-        for t in self._tasks:
+        pending = [(t, owner) for t, owner in self._tasks.items() if not t.done()]
+        self._tasks.clear()
+        for t, _ in pending:
             t.cancel()
+        for _, owner in pending:
+            owner.on_connect_failed(False)

@@ -1,10 +1,13 @@
 """The upstream wait queue: requests waiting for a server slot, as a pure core.
 
-HAProxy's backend queue. When every server a request may use is at
-`limits.upstream_max_connections`, the request waits here: first in, first out, bounded in length
-(`limits.upstream_queue`) and in time (`timeouts.queue`, then 503 with Retry-After). A slot freed
-by a finished request goes to the oldest waiter at once; the balancer's tick expires waiters and
-retries the head (a server added, or back up). While anyone waits, new requests queue behind them.
+HAProxy's backend queue, and Knative's activator. When every server a request may use is at
+`limits.upstream_max_connections`, or none is in rotation but one is coming (starting, failing
+its health checks, ejected for a while), the request waits here: first in, first out, bounded
+in length (`limits.upstream_queue`) and in time (`timeouts.queue`, then 503 with Retry-After).
+A slot freed by a finished request, or a server that became ready, goes to the oldest waiter at
+once; the balancer's tick expires waiters and retries the head (a server added, or back up).
+While anyone waits, new requests queue behind them. Only when nothing can come (no server at its
+cap, none starting or down for a while) is a waiter answered 503 before its time is up.
 
 Rules of this module (pure core, like balancing/):
 1. No I/O, no clock, no counters, no config: time comes in as `now` (and a deadline per entry),
@@ -40,7 +43,9 @@ class Picker(Protocol):
     """What the queue asks of the router (`forward.Router`)."""
 
     @property
-    def full(self) -> bool: ...   # the last pick found servers, every one at its cap
+    def full(self) -> bool: ...     # the last pick found servers, every one at its cap
+    @property
+    def coming(self) -> bool: ...   # ... or none in rotation, but one may come back or get ready
 
     def pick(self, head: RequestHead, tried: Sequence[Server], now: float) -> tuple[Server | None, bool]: ...
     def has_room(self, now: float) -> bool: ...
@@ -90,7 +95,7 @@ class WaitQueue(Generic[W]):
                     entries.popleft()
                     continue
                 server, set_cookie = picker.pick(w.head, w.tried, now)
-                if server is None and picker.full:
+                if server is None and (picker.full or picker.coming):
                     if w.tried and picker.has_room(now):
                         passed.append(entries.popleft())
                         continue

@@ -24,6 +24,7 @@ import json
 import os
 import signal
 import sys
+import time
 from email.utils import formatdate
 
 import httptools
@@ -41,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="name reported in X-Backend (default host:port)")
     p.add_argument("--delay-ms", type=float, default=0.0, help="add this delay to every response")
     p.add_argument("--fail-healthz", action="store_true", help="answer /healthz with 503")
+    p.add_argument("--boot-ms", type=float, default=0.0,
+                   help="wait this long before listening (an app that takes time to start)")
 
 
 class _Conn(asyncio.Protocol):
@@ -255,6 +258,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--port: expected 0..65535 (got {args.port})")
     if args.delay_ms < 0:
         raise UsageError(f"--delay-ms: expected a delay >= 0 (got {args.delay_ms:g})")
+    if args.boot_ms < 0:
+        raise UsageError(f"--boot-ms: expected a delay >= 0 (got {args.boot_ms:g})")
+    if args.boot_ms:
+        time.sleep(args.boot_ms / 1000)   # (before the port is bound: nothing answers yet)
     name = args.name or f"{args.host}:{args.port}"
     runner = uvloop.run if uvloop else asyncio.run
     try:
