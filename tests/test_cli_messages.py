@@ -27,6 +27,14 @@ def lb_config(tmp_path: Path, http: int, admin: int, name: str = "lb.toml", extr
     return f
 
 
+def test_reload_with_nothing_running_says_so_in_one_line(tmp_path: Path) -> None:
+    admin = free_port()
+    r = run("reload", lb_config(tmp_path, free_port(), admin))
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith(f"taxiway: no taxiway admin API answers at 127.0.0.1:{admin}")
+    assert len(r.stderr.splitlines()) == 1
+
+
 def test_a_second_lb_names_the_port_it_cannot_have(procs: Processes, tmp_path: Path) -> None:
     http, admin = free_port(), free_port()
     first = procs.taxiway("lb", "-c", str(lb_config(tmp_path, http, admin)))

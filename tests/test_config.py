@@ -57,6 +57,8 @@ def test_sizes_and_rates() -> None:
     pytest.param({"pool": {"command": "app", "min": 1}}, "pool.command", "{port}", id="pool-no-port"),
     pytest.param({"pool": {"command": "app {port}", "min": 5, "max": 2}}, "pool.min/max", "min <= max",
                  id="pool-min-max"),
+    pytest.param({"pool": {"command": "app {port}", "max_surge": 0, "max_unavailable": 0}},
+                 "pool.max_surge/max_unavailable", "not both 0", id="rollout-cannot-move"),
     pytest.param({"listen": {"http": "localhost:http"}}, "listen.http", "port", id="bad-port"),
     pytest.param({"affinity": {"mode": "cookie"}}, "affinity.secret", "signing key", id="cookie-no-secret"),
     pytest.param({"ratelimit": {"rules": [{"name": "x", "rate": "lots"}]}}, "ratelimit.rules[0].rate",

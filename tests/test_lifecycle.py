@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -53,6 +54,8 @@ class Load:
         self.errors: list[str] = []
         self.longest_s = 0.0
         self.ok = 0
+        self.versions: dict[str, int] = {}   # answers per app version (X-Backend "v1-app-...")
+        self.last_version = ""
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._user, daemon=True) for _ in range(users)]
@@ -64,7 +67,9 @@ class Load:
             while not self._stop.is_set():
                 t0 = time.monotonic()
                 try:
-                    status = client.get(self.url + "/").status_code
+                    resp = client.get(self.url + "/")
+                    status = resp.status_code
+                    version = resp.headers.get("x-backend", "").partition("-")[0]
                 except httpx.HTTPError as exc:
                     with self._lock:
                         self.errors.append(repr(exc))
@@ -73,6 +78,8 @@ class Load:
                 with self._lock:
                     self.statuses[status] = self.statuses.get(status, 0) + 1
                     self.ok += 200 <= status < 300
+                    self.versions[version] = self.versions.get(version, 0) + 1
+                    self.last_version = version
                     self.longest_s = max(self.longest_s, took)
 
     def stop(self) -> None:
@@ -102,6 +109,8 @@ def start_up(procs: Processes, tmp_path: Path, pool: str, extra: str = "") -> De
     listener is open (not when it says `connect to`)."""
     cfg = tmp_path / "taxiway.toml"
     admin = f"127.0.0.1:{free_port()}"
+    defaults = "\n".join(f"{k} = {v}" for k, v in (("ready_timeout", '"30s"'), ("stop_grace", '"5s"'),
+                                                    ("drain_timeout", '"20s"')) if f"{k} =" not in pool)
     cfg.write_text(f"""
 [listen]
 http = "127.0.0.1:{free_port()}"
@@ -113,9 +122,7 @@ enabled = false
 interval = "1s"
 [pool]
 {pool}
-ready_timeout = "30s"
-stop_grace = "5s"
-drain_timeout = "20s"
+{defaults}
 {extra}
 """)
     out = tmp_path / "up.out"
@@ -234,3 +241,65 @@ def test_an_app_server_killed_under_load_fails_no_idempotent_request(procs: Proc
     assert load.ok > 200 and load.failed() == 0, (load.statuses, load.errors[:3], st["counters"],
                                                   st["events"][-20:])
     assert up.status()["autoscale"]["ready"] == 2   # the replacement took over
+
+
+def _versioned(tag: str, extra: str = "") -> str:
+    """A pool command whose answers say which version served them (X-Backend: v1-app-PORT)."""
+    return (f'command = "{sys.executable} -m taxiway backend --port {{port}} --name {tag}-{{name}} '
+            f'--delay-ms 20 {extra}"')
+
+
+def _reload(cfg: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "taxiway", "reload", "--config", str(cfg)],
+                         env=taxiway_env(), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "sent SIGHUP" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_rolling_deploy_and_a_version_that_never_gets_ready_fail_nothing(procs: Processes,
+                                                                          tmp_path: Path) -> None:
+    """`taxiway reload` after changing `[pool] command`: the pool rolls from v1 to v2 server by
+    server (max_surge 1) under load, and answers switch to v2. Then a v3 that never passes its
+    readiness check: the rollout stops, v2 keeps serving. Not one request fails."""
+    pool = "min = 2\nmax = 2\nready_timeout = \"3s\""
+    up = start_up(procs, tmp_path, f"{_versioned('v1')}\n{pool}", "[autoscale]\nenabled = false")
+    cfg = tmp_path / "taxiway.toml"
+    deadline = time.monotonic() + 30
+    while up.status()["autoscale"]["ready"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    v1 = up.status()["autoscale"]["version"]
+    load = Load(up.url, users=8)
+    time.sleep(1.0)
+    cfg.write_text(cfg.read_text().replace(_versioned("v1"), _versioned("v2")))
+    t0 = time.monotonic()
+    _reload(cfg)
+    rollout: dict[str, Any] = {}
+    while time.monotonic() < t0 + 60:
+        rollout = up.status()["autoscale"]["rollout"] or {}
+        if rollout.get("state") == "done":
+            break
+        time.sleep(0.2)
+    roll_s = time.monotonic() - t0
+    auto = up.status()["autoscale"]
+    assert rollout.get("state") == "done", (rollout, up.output())
+    assert rollout["from"] == v1 and auto["version"] == rollout["to"] != v1
+    assert [s["version"] for s in auto["servers"]] == [rollout["to"]] * 2, auto["servers"]
+    time.sleep(1.0)
+    assert load.last_version == "v2" and load.versions.get("v1", 0) > 0, load.versions
+
+    cfg.write_text(cfg.read_text().replace(_versioned("v2"), _versioned("v3", "--fail-healthz")))
+    _reload(cfg)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rollout = up.status()["autoscale"]["rollout"] or {}
+        if rollout.get("state") == "failed":
+            break
+        time.sleep(0.2)
+    assert rollout.get("state") == "failed" and "did not become ready" in rollout["reason"], rollout
+    time.sleep(1.0)
+    load.stop()
+    record("a rolling deploy v1 -> v2, then a v3 that never gets ready", [load])
+    auto = up.status()["autoscale"]
+    assert auto["ready"] == 2 and auto["version"] == rollout["from"], auto["summary"]
+    assert "v3" not in load.versions and load.last_version == "v2", load.versions
+    assert load.failed() == 0, (load.statuses, load.errors[:3])
+    assert roll_s < 30, roll_s

@@ -19,6 +19,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "up": ("taxiway.autoscale.command", "run the balancer and an autoscaled pool of app servers"),
     "check": ("taxiway.checkcmd", "validate a config file without starting anything"),
     "status": ("taxiway.admin.command", "print a running balancer's state from its admin API"),
+    "reload": ("taxiway.admin.reloadcmd", "make a running balancer re-read its config (rolls the pool)"),
     "bench": ("taxiway.bench.command", "measure how many users a deployment can serve"),
     "keys": ("taxiway.security.keyscmd", "create, list and revoke API keys"),
     "cert": ("taxiway.security.certcmd", "make a local CA and certificate for development"),

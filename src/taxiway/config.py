@@ -329,6 +329,11 @@ class PoolConfig(_Section, frozen=True):
     stop_grace: Duration = Duration(10)     # SIGTERM -> SIGKILL
     drain_timeout: Duration = Duration(30)  # leave rotation -> in-flight done
     host: str = "127.0.0.1"
+    # Rolling deploys (a reload that changes command, env or cwd), as a Kubernetes Deployment's
+    # RollingUpdate: at most desired + max_surge servers live, at least desired - max_unavailable
+    # ready, while the new version replaces the old one server by server.
+    max_surge: int = 1
+    max_unavailable: int = 0
 
 
 class AutoscaleConfig(_Section, frozen=True):
@@ -915,6 +920,9 @@ def _check(cfg: Config, source: str | None, base: Path) -> None:
             if p.host != "localhost":
                 fail("pool.host", "an IP address the pool's servers bind (e.g. 127.0.0.1)", p.host)
         positive("pool.ready_timeout", p.ready_timeout)
+        if p.max_surge < 0 or p.max_unavailable < 0 or p.max_surge + p.max_unavailable == 0:
+            fail("pool.max_surge/max_unavailable", "numbers >= 0, not both 0 (a rollout could not move)",
+                 (p.max_surge, p.max_unavailable))
     a = cfg.autoscale
     if a.target <= 0:
         fail("autoscale.target", "a positive number", a.target)

@@ -130,7 +130,7 @@ def render(status: dict[str, Any]) -> Group:
     return Group(*parts)
 
 
-def _admin_address(args: argparse.Namespace) -> tuple[str, int]:
+def admin_address(args: argparse.Namespace) -> tuple[str, int]:
     if args.admin:
         return split_hostport(args.admin, "--admin")
     if args.config is None and os.path.exists(DEFAULT_CONFIG):
@@ -138,7 +138,7 @@ def _admin_address(args: argparse.Namespace) -> tuple[str, int]:
         # `status` when something else in it is wrong: then the default address is asked.
         try:
             args.config = DEFAULT_CONFIG
-            return _admin_address(args)
+            return admin_address(args)
         except (ConfigError, UsageError):
             return DEFAULT_ADMIN
     if args.config:
@@ -157,7 +157,7 @@ def _admin_address(args: argparse.Namespace) -> tuple[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    host, port = _admin_address(args)
+    host, port = admin_address(args)
     status = fetch_status(host, port, args.timeout)
     if args.json:
         print(json.dumps(status, indent=2))

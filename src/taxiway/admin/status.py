@@ -17,6 +17,7 @@ restricted to the last `RECENT_WINDOW_S` seconds so an idle server does not show
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -163,6 +164,7 @@ def build_status(balancer: BalancerView, now_monotonic: float,
     uptime = None if now_wall is None or not started_at else round(max(0.0, now_wall - started_at), 3)
     return {
         "version": __version__,
+        "pid": os.getpid(),   # (what `taxiway reload` signals)
         "hot_path": BUILD,
         "started_at": started_at,
         "uptime_s": uptime,

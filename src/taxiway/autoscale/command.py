@@ -39,7 +39,7 @@ HELP = ("Start the load balancer and a pool of app servers that grows and shrink
         "([pool] and [autoscale] in the config). Ctrl-C stops everything.")
 
 log = logging.getLogger("taxiway.autoscale")
-FORWARDED_EVENTS = ("scale", "hold", "crashed", "drain_timeout", "killed")
+FORWARDED_EVENTS = ("scale", "hold", "crashed", "drain_timeout", "killed", "rollout")
 PLAIN_SUMMARY_S = 5.0
 
 
@@ -308,7 +308,7 @@ def _reload_all(bal: object, sup: Supervisor, config_path: str) -> None:
         log.error("reload failed, keeping the running config: %s", exc)
         return
     _reload(bal, config_path, 0)
-    sup.reconfigure(cfg.pool, policy)
+    sup.reconfigure(cfg.pool, policy, cwd=pool_cwd(cfg, config_path))
 
 
 async def _plain(bal: object, sup: Supervisor) -> None:

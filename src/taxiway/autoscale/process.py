@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from taxiway.balancing.model import Pool, Server
+from taxiway.config import PoolConfig
 
 _PR_SET_PDEATHSIG = 1
 
@@ -74,6 +75,9 @@ class AppProcess:
     proc: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
     ready_at: float | None = None
+    version: str = ""            # rollout.version_of what it runs (its command, env and cwd)
+    spec: PoolConfig | None = None   # the settings it was started with (command, env)
+    cwd: str = ""
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
 
     @property

@@ -37,6 +37,7 @@ from taxiway.autoscale.process import (
     die_with_parent,
     pick_free_port,
 )
+from taxiway.autoscale.rollout import Rollout, step, version_of
 from taxiway.balancing.model import Server
 from taxiway.config import PoolConfig
 
@@ -59,6 +60,11 @@ class Supervisor:
         self.policy = policy
         self.rotation = rotation
         self.cwd = cwd if cwd is not None else pool_cfg.cwd
+        # What new servers run: the version of `pool_cfg` (reload may move it, see rollout.py),
+        # and the last version that served, which replacements fall back to when a rollout fails.
+        self.version = version_of(pool_cfg.command, pool_cfg.env, self.cwd or "")
+        self.stable: tuple[str, PoolConfig, str | None] = (self.version, pool_cfg, self.cwd)
+        self.rollout: Rollout | None = None
         self.history = History(policy)
         self.meter = LoadMeter(policy.metric)
         self.tick_s = tick_s or min(max(policy.period_s / 10, 0.05), 0.5)
@@ -120,13 +126,26 @@ class Supervisor:
     def live_count(self) -> int:
         return sum(1 for ap in self.procs.values() if ap.is_live())
 
-    def reconfigure(self, pool_cfg: PoolConfig, policy: PolicyConfig) -> None:
+    def reconfigure(self, pool_cfg: PoolConfig, policy: PolicyConfig, cwd: str | None = None) -> None:
         """SIGHUP: new settings apply from the next decision (min/max clamp, targets, windows).
 
-        Running servers keep the command they were started with; new ones use the new command.
+        A changed command, env or cwd is a new version of the app: the pool rolls to it
+        (rollout.py), starting new servers and retiring old ones as the new become ready.
         Observations are kept unless the metric changed (old values would mean something else).
         """
         old = self.history
+        if cwd is not None:
+            self.cwd = cwd
+        version = version_of(pool_cfg.command, pool_cfg.env, self.cwd or "")
+        if version != self.version or (self.rollout is not None and self.rollout.failed):
+            if any(ap.version != version for ap in self.procs.values() if ap.is_live()):
+                self.rollout = Rollout(self.stable[0], version, self._now())
+                self._event("rollout", None, f"from version {self.stable[0]} to {version}: "
+                            f"`{pool_cfg.command}` (max_surge {pool_cfg.max_surge}, "
+                            f"max_unavailable {pool_cfg.max_unavailable})")
+            else:
+                self.stable = (version, pool_cfg, self.cwd)
+        self.version = version
         self.pool_cfg = pool_cfg
         self.policy = policy
         self.history = History(policy)
@@ -155,8 +174,14 @@ class Supervisor:
             "target": self.policy.target, "current": self.live_count(), "ready": self.ready_count(),
             "desired": self.desired, "panicking": bool(last and last.panicking),
             "restarts": self.restarts,
+            "version": self.stable[0],
+            "rollout": None if self.rollout is None else {
+                "from": self.rollout.old, "to": self.rollout.new,
+                "state": "failed" if self.rollout.failed else "done" if self.rollout.done_at else "rolling",
+                "reason": self.rollout.failed or None},
             "servers": [{"name": ap.name, "port": ap.port, "pid": ap.pid, "state": ap.state.value,
-                         "inflight": ap.server.inflight, "requests": ap.server.requests}
+                         "version": ap.version, "inflight": ap.server.inflight,
+                         "requests": ap.server.requests}
                         for ap in self.procs.values()],
             "decisions": decisions,
             "events": list(self.events)[-10:],
@@ -195,6 +220,8 @@ class Supervisor:
         self._last_rule = d.rule
         self.desired = d.desired
         excess = self.live_count() - d.desired   # pending replacements are simply not started
+        if self.rollout is not None and self.rollout.active:
+            excess -= self.pool_cfg.max_surge   # (the rollout's surge is not excess: _roll retires)
         if excess > 0:
             self._scale_down(excess)
 
@@ -205,6 +232,8 @@ class Supervisor:
             return
         while self.live_count() < self.desired and self._now() >= self._next_start_at:
             self._launch()
+        if self.rollout is not None and self.rollout.active:
+            self._roll()
         # What is still to come (a crash back-off holds a launch, or a pool at zero will start
         # one for the first request): requests wait for it rather than get 503.
         live = self.live_count()
@@ -219,13 +248,41 @@ class Supervisor:
 
     # -- one process ----------------------------------------------------------------------------
 
+    def _roll(self) -> None:
+        """One step of the rollout (rollout.step): start new-version servers, retire old ones."""
+        r = self.rollout
+        assert r is not None
+        live = [ap for ap in self.procs.values() if ap.is_live()]
+        old = [ap for ap in live if ap.version != r.new]
+        new = [ap for ap in live if ap.version == r.new]
+        if not old:
+            r.done_at = self._now()
+            self.stable = (self.version, self.pool_cfg, self.cwd)
+            self._event("rollout", None, f"done: every server runs version {r.new} "
+                        f"({r.done_at - r.started_at:.1f}s)")
+            return
+        ready = ProcState.READY
+        start, retire = step(self.desired, len(old), len(new), sum(ap.state is ready for ap in old),
+                             sum(ap.state is ready for ap in new), self.pool_cfg.max_surge,
+                             self.pool_cfg.max_unavailable)
+        for _ in range(start):
+            self._launch()
+        # Old servers that are not serving yet go first, then the least busy.
+        old.sort(key=lambda ap: (ap.state is ready, ap.server.inflight))
+        for ap in old[:retire]:
+            self._spawn_task(self._retire(ap))
+
     def _launch(self) -> None:
         taken = {ap.port for ap in self.procs.values()}
         port = pick_free_port(self.pool_cfg.host, taken)
         name = f"app-{port}"
         server = Server(name, self.pool_cfg.host, port, static=False, ready=False,
                         slow_start_s=self.slow_start_s)
-        ap = AppProcess(name, port, server, started_at=self._now())
+        # A rollout under way (or none) starts the current version; a failed one, the last good.
+        version, spec, cwd = (self.version, self.pool_cfg, self.cwd) \
+            if self.rollout is None or not self.rollout.failed else self.stable
+        ap = AppProcess(name, port, server, started_at=self._now(), version=version, spec=spec,
+                        cwd=cwd or "")
         self.procs[name] = ap
         self.rotation.add_server(server)
         self._spawn_task(self._lifecycle(ap))
@@ -236,18 +293,21 @@ class Supervisor:
         task.add_done_callback(self._tasks.discard)
 
     def _argv(self, ap: AppProcess) -> list[str]:
-        return command_argv(self.pool_cfg.command, port=str(ap.port), host=self.pool_cfg.host, name=ap.name)
+        spec = ap.spec or self.pool_cfg
+        return command_argv(spec.command, port=str(ap.port), host=self.pool_cfg.host, name=ap.name)
 
     async def _lifecycle(self, ap: AppProcess) -> None:
-        env = {**os.environ, **self.pool_cfg.env, "PORT": str(ap.port), "TAXIWAY_SERVER_NAME": ap.name}
+        spec = ap.spec or self.pool_cfg
+        env = {**os.environ, **spec.env, "PORT": str(ap.port), "TAXIWAY_SERVER_NAME": ap.name,
+               "TAXIWAY_VERSION": ap.version}
         try:
             ap.proc = await asyncio.create_subprocess_exec(
-                *self._argv(ap), cwd=self.cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+                *self._argv(ap), cwd=ap.cwd or self.cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True, preexec_fn=die_with_parent(os.getpid()),
             )
         except OSError as exc:
-            self._crashed(ap, f"cannot start {self.pool_cfg.command!r}: {exc.strerror or exc}")
+            self._crashed(ap, f"cannot start {spec.command!r}: {exc.strerror or exc}")
             return
         self._spawn_task(self._read_output(ap))
         if self._stopping or ap.state is not ProcState.STARTING:   # stop() ran while it launched
@@ -316,7 +376,13 @@ class Supervisor:
         return False
 
     def _crashed(self, ap: AppProcess, why: str) -> None:
-        """Report, forget the process and schedule its replacement with back-off."""
+        """Report, forget the process and schedule its replacement with back-off. A server of a
+        rollout's new version that never became ready stops the rollout (rollout.py)."""
+        r = self.rollout
+        if r is not None and r.active and ap.version == r.new and ap.ready_at is None:
+            r.fail(f"version {r.new} did not become ready: {why}")
+            self._event("rollout", None, f"stopped, the old version {r.old} keeps serving: {r.failed}",
+                        level=logging.WARNING)
         ap.state = ProcState.EXITED
         self._remove(ap)
         if self._stopping:
