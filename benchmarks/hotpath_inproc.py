@@ -1,10 +1,10 @@
 """The proxy's per-request Python cost, measured in one process without sockets (low noise).
 
-    /work/venv/bin/python benchmarks/hotpath_inproc.py            # µs/request, best of 5
-    /work/venv/bin/python benchmarks/hotpath_inproc.py --ops      # bytecodes + Python calls/request
-    /work/venv/bin/python benchmarks/hotpath_inproc.py --ops --hist   # ... per function
-    /work/venv/bin/python benchmarks/hotpath_inproc.py --callgrind    # CPU instructions/request
-    /work/venv/bin/python benchmarks/hotpath_inproc.py --matrix       # request shapes x upstreams
+    .venv/bin/python benchmarks/hotpath_inproc.py            # µs/request, best of 5
+    .venv/bin/python benchmarks/hotpath_inproc.py --ops      # bytecodes + Python calls/request
+    .venv/bin/python benchmarks/hotpath_inproc.py --ops --hist   # ... per function
+    .venv/bin/python benchmarks/hotpath_inproc.py --callgrind    # CPU instructions/request
+    .venv/bin/python benchmarks/hotpath_inproc.py --matrix       # request shapes x upstreams
     options: --log (access log on), --strategy NAME, --src DIR (compare another checkout's src/),
              --request SHAPE (benchmarks/realistic/shapes.py), --response UPSTREAM (a captured
              answer in benchmarks/realistic/responses/)

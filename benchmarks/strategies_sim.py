@@ -1,6 +1,6 @@
 """Compare every balancing strategy in the virtual-time simulator (no sockets, deterministic).
 
-    /work/venv/bin/python benchmarks/strategies_sim.py [--requests N] [--seed S] [--markdown]
+    .venv/bin/python benchmarks/strategies_sim.py [--requests N] [--seed S] [--markdown]
 
 Scenarios (all servers weight 1: the balancer is NOT told which server is slow):
   uniform     4 equal servers, every request costs the same (10 ms), 70 % load.

@@ -88,11 +88,12 @@ class Processes:
 
     def stop_all(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            # The whole group, even when its leader has exited: a `taxiway upgrade` successor
+            # runs in it after the process it replaced is gone.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         for proc in self.procs:
             try:
                 proc.wait(timeout=5)

@@ -15,7 +15,7 @@ import taxiway
 SRC = Path(taxiway.__file__).parent
 # proxy/'s layers, top first; a module may import only modules of a later layer.
 PROXY_LAYERS = (("command",), ("app",), ("server",), ("forward",),
-                ("upstream", "waitqueue", "accesslog", "settings", "healthcheck", "heap"),
+                ("upstream", "waitqueue", "accesslog", "settings", "healthcheck", "heap", "handover"),
                 ("http1", "logline"), ("headscan",))
 
 

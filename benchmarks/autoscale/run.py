@@ -1,6 +1,6 @@
 """Load step against `taxiway up`: fixed 1 server vs fixed max servers vs autoscaled, in one run.
 
-    /work/venv/bin/python benchmarks/autoscale/run.py [--app gunicorn|backend] [--users 16] [--max 8]
+    .venv/bin/python benchmarks/autoscale/run.py [--app gunicorn|backend] [--users 16] [--max 8]
 
 Each mode starts its own `taxiway up --plain` with a pool of app servers, then closed-loop users
 (each waits for its answer, then asks again) follow the same profile:

@@ -1,6 +1,6 @@
 """taxiway bench vs wrk vs Locust (FastHttpUser): peak requests/s of each generator on one core.
 
-    /work/venv/bin/python benchmarks/bench_vs_peers/run.py --duration 10 --connections 50
+    .venv/bin/python benchmarks/bench_vs_peers/run.py --duration 10 --connections 50
 
 What it does:
 1. starts nginx (template beside this file) serving a 17-byte response from memory, one worker;

@@ -1,6 +1,6 @@
 """Flights app: requests/s and p99 with and without each of Django's caches, measured with taxiway bench.
 
-    /work/venv/bin/python benchmarks/flights_caches/run.py [--flights 10000] [--duration 10] [--users 8]
+    .venv/bin/python benchmarks/flights_caches/run.py [--flights 10000] [--duration 10] [--users 8]
 
 One seeded SQLite database (10k flights by default, 5k bookings); for each cache setting
 (FLIGHTS_CACHES = none | view | fragment | data | all) one gunicorn server (--workers, default 2 sync

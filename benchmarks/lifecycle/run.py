@@ -1,6 +1,6 @@
 """Zero failed requests through a deployment's life: the counts for BENCHMARKS.md.
 
-    /work/venv/bin/python benchmarks/lifecycle/run.py [--rounds 3] [--results DIR]
+    .venv/bin/python benchmarks/lifecycle/run.py [--rounds 3] [--results DIR]
 
 One harness with the tests: this runs `tests/test_lifecycle.py` (each event under closed-loop
 load against a real `taxiway up`, with the test's assertions) `--rounds` times, and each test

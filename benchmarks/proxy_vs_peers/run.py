@@ -1,6 +1,6 @@
 """taxiway vs HAProxy vs nginx, in one go, with the same two `taxiway backend` servers.
 
-    /work/venv/bin/python benchmarks/proxy_vs_peers/run.py --duration 10
+    .venv/bin/python benchmarks/proxy_vs_peers/run.py --duration 10
 
 What it does:
 1. starts two `taxiway backend` processes (the upstreams every target shares);

@@ -1,6 +1,6 @@
 """What edge security costs: requests/s through `taxiway lb` with and without it, in one run.
 
-    /work/venv/bin/python benchmarks/ratelimit/run.py --duration 10
+    .venv/bin/python benchmarks/ratelimit/run.py --duration 10
 
 Scenarios, each a fresh `taxiway lb` in front of the same `taxiway backend`, measured with
 `wrk -t1 -c32 --latency` over keep-alive connections:

@@ -20,6 +20,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "check": ("taxiway.checkcmd", "validate a config file without starting anything"),
     "status": ("taxiway.admin.command", "print a running balancer's state from its admin API"),
     "reload": ("taxiway.admin.reloadcmd", "make a running balancer re-read its config (rolls the pool)"),
+    "upgrade": ("taxiway.admin.upgradecmd", "replace a running balancer by a new process, dropping nothing"),
     "bench": ("taxiway.bench.command", "measure how many users a deployment can serve"),
     "keys": ("taxiway.security.keyscmd", "create, list and revoke API keys"),
     "cert": ("taxiway.security.certcmd", "make a local CA and certificate for development"),

@@ -25,6 +25,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import socket
 import time
 from collections.abc import Iterable
 
@@ -176,13 +177,19 @@ class AdminServer:
         self._conns: set[asyncio.Task[None]] = set()
         self.port: int | None = None   # once listening
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on host:port (port 0 picks a free one). Returns the bound port.
+    async def start(self, host: str, port: int, sock: socket.socket | None = None,
+                    accept: bool = True) -> int:
+        """Listen on host:port (port 0 picks a free one), or on `sock`, a listening socket a
+        predecessor handed over. Returns the bound port. `accept=False` waits for `accept_now`.
 
         Raises OSError if the address is taken; the caller should report it and exit.
         """
-        self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_HEAD_BYTES,
-                                                  reuse_address=True)
+        if sock is not None:
+            self._server = await asyncio.start_server(self._handle, sock=sock, limit=MAX_HEAD_BYTES,
+                                                      start_serving=accept)
+        else:
+            self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_HEAD_BYTES,
+                                                      reuse_address=True, start_serving=accept)
         bound = self._server.sockets[0].getsockname()[1]
         log.info("admin API on http://%s:%d (/status, /metrics)", host, bound)
         # Judged on the addresses really bound ("" and names can mean several), not on `host`.
@@ -195,6 +202,16 @@ class AdminServer:
                         ", ".join(exposed), bound)
         self.port = int(bound)
         return self.port
+
+    async def accept_now(self) -> None:
+        if self._server is not None and not self._server.is_serving():
+            await self._server.start_serving()
+
+    def fileno(self) -> int | None:
+        """The listening socket's descriptor, for a successor to inherit."""
+        if self._server is None or not self._server.sockets:
+            return None
+        return int(self._server.sockets[0].fileno())
 
     async def close(self) -> None:
         """Stop listening and close open admin connections."""
@@ -293,7 +310,8 @@ class AdminServer:
         await writer.drain()
 
 
-async def serve_admin(balancer: BalancerView, cfg: AdminConfig) -> AdminServer | None:
+async def serve_admin(balancer: BalancerView, cfg: AdminConfig, sock: socket.socket | None = None,
+                      accept: bool = True) -> AdminServer | None:
     """The admin listener `taxiway lb` and `taxiway up` start beside their balancer, once its
     own listeners are bound (None when `admin.listen` is empty). Raises OSError when the address
     is taken; the command names the setting."""
@@ -301,5 +319,5 @@ async def serve_admin(balancer: BalancerView, cfg: AdminConfig) -> AdminServer |
         return None
     admin = AdminServer(balancer, cfg.allowed_hosts)
     host, port = split_hostport(cfg.listen, "admin.listen")
-    await admin.start(host, port)
+    await admin.start(host, port, sock, accept)
     return admin

@@ -24,17 +24,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    pid = send_signal(args, signal.SIGHUP)
+    print(f"taxiway reload: sent SIGHUP to pid {pid}; `taxiway status` shows the rollout, if any")
+    return 0
+
+
+def send_signal(args: argparse.Namespace, signum: int) -> int:
+    """Signal the taxiway whose admin API `args` names (`--config` / `--admin`); returns its pid.
+    Shared with `taxiway upgrade`."""
     host, port = admin_address(args)
     status = fetch_status(host, port, args.timeout)
     pid = status.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         raise UsageError(f"{host}:{port} did not say its pid (a taxiway older than `taxiway reload`?)")
     try:
-        os.kill(pid, signal.SIGHUP)
+        os.kill(pid, signum)
     except ProcessLookupError:
         raise UsageError(f"no process {pid} here: is the taxiway at {host}:{port} on another "
                          "machine?") from None
     except PermissionError:
         raise UsageError(f"not allowed to signal process {pid} (it runs as another user)") from None
-    print(f"taxiway reload: sent SIGHUP to pid {pid}; `taxiway status` shows the rollout, if any")
-    return 0
+    return pid

@@ -17,7 +17,6 @@ restricted to the last `RECENT_WINDOW_S` seconds so an idle server does not show
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -51,6 +50,8 @@ class BalancerView(Protocol):
     def cold_start(self) -> Mapping[str, float | int | None]: ...
     @property
     def autoscale_status(self) -> Callable[[], dict[str, Any]] | None: ...
+    @property
+    def control_pid(self) -> int: ...
 
     def fold_counters(self) -> Mapping[str, int]:
         """The named counters, with the ones kept apart on the hot path added in."""
@@ -164,7 +165,8 @@ def build_status(balancer: BalancerView, now_monotonic: float,
     uptime = None if now_wall is None or not started_at else round(max(0.0, now_wall - started_at), 3)
     return {
         "version": __version__,
-        "pid": os.getpid(),   # (what `taxiway reload` signals)
+        # What `taxiway reload` and `taxiway upgrade` signal: with balancer.workers, the parent.
+        "pid": balancer.control_pid,
         "hot_path": BUILD,
         "started_at": started_at,
         "uptime_s": uptime,

@@ -23,6 +23,7 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import uvloop
@@ -34,6 +35,13 @@ from taxiway.autoscale.supervisor import Supervisor
 from taxiway.balancing.model import Pool, PoolEvent
 from taxiway.config import Config, PoolConfig, load_config, split_hostport
 from taxiway.errors import ConfigError, TaxiwayError, UsageError
+from taxiway.proxy import handover
+from taxiway.proxy.command import Upgrade
+from taxiway.proxy.handover import Inherited
+
+if TYPE_CHECKING:
+    from taxiway.admin.api import AdminServer
+    from taxiway.proxy.app import Balancer
 
 HELP = ("Start the load balancer and a pool of app servers that grows and shrinks with the load "
         "([pool] and [autoscale] in the config). Ctrl-C stops everything.")
@@ -210,10 +218,12 @@ async def _main(cfg: Config, config_path: str, live: bool) -> int:
     from taxiway.proxy.command import check_addresses_free, start_with_admin
 
     assert cfg.pool is not None
+    inherited = handover.inherited()   # an upgrade: the predecessor's listening sockets
     if cfg.pool.setup:
         # Setup may take minutes (migrations, seed data): a port another taxiway holds should stop
         # us before it, not after. Balancer.start below still reports a port lost in between.
-        check_addresses_free(cfg)
+        if inherited is None:
+            check_addresses_free(cfg)
         await run_setup(cfg.pool, pool_cwd(cfg, config_path))
         check_programs(cfg, config_path, setup_done=True)   # what setup was to create is there now
     bal = Balancer(cfg, config_path)
@@ -239,7 +249,11 @@ async def _main(cfg: Config, config_path: str, live: bool) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     loop.add_signal_handler(signal.SIGHUP, _reload_all, bal, sup, config_path)
-    admin_server = await start_with_admin(bal, cfg)
+    # A successor accepts nothing until its app servers are ready (see _take_over).
+    admin_server = await start_with_admin(bal, cfg, inherited, accept=inherited is None)
+    upgrade = Upgrade(bal, admin_server, upgrade_timeout(cfg.pool), stop.set,
+                      lambda: {handover.ENV_SERVERS: str(sup.live_count())})
+    loop.add_signal_handler(signal.SIGUSR2, upgrade.trigger)
     url = where(cfg, bal)
     admin = ""
     if cfg.admin.listen and admin_server is not None:
@@ -251,7 +265,9 @@ async def _main(cfg: Config, config_path: str, live: bool) -> int:
     tasks: list[asyncio.Task[None]] = []
     try:
         announce_when_ready(bal.pool, f"{url}{admin}", cfg.pool.min == 0)
-        await sup.start()
+        await sup.start(initial=inherited.servers if inherited is not None else None)
+        if inherited is not None and not await _take_over(inherited, bal, admin_server, sup, cfg.pool, stop):
+            return 1
         tasks.append(loop.create_task(run_live(lambda: bal.pool.servers, sup, url) if live
                                       else _plain(bal, sup)))
         await stop.wait()
@@ -262,7 +278,7 @@ async def _main(cfg: Config, config_path: str, live: bool) -> int:
                 await task
         print("taxiway up: stopping (in-flight requests finish, then app servers get SIGTERM)", flush=True)
         try:
-            await bal.stop(float(cfg.timeouts.shutdown))
+            await bal.stop(float(cfg.timeouts.shutdown), upgrade.idle_linger_s())
         finally:
             if admin_server is not None:
                 await admin_server.close()
@@ -270,6 +286,36 @@ async def _main(cfg: Config, config_path: str, live: bool) -> int:
         atexit.unregister(sup.kill_all_now)
     print("taxiway up: stopped", flush=True)
     return 0
+
+
+def upgrade_timeout(pool: PoolConfig) -> float:
+    """How long the old process waits for its successor: its setup, its servers' readiness, and
+    a margin for the interpreter's start."""
+    return (float(pool.setup_timeout) if pool.setup else 0.0) + float(pool.ready_timeout) + 30.0
+
+
+async def _take_over(inherited: Inherited, bal: Balancer, admin: AdminServer | None, sup: Supervisor,
+                     pool: PoolConfig, stop: asyncio.Event) -> bool:
+    """The successor's side of an upgrade: once as many app servers are ready as the old process
+    ran, accept, and tell it so (it then drains and exits). False when they are not ready within
+    pool.ready_timeout (the old process goes on serving; we exit)."""
+    deadline = time.monotonic() + float(pool.ready_timeout)
+    while sup.ready_count() < max(sup.desired, 1 if pool.min else 0):
+        if stop.is_set() or time.monotonic() >= deadline:
+            why = "stopped" if stop.is_set() else \
+                f"{sup.ready_count()} of {sup.desired} app servers ready within pool.ready_timeout"
+            print(f"taxiway up: upgrade failed: {why}", flush=True)
+            inherited.failed(why)
+            return False
+        await asyncio.sleep(0.05)
+    await bal.accept_now()
+    if admin is not None:
+        await admin.accept_now()
+    inherited.close()
+    inherited.ready()
+    print(f"taxiway up: took over from the previous process with {sup.ready_count()} app server(s)",
+          flush=True)
+    return True
 
 
 def announce_when_ready(pool: Pool, where: str, scale_from_zero: bool) -> None:

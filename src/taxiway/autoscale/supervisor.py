@@ -85,8 +85,11 @@ class Supervisor:
 
     # -- public ------------------------------------------------------------------------------
 
-    async def start(self, wait_ready_s: float | None = None) -> None:
-        """Launch `min` servers and the control loop; optionally wait until `min` are ready."""
+    async def start(self, wait_ready_s: float | None = None, initial: int | None = None) -> None:
+        """Launch `min` servers (or `initial`, within min..max: a successor taking over from a
+        taxiway that ran that many) and the control loop; optionally wait until `min` are ready."""
+        if initial is not None:
+            self.desired = max(self.policy.min, min(self.policy.max, initial))
         self._loop_task = asyncio.get_running_loop().create_task(self._control_loop())
         self._reconcile()
         if wait_ready_s:

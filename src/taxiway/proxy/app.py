@@ -16,6 +16,7 @@ import asyncio
 import collections
 import errno
 import logging
+import os
 import random
 import socket
 import ssl
@@ -29,6 +30,7 @@ from taxiway.config import Config, address_family, parse_server_url, split_hostp
 from taxiway.errors import ConfigError, UpstreamFailed
 from taxiway.proxy.accesslog import AccessLog
 from taxiway.proxy.forward import Router, expire_waiters, serve_waiters
+from taxiway.proxy.handover import Inherited
 from taxiway.proxy.healthcheck import HealthChecker
 from taxiway.proxy.heap import TrimPolicy, load_malloc_trim
 from taxiway.proxy.http1 import DateCache, RequestHead
@@ -98,6 +100,9 @@ class Balancer(ListenerContext):
         self.heap_policy = TrimPolicy()
         self._malloc_trim = load_malloc_trim()
         self.started_at = time.time()
+        # The process to signal for a reload or an upgrade (/status "pid"): this one, or the
+        # parent of `balancer.workers` (proxy/command.py sets it in a worker).
+        self.control_pid = os.getpid()
         # Set by `taxiway up` (the autoscaler): the "autoscale" section of /status.
         self.autoscale_status: Callable[[], dict[str, Any]] | None = None
         self.guards = []
@@ -123,6 +128,7 @@ class Balancer(ListenerContext):
         self._listeners: list[asyncio.Server] = []
         self._tls_sockets: list[socket.socket] = []          # the HTTPS listener (_accept_tls)
         self._acceptors: list[asyncio.Task[None]] = []
+        self._ssl_ctx: ssl.SSLContext | None = None
         self._handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes under way
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -301,9 +307,14 @@ class Balancer(ListenerContext):
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, inherited: Inherited | None = None, accept: bool = True) -> None:
         """Bind the listeners, start the tick and the health checker. (The admin API is the
-        command's: `admin.api.serve_admin`.)"""
+        command's: `admin.api.serve_admin`.)
+
+        `inherited`: the listening sockets a predecessor handed over (proxy/handover.py), used
+        instead of binding. `accept=False` holds the connections in the kernel's accept queue
+        until `accept_now()`: a successor takes none before its app servers are ready.
+        """
         loop = self._loop = asyncio.get_running_loop()
         cfg = self.cfg
         reuse_port = cfg.balancer.workers > 1
@@ -312,20 +323,29 @@ class Balancer(ListenerContext):
 
             ssl_ctx = make_server_context(cfg.listen.tls)
             host, port = split_hostport(cfg.listen.https, "listen.https")
-            lsock = socket.create_server((host, port), family=address_family(host), backlog=BACKLOG,
-                                         reuse_port=reuse_port)
+            lsock = inherited.socket("https") if inherited is not None else None
+            if lsock is None:
+                lsock = socket.create_server((host, port), family=address_family(host), backlog=BACKLOG,
+                                             reuse_port=reuse_port)
             lsock.setblocking(False)
             self._tls_sockets.append(lsock)
-            self._acceptors.append(loop.create_task(self._accept_tls(lsock, ssl_ctx)))
+            self._ssl_ctx = ssl_ctx
             self.bound_https_port = int(lsock.getsockname()[1])
         if cfg.listen.http is not None:
             redirect = self._redirect_location if (cfg.listen.redirect_to_https and self.bound_https_port) \
                 else None
             host, port = split_hostport(cfg.listen.http, "listen.http")
-            srv = await loop.create_server(lambda: ClientProtocol(self, "http", redirect), host, port,
-                                           backlog=BACKLOG, reuse_port=reuse_port)
+            sock = inherited.socket("http") if inherited is not None else None
+            if sock is not None:
+                srv = await loop.create_server(lambda: ClientProtocol(self, "http", redirect), sock=sock,
+                                               backlog=BACKLOG, start_serving=accept)
+            else:
+                srv = await loop.create_server(lambda: ClientProtocol(self, "http", redirect), host, port,
+                                               backlog=BACKLOG, reuse_port=reuse_port, start_serving=accept)
             self._listeners.append(srv)
             self.bound_http_port = _bound_port(srv)
+        if accept:
+            await self.accept_now()
         self._tick_handle = loop.call_later(TICK_S, self._tick)
         if cfg.health.enabled:
             self.health = HealthChecker(self)
@@ -334,6 +354,25 @@ class Balancer(ListenerContext):
             f"{scheme} port {port}" for scheme, port in (("http", self.bound_http_port),
                                                          ("https", self.bound_https_port))
             if port is not None))
+
+    async def accept_now(self) -> None:
+        """Begin accepting on every listener (`start(accept=False)` held them)."""
+        loop = self._loop or asyncio.get_running_loop()
+        for srv in self._listeners:
+            if not srv.is_serving():
+                await srv.start_serving()
+        if not self._acceptors and self._ssl_ctx is not None:
+            self._acceptors.extend(loop.create_task(self._accept_tls(lsock, self._ssl_ctx))
+                                   for lsock in self._tls_sockets)
+
+    def listening_fds(self) -> dict[str, int]:
+        """The listeners' descriptors by name ("http", "https"), for a successor to inherit."""
+        out = {}
+        if self._listeners:
+            out["http"] = _listener_fd(self._listeners[0])
+        if self._tls_sockets:
+            out["https"] = self._tls_sockets[0].fileno()
+        return out
 
     def _redirect_location(self, head: RequestHead) -> bytes:
         host = (head.header(b"host") or b"localhost").decode("latin-1")
@@ -345,8 +384,15 @@ class Balancer(ListenerContext):
         hostport = host if port == 443 else f"{host}:{port}"
         return f"https://{hostport}{head.target}".encode("latin-1")
 
-    async def stop(self, deadline_s: float | None = None) -> None:
-        """Graceful: stop accepting, let in-flight requests finish (up to the deadline), close."""
+    async def stop(self, deadline_s: float | None = None, idle_linger_s: float = 0.0) -> None:
+        """Graceful: stop accepting, let in-flight requests finish (up to the deadline), close.
+
+        `idle_linger_s`: an idle keep-alive connection stays open that long for one more request
+        (answered with `Connection: close`) instead of being closed at once. For a handover to a
+        successor: closing an idle connection races with the request its client may be sending
+        right then, which the client sees as a failure; a busy client's next request instead
+        tells it to reconnect, and it reaches the successor.
+        """
         if deadline_s is None:
             deadline_s = float(self.cfg.timeouts.shutdown)
         for srv in self._listeners:
@@ -359,7 +405,7 @@ class Balancer(ListenerContext):
             lsock.close()
         self._tls_sockets = []
         for p in list(self.protocols):
-            p.shutdown()
+            p.shutdown(idle_linger_s)
         end = time.monotonic() + deadline_s
         while self.protocols and time.monotonic() < end:
             await asyncio.sleep(0.05)
@@ -521,6 +567,11 @@ class Balancer(ListenerContext):
         self.router.invalidate()
         self.event("reload", None, f"{len(wanted)} static server(s)")
         log.info("config reloaded: %d static server(s)", len(wanted))
+
+
+def _listener_fd(srv: Any) -> int:
+    """The descriptor of a listener's (first) socket; untyped for the reason of `_bound_port`."""
+    return int(srv.sockets[0].fileno())
 
 
 def _bound_port(srv: Any) -> int:

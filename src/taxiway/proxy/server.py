@@ -727,8 +727,13 @@ class ClientProtocol(Downstream):
             self._on_client_error(408)
             self.flush()
 
-    def shutdown(self) -> None:
-        """Graceful stop: close if idle, else close after the response in flight."""
+    def shutdown(self, idle_linger_s: float = 0.0) -> None:
+        """Graceful stop: close after the response in flight; an idle connection at once, or
+        after `idle_linger_s` without a request (`Balancer.stop` says why it may wait)."""
         self.closing = True
         if self.current is None and self.parsing is None and not self.closed:
-            self.close()
+            if idle_linger_s <= 0:
+                self.close()
+                return
+            end = monotonic() + idle_linger_s
+            self.idle_deadline = min(self.idle_deadline, end) if self.idle_deadline else end
