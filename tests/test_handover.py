@@ -75,30 +75,28 @@ def test_a_descriptor_that_is_not_a_socket_is_named() -> None:
 
 def test_lines_reach_the_old_process_and_a_closed_pipe_is_the_end() -> None:
     r, w = os.pipe()
-    os.set_blocking(r, False)
     inh = handover.Inherited({}, w, None)
-    succ = handover.Successor(None, r)  # type: ignore[arg-type]  # (only the pipe is read here)
+    lines = handover.Lines(r)
 
     async def read_all() -> list[str | None]:
         inh.say("step 0")
         inh.say("two\nlines")          # (one line: a newline in a message cannot split it)
         inh.ready()                    # closes the pipe
         deadline = time.monotonic() + 5
-        return [await succ.next_line(deadline) for _ in range(4)]
+        return [await lines.next_line(deadline) for _ in range(4)]
 
     assert asyncio.run(read_all()) == ["step 0", "two lines", "ready", None]
     assert inh.pipe is None
+    lines.close()
     inh.say("after the end")           # (the reader is gone: no error)
-    succ.close()
 
 
 def test_a_silent_pipe_times_out() -> None:
     r, w = os.pipe()
-    os.set_blocking(r, False)
-    succ = handover.Successor(None, r)  # type: ignore[arg-type]
+    lines = handover.Lines(r)
     with pytest.raises(TimeoutError):
-        asyncio.run(succ.next_line(time.monotonic() + 0.2))
-    succ.close()
+        asyncio.run(lines.next_line(time.monotonic() + 0.2))
+    lines.close()
     os.close(w)
 
 

@@ -102,6 +102,13 @@ class Deployment:
     def output(self) -> str:
         return self.out.read_text(errors="replace")
 
+    def wait_ready(self, n: int, timeout_s: float = 30.0) -> int:
+        """Wait up to `timeout_s` until `n` app servers are ready; returns how many are."""
+        deadline = time.monotonic() + timeout_s
+        while (ready := self.status()["autoscale"]["ready"]) < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return int(ready)
+
 
 def start_up(procs: Processes, tmp_path: Path, pool: str, extra: str = "") -> Deployment:
     """`taxiway up` with `pool` (the [pool] keys) and `extra` sections, returned as soon as its
@@ -198,10 +205,7 @@ def test_scaling_up_and_back_down_under_load_fails_nothing(procs: Processes, tmp
                   'panic_window = "500ms"')
     light = Load(procs, up.url, users=2)
     heavy = Load(procs, up.url, users=24)
-    deadline = time.monotonic() + 30
-    while up.status()["autoscale"]["ready"] < 3 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    peak = up.status()["autoscale"]["ready"]
+    peak = up.wait_ready(3)
     heavy.stop()
     deadline = time.monotonic() + 30
     while up.status()["autoscale"]["current"] > 1 and time.monotonic() < deadline:
@@ -220,9 +224,7 @@ def test_an_app_server_killed_under_load_fails_no_idempotent_request(procs: Proc
     """SIGKILL one of two servers while GETs are in flight: what it held is retried on the
     other, new requests go there too, and a replacement starts."""
     up = start_up(procs, tmp_path, f'command = "{BACKEND} --delay-ms 20"\nmin = 2\nmax = 2')
-    deadline = time.monotonic() + 30
-    while up.status()["autoscale"]["ready"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    up.wait_ready(2)
     load = Load(procs, up.url, users=24)
     time.sleep(1.0)
     victim = up.status()["autoscale"]["servers"][0]
@@ -262,9 +264,7 @@ def test_a_rolling_deploy_and_a_version_that_never_gets_ready_fail_nothing(procs
     pool = "min = 2\nmax = 2\nready_timeout = \"3s\""
     up = start_up(procs, tmp_path, f"{_versioned('v1')}\n{pool}", "[autoscale]\nenabled = false")
     cfg = tmp_path / "taxiway.toml"
-    deadline = time.monotonic() + 30
-    while up.status()["autoscale"]["ready"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    up.wait_ready(2)
     v1 = up.status()["autoscale"]["version"]
     load = Load(procs, up.url, users=24)
     time.sleep(1.0)
@@ -334,9 +334,7 @@ def test_a_balancer_upgrade_under_load_fails_nothing(procs: Processes, tmp_path:
     the old one stops accepting, finishes what it holds, stops its app servers and exits. No
     connection is refused or reset, no request fails."""
     up = start_up(procs, tmp_path, f"{_versioned('v1')}\nmin = 2\nmax = 3", "[autoscale]\nenabled = false")
-    deadline = time.monotonic() + 30
-    while up.status()["autoscale"]["ready"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    up.wait_ready(2)
     load = Load(procs, up.url, users=24)
     time.sleep(1.0)
     seen = {up.status()["pid"]}
@@ -371,9 +369,7 @@ def test_a_failed_upgrade_leaves_the_running_balancer_serving(procs: Processes, 
     pool = "min = 1\nmax = 1\nready_timeout = \"3s\""
     up = start_up(procs, tmp_path, f"{_versioned('v1')}\n{pool}", "[autoscale]\nenabled = false")
     cfg = tmp_path / "taxiway.toml"
-    deadline = time.monotonic() + 30
-    while up.status()["autoscale"]["ready"] < 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    up.wait_ready(1)
     pid = up.status()["pid"]
     load = Load(procs, up.url, users=4)
     time.sleep(0.5)

@@ -461,22 +461,13 @@ class _Workers:
 
 def _wait_ready(r: int, timeout_s: float) -> bool:
     """Read a worker's `ready` line from its pipe (closed after); False on EOF or timeout."""
-    import select
-
-    end = time.monotonic() + timeout_s
-    buf = b""
+    lines = handover.Lines(r)
     try:
-        while b"\n" not in buf:
-            wait = end - time.monotonic()
-            if wait <= 0 or not select.select([r], [], [], wait)[0]:
-                return False
-            chunk = os.read(r, 256)
-            if not chunk:
-                return False
-            buf += chunk
-        return buf.startswith(b"ready")
+        return asyncio.run(lines.next_line(time.monotonic() + timeout_s)) == "ready"
+    except TimeoutError:
+        return False
     finally:
-        os.close(r)
+        lines.close()
 
 
 def _run_workers(cfg: Config, config_path: str) -> int:

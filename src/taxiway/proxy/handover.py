@@ -128,20 +128,17 @@ def successor_argv() -> list[str]:
     return [sys.executable, "-m", "taxiway", *sys.argv[1:]]
 
 
-class Successor:
-    """The old process's side: the successor it started and what it said on the pipe."""
+class Lines:
+    """The lines one process writes to another on a pipe: a successor to its predecessor, a
+    worker to its parent (proxy/command.py)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], pipe: int) -> None:
-        self.proc = proc
-        self.pipe = pipe
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
         self._buf = b""
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
     async def next_line(self, deadline: float) -> str | None:
-        """The next line, or None at end of file (the successor exited or closed the pipe).
+        """The next line, or None at end of file (the writer exited or closed the pipe).
         Raises TimeoutError at `deadline` (time.monotonic())."""
         loop = asyncio.get_running_loop()
         while b"\n" not in self._buf:
@@ -149,12 +146,12 @@ class Successor:
             if wait <= 0:
                 raise TimeoutError
             readable: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(self.pipe, _set_once, readable)
+            loop.add_reader(self.fd, _set_once, readable)
             try:
                 await asyncio.wait_for(readable, wait)
             finally:
-                loop.remove_reader(self.pipe)
-            chunk = os.read(self.pipe, 4096)
+                loop.remove_reader(self.fd)
+            chunk = os.read(self.fd, 4096)
             if not chunk:
                 return None
             self._buf += chunk
@@ -163,7 +160,19 @@ class Successor:
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            os.close(self.pipe)
+            os.close(self.fd)
+
+
+class Successor:
+    """The old process's side: the successor it started and what it says on the pipe."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], pipe: int) -> None:
+        self.proc = proc
+        self.lines = Lines(pipe)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     async def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after STOP_GRACE_S: a successor that failed must not linger
@@ -191,7 +200,6 @@ def start_successor(fds: Mapping[str, int], env: Mapping[str, str] | None = None
     cannot be started. (Popen, not an asyncio subprocess: the loop's transport would kill the
     child when it is closed, and the child must outlive us.)"""
     r, w = os.pipe()
-    os.set_blocking(r, False)
     environ = {**os.environ, **(env or {}), ENV_FDS: format_fds(fds), ENV_PIPE: str(w)}
     try:
         proc = subprocess.Popen(successor_argv(), env=environ, pass_fds=(*fds.values(), w),
@@ -218,7 +226,7 @@ async def hand_over(fds: Mapping[str, int], timeout_s: float, env: Mapping[str, 
     try:
         while True:
             try:
-                line = await succ.next_line(deadline)
+                line = await succ.lines.next_line(deadline)
             except TimeoutError:
                 why = f"the new process (pid {succ.pid}) was not ready within {timeout_s:g}s"
                 break
@@ -237,6 +245,6 @@ async def hand_over(fds: Mapping[str, int], timeout_s: float, env: Mapping[str, 
                 why = f"the new process (pid {succ.pid}) failed: {rest}"
                 break
     finally:
-        succ.close()
+        succ.lines.close()
     await succ.stop()
     return None, why
