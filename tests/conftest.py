@@ -61,6 +61,31 @@ def run_taxiway(*args: str, env: dict[str, str] | None = None, cwd: Path | None 
                           env=env or taxiway_env(), cwd=cwd, timeout=timeout_s)
 
 
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`taxiway ARGS` for a command that runs to its end (a client, a file tool, an error), run in
+    this process through the same entry point (`cli.main`): what the user sees is the same as
+    `run_taxiway`'s, and the coverage measurement sees the command's code. Long-running verbs
+    (`lb`, `up`, `bench` runs) stay in their own processes."""
+    import contextlib
+    import io
+
+    from taxiway import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    before = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as exc:   # (argparse's usage errors)
+                code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        os.chdir(before)
+    return subprocess.CompletedProcess(["taxiway", *args], code, out.getvalue(), err.getvalue())
+
+
 class Processes:
     """Starts real processes in their own process group and kills every one at teardown."""
 

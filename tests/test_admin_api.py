@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from taxiway.admin.api import AdminServer, host_status, is_loopback
 from taxiway.balancing.model import Server
 from taxiway.proxy.app import Balancer
-from tests.conftest import free_port, run_taxiway
+from tests.conftest import free_port, run_cli
 from tests.test_admin_status import make_balancer
 
 
@@ -300,7 +300,7 @@ def test_status_verb_names_the_address_it_reached_in_host(tmp_path: object) -> N
 
 
 def _status_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return run_taxiway("status", *args)
+    return run_cli("status", *args)
 
 
 def test_status_verb_prints_table_and_json(admin: Running) -> None:

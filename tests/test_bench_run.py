@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Processes, free_port, taxiway_env, wait_for_port
+from tests.conftest import Processes, free_port, run_cli, taxiway_env, wait_for_port
 
 pytestmark = pytest.mark.slow
 
@@ -118,9 +118,9 @@ def server(procs: Processes, tmp_path: Path):  # type: ignore[no-untyped-def]
     return start
 
 
-def bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "taxiway", "bench", *args], env=taxiway_env(),
-                          capture_output=True, text=True, timeout=timeout)
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """`taxiway bench ARGS` run to its end (in this process: see `run_cli`)."""
+    return run_cli("bench", *args)
 
 
 def bench_json(tmp_path: Path, *args: str) -> dict[str, Any]:
@@ -334,7 +334,7 @@ def test_report_writes_html_and_plots(procs: Processes, tmp_path: Path) -> None:
     pytest.param(["http://127.0.0.1:1/", "-m", "HEAD"], "-m/--method", id="head"),
 ])
 def test_bad_input_is_one_line(args: list[str], message: str) -> None:
-    proc = bench(*args, timeout=30)
+    proc = bench(*args)
     assert proc.returncode == 2
     assert message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -343,7 +343,7 @@ def test_bad_input_is_one_line(args: list[str], message: str) -> None:
 
 def test_unreachable_target_is_one_line() -> None:
     port = free_port()
-    proc = bench(f"http://127.0.0.1:{port}/", timeout=30)
+    proc = bench(f"http://127.0.0.1:{port}/")
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"taxiway: cannot connect to 127.0.0.1:{port} (Connection refused)"
 
@@ -352,7 +352,7 @@ def test_malformed_scenario_is_one_line(tmp_path: Path, procs: Processes) -> Non
     port = procs.backend("b1")
     sc = tmp_path / "s.toml"
     sc.write_text('[[request]]\npath = "/"\nweight = -2\n')
-    proc = bench(f"http://127.0.0.1:{port}/", "-s", str(sc), timeout=30)
+    proc = bench(f"http://127.0.0.1:{port}/", "-s", str(sc))
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"taxiway: scenario {sc}: request[0].weight: expected a number > 0 (got -2)"
 

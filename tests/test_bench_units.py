@@ -256,16 +256,12 @@ def test_parse_target_rejects(url: str) -> None:
 
 
 def test_unwritable_outputs_are_refused_before_the_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import subprocess
-    import sys
-
-    from .conftest import taxiway_env
+    from .conftest import run_cli
 
     # Port 1 refuses connections: if the output check came after the run, the error would differ.
     for flag, path in (("--json", "/nonexistent-dir/x.json"), ("--report", str(tmp_path / "f"))):
         (tmp_path / "f").write_text("a file, not a directory")
-        r = subprocess.run([sys.executable, "-m", "taxiway", "bench", "http://127.0.0.1:1/", "-n", "1",
-                            flag, path], capture_output=True, text=True, env=taxiway_env(), timeout=60)
+        r = run_cli("bench", "http://127.0.0.1:1/", "-n", "1", flag, path)
         assert r.returncode == 2 and flag in r.stderr and "Traceback" not in r.stderr
 
 
@@ -274,11 +270,7 @@ def test_unwritable_outputs_are_refused_before_the_run(tmp_path) -> None:  # typ
     pytest.param(["http://127.0.0.1:1/", "-H", "Bad Name: x"], id="space-in-header-name"),
 ])
 def test_requests_that_would_be_malformed_are_refused(args: list[str]) -> None:
-    import subprocess
-    import sys
+    from .conftest import run_cli
 
-    from .conftest import taxiway_env
-
-    r = subprocess.run([sys.executable, "-m", "taxiway", "bench", *args, "-n", "1"], capture_output=True,
-                       text=True, env=taxiway_env(), timeout=60)
+    r = run_cli("bench", *args, "-n", "1")
     assert r.returncode == 2 and r.stderr.count("\n") == 1

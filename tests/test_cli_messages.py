@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Processes, free_port, run_taxiway, taxiway_env, wait_for_port
+from .conftest import Processes, free_port, run_cli, run_taxiway, taxiway_env, wait_for_port
 
 IN_USE = "address already in use (another taxiway running? set {key} or stop it)"
 
@@ -29,7 +29,7 @@ def lb_config(tmp_path: Path, http: int, admin: int, name: str = "lb.toml", extr
 
 def test_reload_with_nothing_running_says_so_in_one_line(tmp_path: Path) -> None:
     admin = free_port()
-    r = run("reload", lb_config(tmp_path, free_port(), admin))
+    r = run_cli("reload", "-c", str(lb_config(tmp_path, free_port(), admin)))
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith(f"taxiway: no taxiway admin API answers at 127.0.0.1:{admin}")
     assert len(r.stderr.splitlines()) == 1

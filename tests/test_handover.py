@@ -16,7 +16,7 @@ import pytest
 from taxiway.errors import TaxiwayError
 from taxiway.proxy import handover
 
-from .conftest import free_port, taxiway_env
+from .conftest import free_port, run_cli
 
 
 @pytest.mark.parametrize(("text", "fds"), [
@@ -143,8 +143,7 @@ def test_a_successor_that_fails_is_stopped_and_says_why(monkeypatch: pytest.Monk
 
 
 def _upgrade_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "taxiway", "upgrade", *args], env=taxiway_env(),
-                          capture_output=True, text=True, timeout=60)
+    return run_cli("upgrade", *args)
 
 
 def test_upgrade_with_nothing_running_says_where_it_looked() -> None:

@@ -27,8 +27,10 @@ from tests.proxy_support import (
     wait_until,
 )
 
-TABLE = RequestRewriter("X-Request-Id", False, 0).name_table
+REQUEST_REWRITER = RequestRewriter("X-Request-Id", False, 0)
+TABLE = REQUEST_REWRITER.name_table
 RESPONSE_TABLE = ResponseRewriter({"X-Frame-Options": "DENY"}, "X-Served-By", 0).name_table
+CODE = REQUEST_REWRITER.special             # lower-case name -> the code a candidate carries
 
 try:
     from taxiway.proxy import _headscan
@@ -75,12 +77,13 @@ def test_a_browser_head_marks_only_the_fields_the_proxy_rewrites(impl) -> None:
     _, scan, fields = impl
     found = scan(BROWSER, 0, TABLE)
     assert found is not None
-    fields_start, head_end, count, field_bytes, version, cands = found
+    fields_start, head_end, count, field_bytes, version, cands, suspect = found
     assert BROWSER[:fields_start] == b"GET /flights?from=ams HTTP/1.1\r\n"
-    assert head_end == len(BROWSER) and count == 6 and version == 11
+    assert head_end == len(BROWSER) and count == 6 and version == 11 and not suspect
     pairs = fields(BROWSER, fields_start, head_end - 2)
     assert field_bytes == sum(len(n) + len(v) + 4 for n, v in pairs)
-    assert [n for n, *_ in cands] == [b"Host", b"Connection"]   # the others are copied as they are
+    # The others are copied as they are; the two come with their rewriter codes.
+    assert [c for c, *_ in cands] == [CODE[b"host"], CODE[b"connection"]]
     host = cands[0]
     assert host[1] == b"shop.example" and BROWSER[host[2]:host[3]] == b"Host: shop.example\r\n"
     assert pairs[2] == (b"User-Agent", b"Mozilla/5.0 (X11; Linux x86_64)")
@@ -130,14 +133,53 @@ def test_bad_arguments_are_errors_not_crashes(impl) -> None:
         fields(BROWSER, 10, 5)
 
 
+@pytest.mark.parametrize("name, code", [
+    (b"Host", "host"), (b"HOST", "host"), (b"hOsT", "host"), (b"Content-Length", "content-length"),
+    (b"x-request-id", "x-request-id"), (b"X-Forwarded-For", "x-forwarded-for"), (b"Via", "via"),
+    (b"TE", "te"),
+    # Same length and first letter as a special name, but another name: copied as it is.
+    (b"Hose", None), (b"Vit", None), (b"Content-Lengtx", None), (b"Cookie", None), (b"Ta", None),
+    (b"X" * 63, None), (b"X" * 64, None),
+])
+def test_fields_come_with_their_rewriter_code_whatever_their_case(impl, name: bytes, code) -> None:
+    _, scan, _ = impl
+    head = b"GET / HTTP/1.1\r\n" + name + b": v\r\n\r\n"
+    found = scan(head, 0, TABLE)
+    assert found is not None
+    assert found[5] == ([] if code is None else [(CODE[code.encode()], b"v", 16, len(head) - 2)])
+
+
+@pytest.mark.parametrize("line, suspect", [
+    (b"GET / HTTP/1.1", False), (b"GET /a/b?c=d&e=f HTTP/1.1", False),
+    (b"GET /a%2fb HTTP/1.1", True), (b"GET /a#b HTTP/1.1", True), (b"GET /a\\b HTTP/1.1", True),
+    (b"GET /?q=%20 HTTP/1.1", True),    # (the query too: check_target reads the fragment there)
+    (b"G#T / HTTP/1.1", True),          # a false alarm costs only the check
+])
+def test_the_scan_tells_which_targets_need_the_target_check(impl, line: bytes, suspect: bool) -> None:
+    _, scan, _ = impl
+    found = scan(line + b"\r\nHost: a\r\n\r\n", 0, TABLE)
+    assert found is not None and found[6] is suspect
+
+
+def test_a_name_table_takes_lower_case_names_and_byte_codes_only() -> None:
+    with pytest.raises(ValueError, match="lower-case"):
+        headscan.name_table({b"Host": 1})
+    with pytest.raises(ValueError, match=r"0\.\.254"):
+        headscan.name_table({b"host": 255})
+    table = headscan.name_table({b"host": 4, b"hose": 9, b"x" * 64: 1})
+    found = headscan.scan_py(b"GET / HTTP/1.1\r\nHOSE: a\r\nhost: b\r\n\r\n", 0, table)
+    assert found is not None and [c for c, *_ in found[5]] == [9, 4]
+
+
 def test_an_nginx_answer_marks_framing_hop_by_hop_and_date_only(scan_response) -> None:
     found = scan_response(NGINX_ANSWER, 0, RESPONSE_TABLE)
     assert found is not None
-    fields_start, head_end, count, _, version, cands = found
+    fields_start, head_end, count, _, version, cands, suspect = found
     assert NGINX_ANSWER[:fields_start] == b"HTTP/1.1 200 OK\r\n"
-    assert (head_end, count, version) == (len(NGINX_ANSWER), 8, 11)
+    assert (head_end, count, version, suspect) == (len(NGINX_ANSWER), 8, 11, False)
     # Server, Content-Type, Last-Modified, ETag, Accept-Ranges stay bytes.
-    assert [n for n, *_ in cands] == [b"Date", b"Content-Length", b"Connection"]
+    names = [NGINX_ANSWER[start:start + 14].partition(b":")[0] for _, _, start, _ in cands]
+    assert names == [b"Date", b"Content-Length", b"Connection"]
     conn = cands[2]
     assert conn[1] == b"keep-alive" and NGINX_ANSWER[conn[2]:conn[3]] == b"Connection: keep-alive\r\n"
 
@@ -168,8 +210,8 @@ def test_odd_response_heads_are_left_to_the_general_path(scan_response, head: by
 
 def _random_head(rng: random.Random) -> bytes:
     """Mostly plain heads, with the odd bytes the scanner must refuse sprinkled in."""
-    names = [b"Host", b"Connection", b"Content-Length", b"X-Forwarded-For", b"Accept", b"Via", b"te",
-             b"Cookie", b"X-Real-IP", b"a", b"B-c", b"Keep-Alive", b"Expect"]
+    names = [b"Host", b"Connection", b"Content-Length", b"X-Forwarded-For", b"Accept", b"Via", b"te", b"HOST",
+             b"Cookie", b"X-Real-IP", b"a", b"B-c", b"Keep-Alive", b"Expect", b"x-REQUEST-id", b"Hose"]
     odd = [b" ", b"\t", b"\r", b"\n", b":", b"(", b"\x00", b"\xff"]
     lines = [b"\r\n" * rng.randrange(2) + rng.choice([b"GET", b"POST"]) + b" /x HTTP/1." +
              rng.choice([b"0", b"1"]) + b"\r\n"]

@@ -24,6 +24,7 @@ from taxiway.proxy.http1 import (
     ResponseContext,
     ResponseRewriter,
     cut_line,
+    locate_cuts,
     split_head,
 )
 
@@ -76,14 +77,16 @@ def test_raw_head_rewrite_matches_general_rewrite(raw, https, client_http11):
     status, headers, head = parsed(raw)
     a = ctx(https=https, client_http11=client_http11)
     b = ctx(https=https, client_http11=client_http11)
-    flags, cut = 0, []
-    for name, value in headers:   # what the upstream connection's on_header collects
+    flags, lines = 0, []
+    for name, value in headers:   # what the upstream connection's general path collects
         f = rw.classify(name, value)
         flags |= f
         if f & (HEAD_HOP | HEAD_CHUNKED):
-            cut.append(cut_line(name, value))
+            lines.append(cut_line(name, value))
+    cut = locate_cuts(head, lines) if lines else None
+    assert cut is not None or not lines
     out: list[bytes] = []
-    rw.rewrite_raw(status, head, flags, a, out, cut or None)
+    rw.rewrite_raw(status, head, flags, a, out, cut)
     assert b"".join(out) == rw.rewrite(status, headers, b)
     assert (a.content_length >= 0, a.upstream_chunked, a.chunked_out, a.close) == \
         (b.content_length >= 0, b.upstream_chunked, b.chunked_out, b.close)
@@ -125,12 +128,19 @@ def test_what_real_servers_answer_takes_the_fast_path(path: Path) -> None:
     """nginx's, Node's and gunicorn's `Connection: keep-alive`, Node's `Keep-Alive`, and the
     security headers Django sets are all handled without the field-by-field rewrite."""
     from taxiway.config import parse_config
+    from taxiway.proxy.headscan import scan_response
     from taxiway.proxy.http1 import HEAD_OTHER
     from taxiway.proxy.settings import Settings
 
     rw = Settings(parse_config({})).response_rewriter
-    _, headers, _ = parsed(path.read_bytes())
+    _, headers, head = parsed(path.read_bytes())
     flags = 0
-    for name, value in headers:
+    for name, value in headers:   # the general path: every field by its name
         flags |= rw.classify(name, value)
     assert not flags & HEAD_OTHER, headers
+    found = scan_response(head + b"\r\n", 0, rw.name_table)   # the fast path: the scan's codes
+    assert found is not None
+    scanned = 0
+    for code, value, _, _ in found[5]:
+        scanned |= rw.classify_code(code, value)
+    assert scanned == flags, headers

@@ -27,6 +27,7 @@ from taxiway.proxy.http1 import (
     ResponseContext,
     ResponseRewriter,
     cut_line,
+    locate_cuts,
     split_head,
 )
 
@@ -43,15 +44,18 @@ def response_rewriter() -> ResponseRewriter:
                             "X-Served-By", 31536000.0)
 
 
-def classified(rw: ResponseRewriter, fields: list[tuple[bytes, bytes]]) -> tuple[int, list[bytes] | None]:
-    """The flags and the cut lines, as the upstream connection's on_header collects them."""
-    flags, cut = 0, []
-    for name, value in fields:
+def classified(rw: ResponseRewriter, head: bytes) -> tuple[int, list[int] | None]:
+    """The flags and the cut ranges, as the upstream connection's general path collects them."""
+    flags, lines = 0, []
+    for name, value in split_head(head):
         f = rw.classify(name, value)
         flags |= f
         if f & (HEAD_HOP | HEAD_CHUNKED):
-            cut.append(cut_line(name, value))
-    return flags, cut or None
+            lines.append(cut_line(name, value))
+    if not lines:
+        return flags, None
+    cut = locate_cuts(head, lines)
+    return (flags | HEAD_OTHER if cut is None else flags), cut
 
 
 def context(https: bool, http11: bool, no_body: bool) -> ResponseContext:
@@ -96,7 +100,7 @@ def test_response_fast_path_equals_the_general_rewrite(status: int, headers: lis
     # (the blank line that ends the head is not part of it).
     head = b"HTTP/1.1 %d X\r\n" % status + b"".join(n + b": " + v + b"\r\n" for n, v in fields)
     rw = response_rewriter()
-    flags, cut = classified(rw, split_head(head))
+    flags, cut = classified(rw, head)
     assert not flags & HEAD_OTHER          # ordinary heads only: the fast path's domain
     fast_ctx, slow_ctx = context(https, http11, no_body), context(https, http11, no_body)
     out: list[bytes] = []
@@ -286,13 +290,13 @@ def test_fields_the_fast_path_drops_are_dropped_as_the_general_path_drops_them(
 @pytest.mark.parametrize("line", [b"Connection:keep-alive", b"Keep-Alive:   timeout=5",
                                   b"Transfer-Encoding:chunked"])
 def test_a_hop_line_written_otherwise_goes_the_general_way(line: bytes) -> None:
-    """The cut looks for the line as llhttp reported it (`name: value`); a server that wrote it
-    another way still gets it dropped, by the general rewrite."""
+    """The general path looks for the line as llhttp reported it (`name: value`); a server that
+    wrote it another way still gets it dropped, by the general rewrite."""
     head = b"HTTP/1.1 200 OK\r\nX-A: 1\r\n" + line + b"\r\nX-B: 2\r\n"
     rw = response_rewriter()
     fields = split_head(head)
-    flags, cut = classified(rw, fields)
-    assert not flags & HEAD_OTHER and cut
+    flags, cut = classified(rw, head)
+    assert flags & HEAD_OTHER and cut is None
     out: list[bytes] = []
     rw.rewrite_raw(200, head, flags, context(False, True, False), out, cut)
     general = rw.rewrite(200, fields, context(False, True, False))
@@ -304,7 +308,7 @@ def test_hsts_named_in_headers_security_is_not_repeated_when_the_app_sends_its_o
                           "X-Served-By", 3600.0)
     fields = [(b"Transfer-Encoding", b"chunked"), (b"Strict-Transport-Security", b"max-age=1")]
     head = b"HTTP/1.1 200 OK\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in fields)
-    flags, cut = classified(rw, fields)
+    flags, cut = classified(rw, head)
     fast_ctx, slow_ctx = context(True, True, False), context(True, True, False)
     out: list[bytes] = []
     rw.rewrite_raw(200, head, flags, fast_ctx, out, cut)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from taxiway.security.apikeys import ApiKey, KeyFile, KeyRing, KeyStatus, authenticate, generate_key, hash_key
-from tests.conftest import taxiway_env
+from tests.conftest import run_cli
 
 
 def test_generated_keys_are_unique_and_well_formed() -> None:
@@ -113,8 +112,7 @@ def test_keyring_keeps_keys_when_file_turns_bad(tmp_path: Path) -> None:
 
 
 def _keys(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "taxiway", "keys", *args], cwd=cwd, env=taxiway_env(),
-                          capture_output=True, text=True, timeout=60)
+    return run_cli("keys", *args, cwd=cwd)
 
 
 def test_keys_cli_create_list_revoke(tmp_path: Path) -> None:

@@ -5,21 +5,27 @@
  * 15-field request cost about 3,000 machine instructions per field before the proxy had done
  * anything with it, and every field of an nginx answer about 1,000 more. llhttp still parses and
  * validates every byte (the proxy feeds it first); this scanner runs only on heads llhttp has
- * accepted, finds the few fields the proxy must look at (by the same (length, first letter) table
- * the rewriters' NameCodes keep) and leaves the others as raw bytes to forward unchanged. Anything
- * a plain strict head does not have (a folded line, a bare CR or LF, whitespace before a colon)
- * makes it answer None, and the proxy takes its general path for that message: the scanner never
- * has to agree with llhttp on odd input.
+ * accepted, finds the few fields the proxy must look at and names each by its code in the
+ * rewriter's table (headscan.py: `name_table`), and leaves the others as raw bytes to forward
+ * unchanged. Anything a plain strict head does not have (a folded line, a bare CR or LF,
+ * whitespace before a colon) makes it answer None, and the proxy takes its general path for that
+ * message: the scanner never has to agree with llhttp on odd input.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
 
-#define TABLE_SIZE (64 * 32)
+#define SLOTS (64 * 32)          /* (name length < 64) x (first byte & 31) */
+#define TABLE_MIN (SLOTS * 2)    /* the slots' 16-bit offsets, before their name lists */
+#define LIST_END 0xFF
 
 static unsigned char tchar[256];   /* RFC 9110 token characters */
+static unsigned char lower[256];   /* ASCII lower case */
+static unsigned char suspect[256]; /* what makes a request target need check_target: % # \ */
 
-static void init_tchar(void) {
+static void init_tables(void) {
+    for (int c = 0; c < 256; c++) lower[c] = (unsigned char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+    suspect['%'] = suspect['#'] = suspect['\\'] = 1;
     const char *extra = "!#$%&'*+-.^_`|~";
     for (int c = '0'; c <= '9'; c++) tchar[c] = 1;
     for (int c = 'a'; c <= 'z'; c++) tchar[c] = 1;
@@ -42,14 +48,33 @@ static int split_field(const unsigned char *line, const unsigned char *cr,
     return 1;
 }
 
-/* (name, value, line_start, line_end) of one marked field. Built by hand: Py_BuildValue parses
+/* The code of the field name [name, name + len) in the table (headscan.py, "The name table"),
+ * or -1: the slot's list holds (code, lower-case name) entries, matched without regard to case. */
+static int name_code(const unsigned char *name, Py_ssize_t len, const unsigned char *table,
+                     Py_ssize_t table_len) {
+    if (len >= 64) return -1;
+    Py_ssize_t slot = len * 32 + (name[0] & 31);
+    Py_ssize_t at = table[2 * slot] | (table[2 * slot + 1] << 8);
+    if (at == 0) return -1;
+    while (at < table_len && table[at] != LIST_END) {
+        if (at + 1 + len > table_len) return -1;   /* (a table headscan.py did not build) */
+        const unsigned char *entry = table + at + 1;
+        Py_ssize_t i = 0;
+        while (i < len && lower[name[i]] == entry[i]) i++;
+        if (i == len) return table[at];
+        at += 1 + len;
+    }
+    return -1;
+}
+
+/* (code, value, line_start, line_end) of one marked field. Built by hand: Py_BuildValue parses
  * its format string on every call, which cost as much as scanning the whole head. */
-static PyObject *candidate(const unsigned char *name, Py_ssize_t name_len, const unsigned char *vs,
-                           const unsigned char *ve, Py_ssize_t start, Py_ssize_t stop) {
+static PyObject *candidate(int code, const unsigned char *vs, const unsigned char *ve,
+                           Py_ssize_t start, Py_ssize_t stop) {
     PyObject *item = PyTuple_New(4);
     if (item == NULL) return NULL;
     PyObject *parts[4] = {
-        PyBytes_FromStringAndSize((const char *)name, name_len),
+        PyLong_FromLong(code),
         PyBytes_FromStringAndSize((const char *)vs, ve - vs),
         PyLong_FromSsize_t(start),
         PyLong_FromSsize_t(stop),
@@ -68,7 +93,8 @@ static PyObject *candidate(const unsigned char *name, Py_ssize_t name_len, const
 /* The field lines from `line` to the empty line that ends the head: the result tuple of
  * scan / scan_response, or None when a line is not plain and strict. */
 static PyObject *scan_fields(const unsigned char *b, const unsigned char *end,
-                             const unsigned char *line, const unsigned char *table, int version) {
+                             const unsigned char *line, const unsigned char *table,
+                             Py_ssize_t table_len, int version, int target_suspect) {
     Py_ssize_t fields_start = line - b;
     PyObject *cands = PyList_New(0);
     if (cands == NULL) return NULL;
@@ -85,8 +111,9 @@ static PyObject *scan_fields(const unsigned char *b, const unsigned char *end,
         Py_ssize_t name_len = name_end - line;
         count++;
         field_bytes += name_len + (ve - vs) + 4;
-        if (name_len < 64 && table[name_len * 32 + (line[0] & 31)]) {
-            PyObject *item = candidate(line, name_len, vs, ve, line - b, lf + 1 - b);
+        int code = name_code(line, name_len, table, table_len);
+        if (code >= 0) {
+            PyObject *item = candidate(code, vs, ve, line - b, lf + 1 - b);
             if (item == NULL || PyList_Append(cands, item) < 0) {
                 Py_XDECREF(item);
                 Py_DECREF(cands);
@@ -96,7 +123,7 @@ static PyObject *scan_fields(const unsigned char *b, const unsigned char *end,
         }
         line = lf + 1;
     }
-    PyObject *result = PyTuple_New(6);
+    PyObject *result = PyTuple_New(7);
     if (result == NULL) {
         Py_DECREF(cands);
         return NULL;
@@ -112,6 +139,9 @@ static PyObject *scan_fields(const unsigned char *b, const unsigned char *end,
         PyTuple_SET_ITEM(result, i, o);
     }
     PyTuple_SET_ITEM(result, 5, cands);
+    PyObject *flag = target_suspect ? Py_True : Py_False;
+    Py_INCREF(flag);
+    PyTuple_SET_ITEM(result, 6, flag);
     return result;
 none:
     Py_DECREF(cands);
@@ -121,7 +151,7 @@ none:
 /* The arguments both scanners take: buf (bytes), pos, table (bytes). 0 on a bad call. */
 static int scan_args(PyObject *const *args, Py_ssize_t nargs, const char *usage,
                      const unsigned char **b, const unsigned char **p, const unsigned char **end,
-                     const unsigned char **table) {
+                     const unsigned char **table, Py_ssize_t *table_len) {
     if (nargs != 3 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[2])) {
         PyErr_SetString(PyExc_TypeError, usage);
         return 0;
@@ -129,12 +159,13 @@ static int scan_args(PyObject *const *args, Py_ssize_t nargs, const char *usage,
     Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
     Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
     if (pos == -1 && PyErr_Occurred()) return 0;
-    if (pos < 0 || pos > n || PyBytes_GET_SIZE(args[2]) < TABLE_SIZE) {
+    if (pos < 0 || pos > n || PyBytes_GET_SIZE(args[2]) < TABLE_MIN) {
         PyErr_SetString(PyExc_ValueError, "scan: pos out of range or table too short");
         return 0;
     }
     *b = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     *table = (const unsigned char *)PyBytes_AS_STRING(args[2]);
+    *table_len = PyBytes_GET_SIZE(args[2]);
     *end = *b + n;
     *p = *b + pos;
     while (*p < *end && (**p == '\r' || **p == '\n')) (*p)++;   /* (llhttp skips empty lines first) */
@@ -144,7 +175,9 @@ static int scan_args(PyObject *const *args, Py_ssize_t nargs, const char *usage,
 static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     const unsigned char *b, *p, *end, *table;
-    if (!scan_args(args, nargs, "scan(buf: bytes, pos: int, table: bytes)", &b, &p, &end, &table))
+    Py_ssize_t table_len;
+    if (!scan_args(args, nargs, "scan(buf: bytes, pos: int, table: bytes)", &b, &p, &end, &table,
+                   &table_len))
         return NULL;
     /* The request line: ends in CRLF, no other CR, " HTTP/d.d" last. */
     const unsigned char *lf = memchr(p, '\n', (size_t)(end - p));
@@ -154,14 +187,26 @@ static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     const unsigned char *v = cr - 9;
     if (memcmp(v, " HTTP/", 6) != 0 || v[6] < '0' || v[6] > '9' || v[7] != '.'
             || v[8] < '0' || v[8] > '9') Py_RETURN_NONE;
-    return scan_fields(b, end, lf + 1, table, (v[6] - '0') * 10 + (v[8] - '0'));
+    /* Whether the target may need check_target: any of its bytes in the line before " HTTP/"
+     * (the method's bytes too: a `#` there only costs the check, and no space counting can
+     * make the scanner and llhttp disagree on where the target starts). */
+    int target_suspect = 0;
+    for (const unsigned char *t = p; t < v; t++) {
+        if (suspect[*t]) {
+            target_suspect = 1;
+            break;
+        }
+    }
+    return scan_fields(b, end, lf + 1, table, table_len, (v[6] - '0') * 10 + (v[8] - '0'),
+                       target_suspect);
 }
 
 static PyObject *scan_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     const unsigned char *b, *p, *end, *table;
+    Py_ssize_t table_len;
     if (!scan_args(args, nargs, "scan_response(buf: bytes, pos: int, table: bytes)",
-                   &b, &p, &end, &table))
+                   &b, &p, &end, &table, &table_len))
         return NULL;
     /* The status line: "HTTP/d.d " first, ends in CRLF, no other CR. */
     const unsigned char *lf = memchr(p, '\n', (size_t)(end - p));
@@ -169,7 +214,7 @@ static PyObject *scan_response(PyObject *self, PyObject *const *args, Py_ssize_t
     if (memchr(p, '\r', (size_t)(lf - 1 - p)) != NULL) Py_RETURN_NONE;
     if (memcmp(p, "HTTP/", 5) != 0 || p[5] < '0' || p[5] > '9' || p[6] != '.'
             || p[7] < '0' || p[7] > '9' || p[8] != ' ') Py_RETURN_NONE;
-    return scan_fields(b, end, lf + 1, table, (p[5] - '0') * 10 + (p[7] - '0'));
+    return scan_fields(b, end, lf + 1, table, table_len, (p[5] - '0') * 10 + (p[7] - '0'), 0);
 }
 
 static PyObject *fields(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -212,7 +257,8 @@ static PyObject *fields(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
-     "scan(buf, pos, table) -> (fields_start, head_end, count, field_bytes, version, candidates) | None"},
+     "scan(buf, pos, table) -> (fields_start, head_end, count, field_bytes, version, candidates, "
+     "target_suspect) | None"},
     {"scan_response", (PyCFunction)(void (*)(void))scan_response, METH_FASTCALL,
      "scan_response(buf, pos, table) -> like scan, for a response head (a status line first)"},
     {"fields", (PyCFunction)(void (*)(void))fields, METH_FASTCALL,
@@ -226,6 +272,6 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__headscan(void) {
-    init_tchar();
+    init_tables();
     return PyModule_Create(&module);
 }

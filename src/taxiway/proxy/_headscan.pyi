@@ -1,7 +1,7 @@
 """Types of the C head scanner (`_headscan.c`); the contract is in headscan.py."""
 
-Candidate = tuple[bytes, bytes, int, int]
-ScanResult = tuple[int, int, int, int, int, list[Candidate]]
+Candidate = tuple[int, bytes, int, int]
+ScanResult = tuple[int, int, int, int, int, list[Candidate], bool]
 
 def scan(buf: bytes, pos: int, table: bytes, /) -> ScanResult | None: ...
 def scan_response(buf: bytes, pos: int, table: bytes, /) -> ScanResult | None: ...

@@ -639,7 +639,7 @@ class Exchange(UpstreamEvents):
     # -- response from the upstream -------------------------------------------------------------
 
     def on_upstream_head(self, conn: UpstreamConnection, status: int, head: bytes, flags: int,
-                         cut: list[bytes] | None = None) -> None:
+                         cut: list[int] | None = None) -> None:
         """Called by the upstream connection with the raw response head (status line + header
         lines, each ending in CRLF; validated by llhttp) and what its names mean to the
         rewriter (`ResponseRewriter.classify` bits)."""

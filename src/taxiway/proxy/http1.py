@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Final
 
 from taxiway.errors import RequestRefused
-from taxiway.proxy.headscan import fields
+from taxiway.proxy.headscan import fields, name_table
 
 CRLF: Final = b"\r\n"
 
@@ -332,12 +332,7 @@ class NameCodes:
     (at most NAME_CACHE_MAX): most fields then cost one dict lookup and no lower-casing. Both
     rewriters use one."""
 
-    __slots__ = ("_maybe", "_seen", "special")
-
-    @property
-    def table(self) -> bytes:
-        """The (length, first letter) table of the special names, for headscan.scan."""
-        return self._maybe
+    __slots__ = ("_maybe", "_seen", "special", "table")
 
     def __init__(self, special: dict[bytes, int]) -> None:
         self.special = special
@@ -348,7 +343,8 @@ class NameCodes:
         for lname in special:
             if len(lname) < 64:
                 maybe[len(lname) * 32 + (lname[0] & 31)] = 1
-        self._maybe = bytes(maybe)   # (also the table headscan.scan marks fields by)
+        self._maybe = bytes(maybe)
+        self.table = name_table(special)   # the same codes, for the fast path's headscan.scan
 
     def code(self, name: bytes) -> int:
         n = len(name)
@@ -438,27 +434,28 @@ class RequestRewriter:
             parts.append(b": ")
             parts.append(value)
             parts.append(CRLF)
-        self._check_host_and_target(info, parts, host, hosts, target, http11)
+        # (One regex search: `bytes in bytes` first tries its argument as an int, raising and
+        # clearing a TypeError each time, and `bytes.find` parses its arguments the slow way.)
+        suspect = _SUSPECT_TARGET.search(target) is not None
+        self._check_host_and_target(info, parts, host, hosts, target, suspect, http11)
         if odd is None:
             return self._finish_plain(info, parts, conn_ctx)
         return self._rewrite_odd(info, parts, odd, conn_ctx)
 
     def rewrite_raw(self, method: bytes, target: bytes, raw: bytes, fields_start: int, head_end: int,
-                    cands: list[tuple[bytes, bytes, int, int]], http11: bool,
+                    cands: list[tuple[int, bytes, int, int]], suspect: bool, http11: bool,
                     conn_ctx: ConnContext) -> RequestInfo | None:
         """`rewrite` for a head the fast path scanned (headscan.scan): the same checks and the same
-        upstream head, from the raw bytes and the few fields `cands` marks. The fields between
-        them are forwarded as they came. None: a field needs the general path (`rewrite`, with
-        the field list), which the caller then takes."""
+        upstream head, from the raw bytes and the few fields `cands` names by their `_R_*` code
+        (`suspect`: the scan saw a byte that makes the target need `check_target`). The fields
+        between them are forwarded as they came. None: a field needs the general path
+        (`rewrite`, with the field list), which the caller then takes."""
         info = RequestInfo()
         parts: list[bytes] = [method, b" ", target, b" HTTP/1.1\r\n"]
         host = b""
         hosts = 0
         at = fields_start
-        for name, value, line_start, line_end in cands:
-            code = self._names.code(name)
-            if code < 0:
-                continue   # (a name that only shares a length and a first letter with one)
+        for code, value, line_start, line_end in cands:
             if code == _R_HOST:
                 hosts += 1
                 host = value
@@ -472,11 +469,11 @@ class RequestRewriter:
             parts.append(raw[at:line_start])   # the line is cut: not forwarded
             at = line_end
         parts.append(raw[at:head_end - 2])
-        self._check_host_and_target(info, parts, host, hosts, target, http11)
+        self._check_host_and_target(info, parts, host, hosts, target, suspect, http11)
         return self._finish_plain(info, parts, conn_ctx)
 
     def _check_host_and_target(self, info: RequestInfo, parts: list[bytes], host: bytes, hosts: int,
-                               target: bytes, http11: bool) -> None:
+                               target: bytes, suspect: bool, http11: bool) -> None:
         if hosts > 1 or (hosts == 0 and http11):
             raise RequestRefused(400, "missing or repeated Host")
         if hosts == 0:
@@ -484,9 +481,7 @@ class RequestRewriter:
             # as RFC 9112 §3.2 has a client send for a target without authority.
             parts += (b"Host", b": ", b"", CRLF)
         info.host = host
-        # (One regex search: `bytes in bytes` first tries its argument as an int, raising and
-        # clearing a TypeError each time, and `bytes.find` parses its arguments the slow way.)
-        if _SUSPECT_TARGET.search(target) is not None:
+        if suspect:   # (a `%`, `#` or backslash: most targets have none)
             check_target(target)
 
     def _finish_plain(self, info: RequestInfo, parts: list[bytes], conn_ctx: ConnContext) -> RequestInfo:
@@ -681,6 +676,7 @@ _S_SEC: Final = 4
 _S_CONN: Final = 5
 _S_RARE: Final = 6        # a name only a rare head makes special (`close`: see `classify`)
 _S_KEEP_ALIVE: Final = 7  # Keep-Alive: dropped like _S_DROP, but common enough for the fast path
+_S_SEC_BASE: Final = 16   # _S_SEC_BASE + j: the j-th security name, in the fast path's table
 # What `ResponseRewriter.classify` found among a response head's fields (bits). Everything
 # but HEAD_OTHER the fast path (`rewrite_raw`) handles itself.
 HEAD_CL: Final = 1        # Content-Length
@@ -692,11 +688,29 @@ HEAD_SEC_SHIFT: Final = 8  # bit 8 + i: the server sent the i-th security field 
 
 
 def cut_line(name: bytes, value: bytes) -> bytes:
-    """What `rewrite_raw` looks for to cut one field out of a raw head: its whole line as llhttp
+    """What `locate_cuts` looks for to cut one field out of a raw head: its whole line as llhttp
     reported it, with the line break before it (a value holds no CR or LF, so this matches only a
     real line). A server that wrote the line differently (no space after the colon, trailing
     spaces) makes the cut miss, and the head then goes the general way."""
     return b"\n" + name + b": " + value + b"\r\n"
+
+
+def locate_cuts(head: bytes, lines: list[bytes]) -> list[int] | None:
+    """The `cut` ranges `rewrite_raw` takes, for a head whose fields were reported one by one
+    (the general path's callbacks): the `cut_line`s, in head order, found in `head`. None when
+    one is not there as written; the head then needs the general rewrite. (The fast path has
+    the ranges from the scan.)"""
+    cut: list[int] = []
+    at = 0
+    for line in lines:
+        i = head.find(line, at)
+        if i < 0:
+            return None
+        cut.append(i + 1)   # (the line starts after the line break `cut_line` begins with)
+        cut.append(i + len(line))
+        at = i + len(line) - 1   # (the next line's break is this line's last byte)
+    return cut
+
 _HEX3: Final = [b"%03x" % i for i in range(4096)]   # request id suffixes
 
 
@@ -741,8 +755,15 @@ class ResponseRewriter:
         # only names as long as a special one go on to the name table.
         lengths = {len(n) for n in self.special}
         self._cand_len = bytes(1 if n in lengths else 0 for n in range(max(lengths) + 1))
-        self._names = NameCodes(self.special)
-        self.name_table = self._names.table   # what the upstream's scan_response marks fields by
+        # The fast path's codes: `special`'s, but each security name has its own, so the scan's
+        # code alone gives its bits (no name to lower-case and look up).
+        scan_codes = dict(self.special)
+        self._sec_code_bits: list[int] = []
+        for lname, bits in self._sec_bits.items():
+            scan_codes[lname] = _S_SEC_BASE + len(self._sec_code_bits)
+            self._sec_code_bits.append(bits)
+        self._names = NameCodes(scan_codes)
+        self.name_table = self._names.table   # what the upstream's scan_response names fields by
 
     def served_by_line(self, server_name: str) -> bytes:
         line = self._served_by_lines.get(server_name)
@@ -751,18 +772,22 @@ class ResponseRewriter:
         return line
 
     def classify(self, name: bytes, value: bytes = b"") -> int:
-        """What one response header field means to `rewrite_raw` (HEAD_* bits, 0 for most).
-        Called by the upstream connection for the fields `headscan.scan_response` marks (or, on
-        its general path, for every field httptools reports): most names are ruled out by their
-        length alone, the others looked up in the name table. The value
-        matters for three names only: `Connection: keep-alive` or `close` names no other field
-        (nginx, Node and gunicorn send one), a `Keep-Alive` is dropped whatever it says, and a
-        transfer coding of just `chunked` is re-framed; anything else goes the general way."""
+        """`classify_code` for a field by its name: the upstream connection's general path calls
+        it for every field httptools reports. Most names are ruled out by their length alone,
+        the others looked up in the name table."""
         n = len(name)
         cand = self._cand_len
         if n >= len(cand) or not cand[n]:
             return 0
-        code = self._names.code(name)
+        return self.classify_code(self._names.code(name), value)
+
+    def classify_code(self, code: int, value: bytes) -> int:
+        """What one response header field means to `rewrite_raw` (HEAD_* bits, 0 for most), by
+        its code in `name_table` (-1: no special name), as `headscan.scan_response` reports the
+        fields it names. The value matters for three names only: `Connection: keep-alive` or
+        `close` names no other field (nginx, Node and gunicorn send one), a `Keep-Alive` is
+        dropped whatever it says, and a transfer coding of just `chunked` is re-framed; anything
+        else goes the general way."""
         if code < 0:
             return 0
         if code == _S_CL:
@@ -776,41 +801,39 @@ class ResponseRewriter:
             return HEAD_HOP
         if code == _S_TE:
             return HEAD_CHUNKED if value.lower() == b"chunked" else HEAD_OTHER
-        if code == _S_SEC:
-            return self._sec_bits.get(name.lower(), HEAD_OTHER)
+        if code >= _S_SEC_BASE:
+            return self._sec_code_bits[code - _S_SEC_BASE]
         return HEAD_OTHER
 
     def rewrite_raw(self, status: int, head: bytes, flags: int, ctx: ResponseContext,
-                    out: list[bytes], cut: list[bytes] | None = None) -> None:
+                    out: list[bytes], cut: list[int] | None = None) -> None:
         """Like `rewrite`, from the raw head (status line and header lines, each ending in CRLF,
         as validated by llhttp) and the `classify` bits of its names; appends the client's head
         to `out` (the connection's write buffer: no join here). The usual response (no
         hop-by-hop, framing or security header) keeps its header lines as received and gets
-        taxiway's additions appended: no per-header work. `cut`: the `cut_line`s of the
-        hop-by-hop and framing fields the HEAD_HOP / HEAD_CHUNKED bits stand for.
+        taxiway's additions appended: no per-header work. `cut`: where the lines of the
+        hop-by-hop and framing fields the HEAD_HOP / HEAD_CHUNKED bits stand for are in `head`
+        ([start, stop) of each line with its CRLF, flat, in order), so the bytes around them go
+        out as slices (a search for each line cost about 1,400 instructions).
         """
-        if flags & HEAD_OTHER or status == 101 or (flags & HEAD_CHUNKED and flags & HEAD_CL):
+        if flags & HEAD_OTHER or status == 101 or (flags & HEAD_CHUNKED and flags & HEAD_CL) \
+                or (flags & (HEAD_HOP | HEAD_CHUNKED) and not cut):
             out.append(self.rewrite(status, split_head(head), ctx))
             return
         if flags & HEAD_CL:
             ctx.content_length = 0   # present (its value only matters to httptools' framing)
-        if flags & (HEAD_HOP | HEAD_CHUNKED):
-            raw = head
-            for line in cut or ():
-                shorter = head.replace(line, b"\n", 1)
-                if len(shorter) == len(head):
-                    break   # (the line was written otherwise than llhttp reported it)
-                head = shorter
-            else:
-                if cut:
-                    if flags & HEAD_CHUNKED:
-                        ctx.upstream_chunked = True
-                    raw = b""
-            if raw:
-                out.append(self.rewrite(status, split_head(raw), ctx))
-                return
+        if flags & HEAD_CHUNKED:
+            ctx.upstream_chunked = True
         out.append(STATUS_LINES.get(status) or status_line(status))
-        out.append(head.partition(b"\n")[2])
+        fields = head.partition(b"\n")[2]   # (`partition` takes one argument: cheaper than `find`)
+        if cut is None:
+            out.append(fields)
+        else:
+            at = len(head) - len(fields)
+            for i in range(0, len(cut), 2):
+                out.append(head[at:cut[i]])
+                at = cut[i + 1]
+            out.append(head[at:])
         sec = flags >> HEAD_SEC_SHIFT
         if not sec:
             out.append(self.security_block)

@@ -350,7 +350,7 @@ class ClientProtocol(Downstream):
         if found is None:
             self._replay = buf[pos:]
             raise _GeneralPath()
-        fields_start, head_end, count, field_bytes, version, cands = found
+        fields_start, head_end, count, field_bytes, version, cands, suspect = found
         self.header_deadline = 0.0
         self._in_head = False
         method = self.parser.get_method()
@@ -373,7 +373,7 @@ class ClientProtocol(Downstream):
             self._check_request_line(method, http_version)
             origin_form = self._url[:1] == b"/" or self._url == b"*"
             found_info = rewriter.rewrite_raw(method, self._url, buf, fields_start, head_end, cands,
-                                              version == 11, self.ctx) if origin_form else None
+                                              suspect, version == 11, self.ctx) if origin_form else None
             if found_info is None:
                 # A field the raw path leaves to the general rewriter, or an absolute-form target
                 # (its authority replaces Host): the field list, then `rewrite`.

@@ -45,10 +45,12 @@ from taxiway.proxy import headscan
 from taxiway.proxy.http1 import (
     HEAD_CHUNKED,
     HEAD_HOP,
+    HEAD_OTHER,
     RequestInfo,
     ResponseContext,
     ResponseRewriter,
     cut_line,
+    locate_cuts,
 )
 
 log = logging.getLogger("taxiway.proxy")
@@ -111,10 +113,10 @@ class UpstreamEvents(ResponseContext):
     body_out = 0        # response body bytes relayed so far (the connection bounds chunk framing by it)
 
     def on_upstream_head(self, conn: UpstreamConnection, status: int, head: bytes, flags: int,
-                         cut: list[bytes] | None) -> None:
+                         cut: list[int] | None) -> None:
         """The response head arrived whole (status line and header lines, CRLF-terminated,
-        validated by llhttp; `flags`: what its fields mean to the rewriter; `cut`: the lines of
-        the hop-by-hop fields among them, for `ResponseRewriter.rewrite_raw`)."""
+        validated by llhttp; `flags`: what its fields mean to the rewriter; `cut`: where the
+        lines of the hop-by-hop fields among them are, for `ResponseRewriter.rewrite_raw`)."""
         raise NotImplementedError
 
     def on_upstream_body(self, body: bytes) -> None:
@@ -167,6 +169,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "got_bytes",
         "head_buf",
         "head_cut",
+        "head_cut_lines",
         "head_done",
         "head_flags",
         "idle_since",
@@ -204,7 +207,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         # What the response head's field names mean to the rewriter (http1.HEAD_* bits), from
         # the scan or `on_field`; `rewriter` is the one of the balancer settings the exchange started with.
         self.head_flags = 0
-        self.head_cut: list[bytes] | None = None   # `cut_line`s of its hop-by-hop fields
+        # Where its hop-by-hop fields' lines are in the head (`rewrite_raw`'s `cut`); the general
+        # path collects their `cut_line`s first and finds them when the head is complete.
+        self.head_cut: list[int] | None = None
+        self.head_cut_lines: list[bytes] | None = None
         self.rewriter: ResponseRewriter | None = None
         self.trailers: list[tuple[bytes, bytes]] | None = None   # of a chunked response
         self.tail_seen = 0   # bytes of reads that moved no body byte of a chunked response
@@ -374,10 +380,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                     self.head_flags |= f
                     if f & (HEAD_HOP | HEAD_CHUNKED):
                         line = cut_line(name, value)
-                        if self.head_cut is None:
-                            self.head_cut = [line]
+                        if self.head_cut_lines is None:
+                            self.head_cut_lines = [line]
                         else:
-                            self.head_cut.append(line)
+                            self.head_cut_lines.append(line)
         elif self.exchange is not None:
             t = self.trailers
             if t is None:
@@ -398,6 +404,13 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             # The head starts at buf[0] and llhttp accepted it, so its first empty line ends it.
             # (A 101's head is rewritten field by field anyway; no body or trailer follows it.)
             end = buf.find(b"\r\n\r\n")
+            lines = self.head_cut_lines
+            if lines is not None:
+                self.head_cut_lines = None
+                cut = locate_cuts(bytes(buf[:end + 2]), lines)
+                if cut is None:
+                    self.head_flags |= HEAD_OTHER
+                self.head_cut = cut
         else:
             # The fast path: the fields the rewriter must see, found in the head's bytes (rule 7).
             if type(buf) is not bytes:
@@ -407,19 +420,20 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 self.switching = True
                 raise _GeneralPath()
             end = found[1] - 4
-            for name, value, start, stop in found[5]:
-                f = rw.classify(name, value)
+            for code, value, start, stop in found[5]:
+                f = rw.classify_code(code, value)
                 if f:
                     if f & HEAD_CHUNKED:
                         self.switching = True   # its trailers are fields the exchange forwards
                         raise _GeneralPath()
                     self.head_flags |= f
                     if f & HEAD_HOP:
-                        line = buf[start - 1:stop]   # (what `cut_line` stands for: LF + the line)
-                        if self.head_cut is None:
-                            self.head_cut = [line]
+                        cut = self.head_cut
+                        if cut is None:
+                            self.head_cut = [start, stop]
                         else:
-                            self.head_cut.append(line)
+                            cut.append(start)
+                            cut.append(stop)
         if 100 <= status < 200 and status != 101:
             self.informational = True   # 100 Continue etc.: taxiway answered 100 itself
             self.head_buf = buf[end + 4:].lstrip(b"\r\n")
@@ -459,6 +473,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.head_done = False
         self.head_flags = 0
         self.head_cut = None
+        self.head_cut_lines = None
         self.rewriter = rewriter
         self.trailers = None
         self.tail_seen = 0
